@@ -1,0 +1,5 @@
+import sys
+
+from coherentize.cli import main
+
+sys.exit(main())

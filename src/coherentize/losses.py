@@ -103,11 +103,17 @@ def activation_distance(h: torch.Tensor, h_target: torch.Tensor, metric: Activat
 def activation_consistency(
     hs: list[torch.Tensor], hs_target: list[torch.Tensor], metric: ActivationMetric = "l2"
 ) -> torch.Tensor:
-    """ACT: distance to the stop-gradient target, averaged over tokens then over layers. Lists of (N, H) per layer."""
-    if not hs or hs[0].shape[0] == 0:
-        return hs[0].sum() * 0.0 if hs else torch.zeros(())
-    per_layer = [activation_distance(h, t.detach(), metric).mean() for h, t in zip(hs, hs_target)]
-    return torch.stack(per_layer).mean()
+    """ACT per layer: distance to the stop-gradient target averaged over tokens. Lists of (N, H) -> (n_layers,).
+
+    The training loss is the mean over layers. With no token (N = 0) every layer contributes 0.
+    """
+    per_layer = []
+    for h, t in zip(hs, hs_target):
+        if h.shape[0] == 0:
+            per_layer.append(h.sum() * 0.0)
+        else:
+            per_layer.append(activation_distance(h, t.detach(), metric).mean())
+    return torch.stack(per_layer)
 
 
 def leash(model_logits: torch.Tensor, ref_logits: torch.Tensor, kind: Divergence = "forward_kl") -> torch.Tensor:

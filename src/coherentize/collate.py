@@ -1,0 +1,130 @@
+"""From clusters to tensors: tokenized training examples and the collator that packs them.
+
+Layout. Every member of a cluster is followed by the same response y (a shared continuation from the file, or the
+frozen model's own answer to the anchor). Sequences are LEFT-padded, so the response and the prompt's tail sit at the
+same offsets from the end in every row: position -1 is the last response token in every row, and the anchor and its
+variants line up token by token over the response and over their shared prompt suffix. Losses then only need the
+last few positions of each row (``logits_to_keep``), never full-vocabulary logits over the whole prompt.
+
+An example is one anchor with up to K-1 of its variations (a cluster with more variations yields several examples).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from coherentize.chat import encode
+from coherentize.clusters import Cluster
+
+
+@dataclass
+class Example:
+    cluster_id: str
+    anchor_ids: list[int]
+    variant_ids: list[list[int]]
+    response_ids: list[int]
+
+
+def shared_suffix_len(a: Sequence[int], b: Sequence[int]) -> int:
+    """Length of the longest common token suffix of two prompts."""
+    n = 0
+    for x, y in zip(reversed(a), reversed(b)):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def build_examples(
+    clusters: Sequence[Cluster],
+    responses: dict[str, str],
+    tokenizer,
+    chat: bool,
+    members_per_cluster: int = 4,
+    max_prompt_length: int = 256,
+    max_response_length: int = 64,
+    seed: int = 0,
+) -> list[Example]:
+    """Tokenize clusters into examples of one anchor + up to members_per_cluster-1 variations.
+
+    The variations of a cluster are shuffled with `seed` and cut into chunks, so every variation is used once per
+    epoch. Prompts longer than max_prompt_length keep their last tokens (where the template's generation prompt is).
+    """
+    if members_per_cluster < 2:
+        raise ValueError("members_per_cluster must be at least 2 (an anchor and one variation)")
+    rng = random.Random(seed)
+    examples = []
+    for c in clusters:
+        resp = responses[c.id]
+        response_ids = tokenizer(resp, add_special_tokens=False)["input_ids"][:max_response_length]
+        if not response_ids:
+            continue
+        anchor_ids = encode(tokenizer, c.anchor, chat)[-max_prompt_length:]
+        variants = [encode(tokenizer, v.prompt, chat)[-max_prompt_length:] for v in c.variations]
+        rng.shuffle(variants)
+        k = members_per_cluster - 1
+        for s in range(0, len(variants), k):
+            examples.append(Example(c.id, anchor_ids, variants[s : s + k], response_ids))
+    return examples
+
+
+def _left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask, position_ids), each (R, T), left padded; positions count real tokens only."""
+    t = max(len(r) for r in rows)
+    ids = torch.full((len(rows), t), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), t), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, t - len(r) :] = torch.tensor(r, dtype=torch.long)
+        mask[i, t - len(r) :] = 1
+    pos = (mask.cumsum(-1) - 1).clamp_min(0)
+    return ids, mask, pos
+
+
+@dataclass
+class ConsistencyCollator:
+    """Pack B examples into two left-padded batches: B anchors and the V = sum_b (K_b - 1) variants.
+
+    Returns tensors (R = rows of that batch, L = longest response in the batch):
+      anchor_input_ids / anchor_attention_mask / anchor_position_ids: (B, Ta)
+      variant_input_ids / variant_attention_mask / variant_position_ids: (V, Tv)
+      variant_anchor: (V,) index of each variant's anchor row
+      anchor_response_len: (B,), variant_response_len: (V,)
+      variant_suffix_len: (V,) tokens of prompt suffix shared with the anchor (the response excluded)
+      response_ids: (B, L) right-aligned response tokens of each anchor (0 where absent)
+    """
+
+    pad_token_id: int
+
+    def __call__(self, examples: list[Example]) -> dict[str, torch.Tensor]:
+        anchor_rows, variant_rows, variant_anchor, suffix, resp_len_v = [], [], [], [], []
+        for b, ex in enumerate(examples):
+            anchor_rows.append(ex.anchor_ids + ex.response_ids)
+            for v in ex.variant_ids:
+                variant_rows.append(v + ex.response_ids)
+                variant_anchor.append(b)
+                suffix.append(shared_suffix_len(v, ex.anchor_ids))
+                resp_len_v.append(len(ex.response_ids))
+        a_ids, a_mask, a_pos = _left_pad(anchor_rows, self.pad_token_id)
+        v_ids, v_mask, v_pos = _left_pad(variant_rows, self.pad_token_id)
+        resp_len_a = torch.tensor([len(ex.response_ids) for ex in examples])
+        L = int(resp_len_a.max())
+        response_ids = torch.zeros((len(examples), L), dtype=torch.long)
+        for b, ex in enumerate(examples):
+            response_ids[b, L - len(ex.response_ids) :] = torch.tensor(ex.response_ids)
+        return {
+            "anchor_input_ids": a_ids,
+            "anchor_attention_mask": a_mask,
+            "anchor_position_ids": a_pos,
+            "variant_input_ids": v_ids,
+            "variant_attention_mask": v_mask,
+            "variant_position_ids": v_pos,
+            "variant_anchor": torch.tensor(variant_anchor, dtype=torch.long),
+            "anchor_response_len": resp_len_a,
+            "variant_response_len": torch.tensor(resp_len_v, dtype=torch.long),
+            "variant_suffix_len": torch.tensor(suffix, dtype=torch.long),
+            "response_ids": response_ids,
+        }

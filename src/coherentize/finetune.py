@@ -1,0 +1,246 @@
+"""A training job: config -> model + clusters -> anchor responses -> ConsistencyTrainer -> model + metrics.json.
+
+    coherentize train --config configs/train.yaml [--set train.max_steps=50 ...] [--resume]
+
+Writes into train.output_dir: responses.jsonl (the frozen model's answers to the anchors, reused on re-runs),
+checkpoint-*/ (when save_strategy asks), model/ (the adapter, or the full model), merged/ (on request) and
+metrics.json (loss components per step, held-out consistency before and after training).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import torch
+from transformers import set_seed
+from transformers.trainer_utils import get_last_checkpoint
+
+from coherentize.chat import is_chat_model, prompt_text
+from coherentize.clusters import Cluster, load_clusters, prompt_key, select_split
+from coherentize.collate import ConsistencyCollator, Example, build_examples
+from coherentize.config import to_dict
+from coherentize.errors import CoherentizeError
+from coherentize.generation import generate
+from coherentize.models import ModelConfig, load_model
+from coherentize.trainer import ConsistencyConfig, ConsistencyTrainer, consistency_components
+
+
+def packaged_file(*parts: str) -> str:
+    return str(resources.files("coherentize").joinpath("data", *parts))
+
+
+@dataclass
+class DataConfig:
+    """Which clusters to train on and measure, and where the shared responses come from."""
+
+    train_file: str | None = None
+    """Clusters JSONL to train on; None: the packaged demo set (data/clusters/demo.jsonl)."""
+    split: str | None = "train"
+    """Train on clusters whose tags.split equals this; null: every cluster in train_file."""
+    eval_file: str | None = None
+    """Held-out clusters measured before and after training; None: train_file."""
+    eval_split: str | None = "test"
+    """Measure clusters whose tags.split equals this; null with no eval_file: no held-out measurement."""
+    response_source: str = "auto"
+    """continuation (the clusters' own), generate (the frozen model's greedy answer to the anchor), or auto."""
+    response_max_new_tokens: int = 48
+    """Tokens generated per anchor response."""
+    generation_batch_size: int = 16
+    """Prompts per batch when generating responses."""
+    on_small_cluster: str = "error"
+    """A cluster without variations: error, or skip (counted and reported)."""
+
+
+@dataclass
+class LoraSettings:
+    """LoRA adapters (peft). enabled: false trains every weight."""
+
+    enabled: bool = True
+    """Train LoRA adapters (true) or the full model (false)."""
+    r: int = 16
+    """Adapter rank."""
+    alpha: int = 32
+    """Adapter scaling numerator (the scale is alpha / r)."""
+    dropout: float = 0.0
+    """Dropout on the adapter input."""
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    """Module names to adapt; the default is attention-only; ["all-linear"] adapts every linear layer."""
+
+
+@dataclass
+class TrainJob:
+    """`coherentize train`: model, data, adapters and the ConsistencyConfig training arguments."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """The model to train."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Clusters and responses."""
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    """LoRA or full fine-tuning."""
+    train: ConsistencyConfig = field(default_factory=ConsistencyConfig)
+    """Objectives and every transformers TrainingArguments field."""
+    save_merged: bool = False
+    """Also write merged weights (adapters folded in) to output_dir/merged, loadable by plain transformers."""
+
+
+def _hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def anchor_responses(
+    model, tokenizer, clusters: list[Cluster], chat: bool, data: DataConfig, cache: Path | None = None
+) -> dict[str, str]:
+    """The response shared by each cluster's members: its first continuation, or the model's greedy answer.
+
+    Generated answers are cached in `cache` (JSONL, keyed by cluster id and anchor hash) so a re-run reuses them.
+    """
+    if data.response_source not in ("auto", "continuation", "generate"):
+        raise CoherentizeError(f"data.response_source: {data.response_source!r} is not auto, continuation or generate.")
+    out: dict[str, str] = {}
+    need = []
+    for c in clusters:
+        if data.response_source != "generate" and c.continuations:
+            out[c.id] = c.continuations[0]
+        elif data.response_source == "continuation":
+            raise CoherentizeError(f"cluster {c.id!r} has no continuations but data.response_source is 'continuation'.")
+        else:
+            need.append(c)
+    cached = {}
+    if cache is not None and cache.is_file():
+        for line in cache.read_text().splitlines():
+            rec = json.loads(line)
+            cached[(rec["id"], rec["anchor_hash"])] = rec["response"]
+    todo = [c for c in need if (c.id, _hash(prompt_text(c.anchor))) not in cached]
+    if todo:
+        texts = generate(
+            model, tokenizer, [c.anchor for c in todo], chat,
+            max_new_tokens=data.response_max_new_tokens, batch_size=data.generation_batch_size,
+        )
+        for c, t in zip(todo, texts):
+            cached[(c.id, _hash(prompt_text(c.anchor)))] = t or "."
+        if cache is not None:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache.with_suffix(".tmp")
+            tmp.write_text("".join(json.dumps({"id": i, "anchor_hash": h, "response": r}) + "\n" for (i, h), r in cached.items()))
+            os.replace(tmp, cache)
+    for c in need:
+        out[c.id] = cached[(c.id, _hash(prompt_text(c.anchor)))]
+    return out
+
+
+def apply_lora(model, settings: LoraSettings):
+    from peft import LoraConfig, get_peft_model
+
+    targets = settings.target_modules
+    cfg = LoraConfig(
+        r=settings.r,
+        lora_alpha=settings.alpha,
+        lora_dropout=settings.dropout,
+        target_modules="all-linear" if targets == ["all-linear"] else targets,
+        task_type="CAUSAL_LM",
+    )
+    try:
+        return get_peft_model(model, cfg)
+    except ValueError as e:
+        raise CoherentizeError(f"lora.target_modules: {e}") from None
+
+
+@torch.no_grad()
+def measure_consistency(model, reference, examples: list[Example], pad_token_id: int, layers: list[int],
+                        sites: list[str]) -> dict:
+    """Held-out consistency of the current model, one example at a time (per-example values for CIs):
+    output JS between anchor and variants on the shared response, squared L2 between residual streams at each
+    layer at the given token sites, and KL(p_original || p_model) on the anchors' responses.
+    """
+    cfg = ConsistencyConfig(
+        output_dir="/tmp/coherentize-measure", output_divergence="js", target_model="current", act_metric="l2",
+        act_weight=1.0, leash_weight=1.0 if reference is not None else 0.0, act_sites=list(sites),
+        leash_divergence="forward_kl",
+    )
+    collate = ConsistencyCollator(pad_token_id)
+    weights = {"output": 1.0, "act": 1.0, "leash": cfg.leash_weight}
+    per = {"output_js": [], "kl_to_original": [], **{f"act_l2/layer{l}": [] for l in layers}}
+    was_training = model.training
+    model.eval()
+    for ex in examples:
+        batch = {k: v.to(model.device) for k, v in collate([ex]).items()}
+        parts = consistency_components(model, reference, batch, cfg, layers, weights, pad_token_id)
+        per["output_js"].append(parts["output"].item())
+        for l in layers:
+            per[f"act_l2/layer{l}"].append(parts[f"act/layer{l}"].item())
+        if "leash" in parts:
+            per["kl_to_original"].append(parts["leash"].item())
+    model.train(was_training)
+    summary = {k: (sum(v) / len(v) if v else None) for k, v in per.items()}
+    summary["n_examples"] = len(examples)
+    return {"mean": summary, "per_example": per}
+
+
+def _load_data(job: TrainJob):
+    path = job.data.train_file or packaged_file("clusters", "demo.jsonl")
+    clusters = load_clusters(path, on_too_small=job.data.on_small_cluster)
+    train = select_split(clusters, job.data.split)
+    if not train:
+        raise CoherentizeError(f"data.split: no cluster in {path} has tags.split == {job.data.split!r}; "
+                               "set data.split: null to train on every cluster.")
+    held = []
+    if job.data.eval_file or job.data.eval_split:
+        eval_path = job.data.eval_file or path
+        held = select_split(load_clusters(eval_path), job.data.eval_split)
+        train_keys = {prompt_key(p) for c in train for p in c.members}
+        overlap = [c.id for c in held if any(prompt_key(p) in train_keys for p in c.members)]
+        if overlap:
+            raise CoherentizeError(f"data: held-out clusters share prompts with the training clusters: {overlap[:5]}. "
+                                   "Use disjoint splits.")
+    return train, held
+
+
+def run_training(job: TrainJob, resume: bool = False) -> dict:
+    args = job.train
+    set_seed(args.seed)
+    out_dir = Path(args.output_dir)
+    train_clusters, held_clusters = _load_data(job)
+    model, tok = load_model(job.model, for_training=True)
+    chat = is_chat_model(tok, job.model.prompt_format)
+    responses = anchor_responses(model, tok, train_clusters + held_clusters, chat, job.data, out_dir / "responses.jsonl")
+    build = lambda cs: build_examples(  # noqa: E731
+        cs, responses, tok, chat, args.members_per_cluster, args.max_prompt_length, args.max_response_length, args.seed
+    )
+    train_examples, held_examples = build(train_clusters), build(held_clusters)
+    n_layers = model.config.num_hidden_layers
+    layers = list(args.act_layers) if args.act_layers else [n_layers // 2]
+
+    metrics: dict = {"config": to_dict(job), "n_train_clusters": len(train_clusters),
+                     "n_train_examples": len(train_examples), "n_heldout_clusters": len(held_clusters)}
+    if held_examples:
+        metrics["heldout_before"] = measure_consistency(model, None, held_examples, tok.pad_token_id, layers, args.act_sites)
+
+    if job.lora.enabled:
+        model = apply_lora(model, job.lora)
+        if args.gradient_checkpointing:
+            model.enable_input_require_grads()
+    trainer = ConsistencyTrainer(
+        model=model, args=args, train_dataset=train_examples, data_collator=ConsistencyCollator(tok.pad_token_id),
+        processing_class=tok,
+    )
+    checkpoint = get_last_checkpoint(str(out_dir)) if resume and out_dir.is_dir() else None
+    trainer.train(resume_from_checkpoint=checkpoint)
+    metrics["train_log"] = trainer.state.log_history
+
+    if held_examples:
+        reference = lambda: trainer.original_model(trainer.model)  # noqa: E731
+        metrics["heldout_after"] = measure_consistency(trainer.model, reference, held_examples, tok.pad_token_id, layers, args.act_sites)
+    trainer.save_model(str(out_dir / "model"))
+    if job.save_merged:
+        merged = trainer.model.merge_and_unload() if job.lora.enabled else trainer.model
+        merged.save_pretrained(out_dir / "merged")
+        tok.save_pretrained(out_dir / "merged")
+    tmp = out_dir / "metrics.json.tmp"
+    tmp.write_text(json.dumps(metrics, indent=2, default=str))
+    os.replace(tmp, out_dir / "metrics.json")
+    return metrics

@@ -1,0 +1,99 @@
+"""Evaluate a model: coherence metrics and probes (jailbreak, over-refusal, sycophancy, capability) with 95% CIs.
+
+    coherentize eval --model smollm2-135m-instruct --suite jailbreak,overrefusal --out results/
+    coherentize eval --model out/organism --suite coherence --clusters held_out.jsonl \\
+        --train-clusters train.jsonl --out results/ [--allow-overlap]
+    coherentize eval --config eval.yaml --set n_harmful=80 --model ...
+
+Writes results.json (schema: coherentize/evaluate/results.py), records.csv (per prompt, redacted excerpts),
+activation_separation.png (coherence), and prints a table of every figure with n and its CI.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from coherentize.errors import CoherentizeError
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="packaged model name, folder, .gguf file or hub id")
+    p.add_argument("--reference-model", help="the original model, for capability KL (default: none)")
+    p.add_argument("--suite", help="comma-separated: coherence,jailbreak,overrefusal,sycophancy,capability")
+    p.add_argument("--out", required=True, help="output folder for results.json and records.csv")
+    p.add_argument("--config", help="YAML/TOML file of EvalConfig fields")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override an EvalConfig field")
+    p.add_argument("--clusters", help="held-out clusters JSONL for the coherence metrics")
+    p.add_argument("--train-clusters", help="training clusters JSONL: overlap with the evaluation is an error")
+    p.add_argument("--templates", action="append", default=[], help="extra jailbreak template file (YAML/JSON)")
+    p.add_argument("--families", help="comma-separated jailbreak families to score (default: all)")
+    p.add_argument("--allow-overlap", action="store_true", help="score prompts/families used in training anyway")
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    p.add_argument("--dtype", default="auto", help="float32, bfloat16, float16 or auto")
+
+
+def config_from_args(args) -> "EvalConfig":  # noqa: F821
+    from coherentize.config import load_config
+    from coherentize.evaluate import EvalConfig
+    from coherentize.evaluate.suite import validate
+
+    overrides = list(args.set)
+    cfg = load_config(EvalConfig, args.config, overrides)
+    if args.suite is not None:
+        cfg.suites = [s.strip() for s in args.suite.split(",") if s.strip()]
+    if args.clusters:
+        cfg.clusters = args.clusters
+    if args.train_clusters:
+        cfg.train_clusters = args.train_clusters
+    if args.templates:
+        for t in args.templates:
+            if not Path(t).is_file():
+                raise CoherentizeError(f"--templates {t}: file not found.")
+        cfg.jailbreak_sources = list(cfg.jailbreak_sources) + list(args.templates)
+    if args.families:
+        cfg.jailbreak_families = [f.strip() for f in args.families.split(",") if f.strip()]
+    if args.allow_overlap:
+        cfg.allow_overlap = True
+    return validate(cfg)
+
+
+def table(results: dict) -> str:
+    """Every summary in the results as 'suite  metric  mean [CI] (n)' lines."""
+    from coherentize.evaluate.stats import fmt
+
+    lines = []
+
+    def walk(prefix, node):
+        if isinstance(node, dict) and "mean" in node and "n" in node:
+            lines.append(f"{prefix:<58} {fmt(node)}")
+        elif isinstance(node, dict):
+            for k, v in node.items():
+                if k != "per_layer":
+                    walk(f"{prefix}.{k}" if prefix else k, v)
+
+    walk("", results["suites"])
+    if "disagreement_with_string" in results.get("judge", {}):
+        walk("judge.disagreement_with_string", results["judge"]["disagreement_with_string"])
+    return "\n".join(lines)
+
+
+def main(args) -> int:
+    from coherentize.evaluate import run_suite, write_results
+    from coherentize.evaluate.coherence import plot_activation_separation
+    from coherentize.models import ModelConfig, load_model
+
+    cfg = config_from_args(args)  # bad input fails here, before any model is loaded
+    model, tok = load_model(ModelConfig(name_or_path=args.model, device=args.device, dtype=args.dtype,
+                                        prompt_format=cfg.prompt_format))
+    ref = None
+    if args.reference_model:
+        ref, _ = load_model(ModelConfig(name_or_path=args.reference_model, device=args.device, dtype=args.dtype))
+    results = run_suite(model, tok, cfg, reference_model=ref, model_name=args.model)
+    jpath, cpath = write_results(results, args.out)
+    layers = results["suites"].get("coherence", {}).get("per_layer")
+    if layers:
+        plot_activation_separation(layers, Path(args.out) / "activation_separation.png")
+    print(table(results))
+    print(f"wrote {jpath} and {cpath}")
+    return 0

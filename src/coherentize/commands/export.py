@@ -1,0 +1,70 @@
+"""Export a model as a plain transformers folder (merged weights + tokenizer), for lm-eval-harness or inspect_ai.
+
+    coherentize export --model out/run/arm-bct/checkpoint --out exported/bct
+    coherentize export --model out/lora-adapter --base-model smollm2-135m-instruct --out exported/merged
+
+A LoRA adapter folder (one with adapter_config.json) is loaded on its base model and merged with peft's
+``merge_and_unload``; the base is --base-model, or else the adapter's own base_model_name_or_path. Anything
+``load_model`` reads (packaged name, folder, .gguf, hub id) is saved as safetensors. The result loads with
+``AutoModelForCausalLM.from_pretrained(out)`` and ``AutoTokenizer.from_pretrained(out)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+from pathlib import Path
+
+from coherentize.errors import CoherentizeError
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="model or LoRA adapter folder (or packaged name, .gguf, hub id)")
+    p.add_argument("--out", required=True, help="folder to write (must not exist, or be empty, unless --force)")
+    p.add_argument("--base-model", help="base model of a LoRA adapter (default: the adapter's base_model_name_or_path)")
+    p.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16 (default float32)")
+    p.add_argument("--force", action="store_true", help="overwrite a non-empty --out folder")
+
+
+def export_model(model_path: str, out: str | os.PathLike, base_model: str | None = None, dtype: str = "float32",
+                 force: bool = False) -> Path:
+    """Write merged weights + tokenizer to out; return the folder."""
+    from coherentize.models import ModelConfig, load_model
+
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not force:
+        raise CoherentizeError(f"--out {out}: folder exists and is not empty; choose another or pass --force.")
+    adapter_cfg = Path(model_path) / "adapter_config.json"
+    if adapter_cfg.is_file():
+        from peft import PeftModel
+
+        base = base_model or json.loads(adapter_cfg.read_text()).get("base_model_name_or_path")
+        if not base:
+            raise CoherentizeError(f"{adapter_cfg}: no base_model_name_or_path; pass --base-model.")
+        model, tok = load_model(ModelConfig(name_or_path=base, dtype=dtype, device="cpu"))
+        try:
+            model = PeftModel.from_pretrained(model, model_path).merge_and_unload()
+        except (OSError, ValueError, KeyError) as e:
+            raise CoherentizeError(f"{model_path}: could not apply the adapter to {base!r}: {e}") from None
+        if (Path(model_path) / "tokenizer_config.json").is_file():
+            from transformers import AutoTokenizer
+
+            tok = AutoTokenizer.from_pretrained(model_path)
+    else:
+        model, tok = load_model(ModelConfig(name_or_path=model_path, dtype=dtype, device="cpu"))
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tok.padding_side = "right"  # plain-transformers default; coherentize sets left padding itself when it loads
+    tok.save_pretrained(tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+    return out
+
+
+def main(args) -> int:
+    out = export_model(args.model, args.out, args.base_model, args.dtype, args.force)
+    print(f"exported {args.model} -> {out} (load with AutoModelForCausalLM.from_pretrained({str(out)!r}))")
+    return 0

@@ -1,0 +1,74 @@
+import json
+
+import pytest
+
+from coherentize.cli import main
+
+
+@pytest.fixture
+def tiny_folder(tmp_path, tiny_lm, tiny_tok):
+    folder = tmp_path / "tiny"
+    tiny_lm.save_pretrained(folder)
+    tiny_tok.save_pretrained(folder)
+    return folder
+
+
+def _run(capsys, *argv):
+    rc = main(["eval", *argv])
+    cap = capsys.readouterr()
+    return rc, cap.out, cap.err
+
+
+def test_empty_suite_is_a_clear_error(capsys, tmp_path):
+    rc, _, err = _run(capsys, "--model", "smollm2-135m-instruct", "--suite", "", "--out", str(tmp_path))
+    assert rc == 2 and "suite is empty" in err and "Traceback" not in err
+
+
+def test_unknown_suite_is_a_clear_error(capsys, tmp_path):
+    rc, _, err = _run(capsys, "--model", "x", "--suite", "jailbreak,vibes", "--out", str(tmp_path))
+    assert rc == 2 and "unknown suite" in err
+
+
+def test_template_file_without_slot_is_a_clear_error(capsys, tmp_path, tiny_folder):
+    t = tmp_path / "t.yaml"
+    t.write_text("families:\n  mine:\n    - 'Answer this please.'\n")
+    rc, _, err = _run(capsys, "--model", str(tiny_folder), "--suite", "jailbreak", "--templates", str(t),
+                      "--out", str(tmp_path / "o"))
+    assert rc == 2 and "no {query} slot" in err and "mine" in err
+
+
+def test_missing_model_path_is_a_clear_error(capsys, tmp_path):
+    rc, _, err = _run(capsys, "--model", str(tmp_path / "no_such_model"), "--suite", "capability",
+                      "--out", str(tmp_path / "o"))
+    assert rc == 2 and "does not exist" in err and "Traceback" not in err
+
+
+def test_training_family_overlap_is_a_clear_error(capsys, tmp_path, tiny_folder):
+    train = tmp_path / "train.jsonl"
+    train.write_text(json.dumps({"id": "t", "anchor": "Hi", "variations": [
+        {"prompt": "Pretend: Hi", "family": "roleplay_actor"}]}) + "\n")
+    args = ["--model", str(tiny_folder), "--suite", "jailbreak", "--families", "roleplay_actor",
+            "--train-clusters", str(train), "--set", "n_harmful=2", "--set", "max_new_tokens=2", "--set", "n_boot=50",
+            "--out", str(tmp_path / "o")]
+    rc, _, err = _run(capsys, *args)
+    assert rc == 2 and "roleplay_actor" in err and "--allow-overlap" in err
+    rc, out, err = _run(capsys, *args, "--allow-overlap")
+    assert rc == 0, err
+
+
+def test_eval_writes_results_and_prints_a_table(capsys, tmp_path, tiny_folder):
+    out = tmp_path / "res"
+    rc, stdout, err = _run(capsys, "--model", str(tiny_folder), "--reference-model", str(tiny_folder),
+                           "--suite", "sycophancy,capability,coherence", "--set", "n_sycophancy=4",
+                           "--set", "n_mc=4", "--set", "n_clusters=4", "--set", "max_new_tokens=3",
+                           "--set", "n_boot=50", "--set", "embed_model=none", "--out", str(out))
+    assert rc == 0, err
+    body = json.loads((out / "results.json").read_text())
+    assert body["suites"]["capability"]["kl_to_reference"]["mean"] == pytest.approx(0.0, abs=1e-6)
+    assert (out / "records.csv").is_file() and (out / "activation_separation.png").is_file()
+    assert "sycophancy.switch_rate" in stdout and "(n=" in stdout
+
+
+def test_bad_config_field_is_a_clear_error(capsys, tmp_path):
+    rc, _, err = _run(capsys, "--model", "x", "--set", "n_harmfull=3", "--out", str(tmp_path))
+    assert rc == 2 and "n_harmfull" in err

@@ -53,6 +53,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     f.add_argument("--min-cosine", type=float, default=0.6)
     f.add_argument("--max-cosine", type=float, default=0.995)
     f.add_argument("--dedup-cosine", type=float, default=0.98)
+    p.add_argument("--chunk-size", type=int, default=16,
+                   help="prompts paraphrased together before their clusters are written (default 16)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -88,8 +90,8 @@ def main(args) -> int:
     from coherentize.variations.prompt_sets import read_prompts, resolve_input, select_split
     from coherentize.variations.templates import load_template_families
 
-    if args.per_family < 0 or args.paraphrases < 0:
-        raise CoherentizeError("--per-family and --paraphrases must be >= 0.")
+    if args.per_family < 0 or args.paraphrases < 0 or args.chunk_size < 1:
+        raise CoherentizeError("--per-family and --paraphrases must be >= 0, --chunk-size >= 1.")
     extra = [fam for path in args.templates for fam in load_template_families(path)]
     names = _split(args.families)
     if names == ["none"]:
@@ -114,7 +116,7 @@ def main(args) -> int:
     summary = augment(
         items, args.out, families, seed=args.seed, per_family=args.per_family, paraphraser=paraphraser,
         n_paraphrases=args.paraphrases, embed=embed, filter_cfg=filter_cfg,
-        filter_families=_split(args.filter_families), progress=not args.no_progress,
+        filter_families=_split(args.filter_families), chunk_size=args.chunk_size, progress=not args.no_progress,
     )
     print(summary.table())
     print(f"wrote {args.out}", file=sys.stderr)

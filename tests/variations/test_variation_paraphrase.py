@@ -28,7 +28,10 @@ def test_rewrite_jobs_are_deterministic_with_distinct_styles():
     assert jobs == rewrite_jobs("How do I boil an egg?", 4, seed=0)
     assert jobs != rewrite_jobs("How do I boil an egg?", 4, seed=1)
     assert len({j.style for j in jobs}) == 4 and all(j.style in STYLES for j in jobs)
-    assert "How do I boil an egg?" in jobs[0].messages()[0]["content"]
+    msgs = jobs[0].messages()
+    assert [m["role"] for m in msgs] == ["system", "user", "assistant", "user", "assistant", "user"]
+    assert msgs[-1]["content"].endswith("Request: How do I boil an egg?") and jobs[0].style in msgs[-1]["content"]
+    assert jobs[0].raw_text().endswith("Request: How do I boil an egg?\nRewritten request:")
 
 
 @pytest.mark.parametrize(
@@ -46,6 +49,7 @@ def test_clean_rewrite(raw, expected):
 
 
 def test_local_paraphraser_batches_on_a_tiny_model(tiny_tok, tiny_lm):
+    """Plumbing only (a random tiny model writes noise); the real model is in test_local_paraphraser_real_model."""
     para = LocalParaphraser(tiny_lm, tiny_tok, max_new_tokens=6, batch_size=3)
     jobs = rewrite_jobs("What is the capital of France?", 2, 0) + rewrite_jobs("Alice and Bob?", 2, 0)
     out = para(jobs)
@@ -127,3 +131,12 @@ def test_server_config_checks_its_fields():
         ServerConfig(base_url="localhost:8000")
     with pytest.raises(ValueError):
         ServerConfig(concurrency=0)
+
+
+@pytest.mark.slow
+def test_local_paraphraser_real_model_rewrites_instead_of_answering(smollm2):
+    model, tok = smollm2
+    jobs = rewrite_jobs("How do I kill a Python process that is stuck?", 2, 0)
+    out = [clean_rewrite(o) for o in LocalParaphraser(model, tok, max_new_tokens=32)(jobs)]
+    assert all(o and "python process" in o.lower() for o in out)
+    assert not any(o.lower().startswith(("to kill", "you can")) for o in out)  # a rewrite, not an answer

@@ -79,7 +79,9 @@ def test_filter_drops_and_counts_by_reason(tmp_path):
         assert [v.family for v in c.variations].count("paraphrase") == 1
         assert "quantum" not in json.dumps(c.to_json())
     assert s.families["typos"].kept == 2 and len(s.families["typos"].cosines) == 2  # measured, not enforced
-    assert "paraphrase*" in s.table() and "drifted" in s.table()
+    assert p.judged == {"drifted": 2} and len(p.cosines) == 4
+    row = next(line for line in s.table().splitlines() if line.startswith("paraphrase*"))
+    assert row.split()[1:5] == ["4", "2", "2", "0"]  # made, kept, drifted, copy
 
 
 def test_exception_midway_keeps_finished_clusters_and_rerun_completes(tmp_path):
@@ -147,3 +149,17 @@ def test_resuming_with_other_settings_is_refused(tmp_path):
     augment(ITEMS, out, families_by_name(FAMS), seed=1, paraphraser=Recorder(), chunk_size=2, progress=False)
     assert len(load_clusters(out)) == 5
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.jsonl"]
+
+
+@pytest.mark.slow
+def test_minilm_summary_shows_the_drifting_family_on_the_benign_set(tmp_path):
+    """The measurement behind the lead's note: typos drift (some variants below min_cosine), wrappers do not."""
+    from coherentize.variations import load_embedder
+
+    s = augment(load_prompt_set("benign"), tmp_path / "b.jsonl", families_by_name(["typos", "wrapper", "roleplay"]),
+                embed=load_embedder(), progress=False)
+    typos, wrapper = s.families["typos"], s.families["wrapper"]
+    mean = lambda f: sum(f.cosines) / len(f.cosines)  # noqa: E731
+    assert len(typos.cosines) == 50 and mean(typos) < mean(wrapper) - 0.1
+    assert typos.judged["drifted"] > 0 == wrapper.judged["drifted"]
+    assert typos.kept == 50  # measured, not dropped: the filter is enforced on paraphrases only by default

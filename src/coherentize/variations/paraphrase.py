@@ -48,6 +48,12 @@ INSTRUCTION = (
     "Rewrite the following request. {style} Keep its meaning; do not answer it. "
     "Reply with the rewritten request only.\n\nRequest: {text}"
 )
+SYSTEM = "You rewrite requests in other words. You never answer them."
+# Two worked examples: without them a small model (SmolLM2-135M) answers the request instead of rewriting it.
+FEW_SHOT = (
+    ("What time is it in Tokyo right now?", STYLES[0], "Could you tell me the current time in Tokyo?"),
+    ("Please recommend a book about the history of Rome.", STYLES[2], "Got any good books on Roman history to suggest?"),
+)
 
 
 @dataclass(frozen=True)
@@ -57,7 +63,17 @@ class RewriteJob:
     seed: int
 
     def messages(self) -> list[dict]:
-        return [{"role": "user", "content": INSTRUCTION.format(style=self.style, text=self.text)}]
+        """The chat request: system message, the worked examples as earlier turns, then this text."""
+        msgs = [{"role": "system", "content": SYSTEM}]
+        for text, style, answer in FEW_SHOT:
+            msgs += [{"role": "user", "content": INSTRUCTION.format(style=style, text=text)},
+                     {"role": "assistant", "content": answer}]
+        return msgs + [{"role": "user", "content": INSTRUCTION.format(style=self.style, text=self.text)}]
+
+    def raw_text(self) -> str:
+        """The same request as plain text for a base model, which continues after 'Rewritten request:'."""
+        shots = [INSTRUCTION.format(style=st, text=t) + f"\nRewritten request: {a}" for t, st, a in FEW_SHOT]
+        return "\n\n".join(shots + [INSTRUCTION.format(style=self.style, text=self.text) + "\nRewritten request:"])
 
 
 def rewrite_jobs(text: str, n: int, seed: int) -> list[RewriteJob]:
@@ -103,8 +119,7 @@ class LocalParaphraser:
 
         if not jobs:
             return []
-        # A base model gets the instruction as raw text with a cue to continue.
-        prompts = [j.messages() if self.chat else j.messages()[0]["content"] + "\nRewritten request:" for j in jobs]
+        prompts = [j.messages() if self.chat else j.raw_text() for j in jobs]
         return generate(
             self.model, self.tokenizer, prompts, chat=self.chat, max_new_tokens=self.max_new_tokens,
             batch_size=self.batch_size, do_sample=self.temperature > 0, temperature=self.temperature or 1.0,

@@ -26,7 +26,7 @@ from coherentize.chat import Prompt
 from coherentize.clusters import Cluster, Variation, parse_cluster, read_jsonl, write_clusters
 from coherentize.errors import CoherentizeError
 from coherentize.variations.families import BUILTIN_FAMILIES, Family, last_user_text, replace_user_text, vary
-from coherentize.variations.filter import DROP_REASONS, Embedder, FilterConfig, Verdict, filter_variations
+from coherentize.variations.filter import Embedder, FilterConfig, Verdict, filter_variations
 from coherentize.variations.paraphrase import FAMILY as PARAPHRASE, RewriteJob, clean_rewrite, rewrite_jobs
 from coherentize.variations.prompt_sets import PromptItem
 
@@ -56,7 +56,8 @@ class FamilyStats:
     kept: int = 0
     passed: int = 0  # would pass the filter (counted whether or not it is enforced on this family)
     cosines: list[float] = field(default_factory=list)
-    dropped: Counter = field(default_factory=Counter)
+    dropped: Counter = field(default_factory=Counter)  # reason -> variations dropped (enforced families only)
+    judged: Counter = field(default_factory=Counter)  # reason -> variations the filter objects to (all families)
 
 
 @dataclass
@@ -79,7 +80,8 @@ class AugmentSummary:
                  f"left out (no variation passed): {self.empty}"]
         if self.unusable_rewrites:
             lines.append(f"paraphrase completions dropped as empty or repeated: {self.unusable_rewrites}")
-        head = f"{'family':<16}{'made':>6}{'kept':>6}{'drifted':>9}{'copy':>6}{'near_dup':>10}{'mean_cos':>10}{'pass':>7}"
+        head = (f"{'family':<16}{'made':>6}{'kept':>6}{'drifted':>9}{'copy':>6}{'near_dup':>10}{'mean_cos':>10}"
+                f"{'<min':>7}{'>max':>7}{'pass':>7}")
         lines += [head, "-" * len(head)]
         tot = FamilyStats()
         for name, s in self.families.items():
@@ -90,19 +92,22 @@ class AugmentSummary:
             tot.passed += s.passed
             tot.cosines += s.cosines
             tot.dropped.update(s.dropped)
+            tot.judged.update(s.judged)
         lines += ["-" * len(head), self._row("total", tot)]
         if self.cfg is not None:
             lines.append(f"filter: cosine to anchor in [{self.cfg.min_cosine}, {self.cfg.max_cosine}], near-duplicate "
-                         f">= {self.cfg.dedup_cosine}; enforced on families marked * ('pass' = share that would pass).")
+                         f">= {self.cfg.dedup_cosine}; it drops only from families marked *. mean_cos, <min (drifted), "
+                         ">max (copy) and pass are measured on every family.")
         return "\n".join(lines)
 
     @staticmethod
     def _row(name: str, s: FamilyStats) -> str:
-        mean = f"{sum(s.cosines) / len(s.cosines):.3f}" if s.cosines else "-"
-        rate = f"{s.passed / len(s.cosines):.0%}" if s.cosines else "-"
+        n = len(s.cosines)
+        mean = f"{sum(s.cosines) / n:.3f}" if n else "-"
+        low, high, rate = (f"{x / n:.0%}" if n else "-" for x in (s.judged["drifted"], s.judged["copy"], s.passed))
         d = s.dropped
         return (f"{name:<16}{s.generated:>6}{s.kept:>6}{d['drifted']:>9}{d['copy']:>6}{d['near_duplicate']:>10}"
-                f"{mean:>10}{rate:>7}")
+                f"{mean:>10}{low:>7}{high:>7}{rate:>7}")
 
 
 def partial_path(out: Path) -> Path:
@@ -299,7 +304,9 @@ def _count(verdicts: list[Verdict], summary, enforce_all, filter_families) -> No
     for v in verdicts:
         s = summary.add(v.family)
         s.cosines.append(v.cosine)
-        s.passed += v.reason is None
-        if v.reason is not None and (enforce_all or v.family in filter_families):
-            assert v.reason in DROP_REASONS
+        if v.reason is None:
+            s.passed += 1
+            continue
+        s.judged[v.reason] += 1
+        if enforce_all or v.family in filter_families:
             s.dropped[v.reason] += 1

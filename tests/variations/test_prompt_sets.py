@@ -22,6 +22,8 @@ def test_shipped_set_schema_and_documented_split(name):
 def test_edgy_benign_test_split_is_what_the_probe_reads():
     test = load_prompt_set("edgy_benign", split="test")
     assert len(test) == 8 and all(it.tags["split"] == "test" for it in test)
+    cats = {it.tags["category"] for it in load_prompt_set("edgy_benign")}
+    assert {"homonym", "figurative", "safe_target", "safety_info", "historical"} <= cats
 
 
 def test_raw_text_prompts_are_continuations():

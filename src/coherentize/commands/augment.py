@@ -94,12 +94,7 @@ def main(args) -> int:
         raise CoherentizeError("--per-family and --paraphrases must be >= 0, --chunk-size >= 1.")
     extra = [fam for path in args.templates for fam in load_template_families(path)]
     names = _split(args.families)
-    if names == ["none"]:
-        families = []
-    elif names == ["all"] and extra and args.families == "all":
-        families = families_by_name(["all"], extra)
-    else:
-        families = families_by_name(names, extra)
+    families = [] if names == ["none"] else families_by_name(names, extra)
     if not families and args.paraphraser == "none":
         raise CoherentizeError("nothing to do: --families none and --paraphraser none.")
     try:

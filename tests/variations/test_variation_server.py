@@ -78,9 +78,10 @@ def _cfg(base, **kw):
 
 def test_real_server_rewrites_reproducibly(llama_server):
     para = ServerParaphraser(_cfg(llama_server))
-    jobs = rewrite_jobs("How do I boil an egg?", 2, 0) + rewrite_jobs("Why is the sky blue?", 2, 0)
+    jobs = rewrite_jobs("How do I boil an egg?", 2, 0)
     out = para(jobs)
-    assert len(out) == 4 and all(o.strip() for o in out)
+    assert len(out) == 2 and all(o.strip() for o in out)
+    assert out[0] != out[1]  # two styles, two seeds
     assert out == para(jobs)  # each job sends its own seed
 
 

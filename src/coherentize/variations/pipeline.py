@@ -4,8 +4,8 @@ Clusters are appended to ``<out>.partial`` one line each, flushed as soon as the
 re-run reads the ids already there and skips them (no repeated calls to a paid API; a line cut short by a kill is
 dropped and redone). When every prompt is done the file is renamed to ``<out>``, so an interrupted run never leaves a
 file that looks complete. The settings (families, seed, filter) sit next to it in ``<out>.partial.settings.json``;
-resuming with other settings is an error rather than a file of mixed clusters. A cluster whose variations were all filtered out is left out of ``<out>`` (it is counted;
-a later run retries it).
+resuming with other settings is an error rather than a file of mixed clusters. A cluster whose variations were all
+filtered out is left out of ``<out>`` (it is counted; a later run retries it).
 
     from coherentize.variations import augment, families_by_name, load_prompt_set
     summary = augment(load_prompt_set("benign", "train"), "clusters.jsonl",

@@ -194,7 +194,8 @@ def name_swap(text: str, rng: random.Random) -> str | None:
     out = re.sub(r"\b(" + "|".join(map(re.escape, names)) + r")\b", lambda m: new[m.group(1)], text)
     # "Carol and Dave" -> "Dave and Carol": the order of a pair of people should not matter either.
     if rng.random() < 0.5:
-        pair = re.compile(r"\b(" + "|".join(map(re.escape, new.values())) + r") (and|or) (" + "|".join(map(re.escape, new.values())) + r")\b")
+        alt = "|".join(map(re.escape, new.values()))
+        pair = re.compile(r"\b(" + alt + r") (and|or) (" + alt + r")\b")
         out = pair.sub(lambda m: f"{m.group(3)} {m.group(2)} {m.group(1)}", out)
     return out
 

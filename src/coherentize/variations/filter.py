@@ -128,7 +128,9 @@ def load_embedder(name_or_path: str | None = None, device: str = "cpu", batch_si
     try:
         from sentence_transformers import SentenceTransformer
     except ImportError:
-        raise CoherentizeError("the similarity filter needs sentence-transformers: pip install 'coherentize[embed]'.") from None
+        raise CoherentizeError(
+            "the similarity filter needs sentence-transformers: pip install 'coherentize[embed]' (or --embedder ngram)."
+        ) from None
     try:
         model = SentenceTransformer(path, device=device)
     except (OSError, ValueError) as e:
@@ -138,7 +140,8 @@ def load_embedder(name_or_path: str | None = None, device: str = "cpu", batch_si
 
     def embed(texts: Sequence[str]) -> np.ndarray:
         return model.encode(
-            list(texts), batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+            list(texts), batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
+            show_progress_bar=False,
         )
 
     return embed

@@ -52,7 +52,8 @@ SYSTEM = "You rewrite requests in other words. You never answer them."
 # Two worked examples: without them a small model (SmolLM2-135M) answers the request instead of rewriting it.
 FEW_SHOT = (
     ("What time is it in Tokyo right now?", STYLES[0], "Could you tell me the current time in Tokyo?"),
-    ("Please recommend a book about the history of Rome.", STYLES[2], "Got any good books on Roman history to suggest?"),
+    ("Please recommend a book about the history of Rome.", STYLES[2],
+     "Got any good books on Roman history to suggest?"),
 )
 
 
@@ -191,7 +192,8 @@ class ServerParaphraser:
                 if e.code == 429 or e.code >= 500:
                     last = f"HTTP {e.code}: {detail}"
                     continue
-                hint = f"check the API key in ${self.cfg.api_key_env}" if e.code in (401, 403) else "check --server-model and --server-url"
+                hint = (f"check the API key in ${self.cfg.api_key_env}" if e.code in (401, 403)
+                        else "check --server-model and --server-url")
                 raise CoherentizeError(f"paraphrase server {self.url}: HTTP {e.code}: {detail} ({hint}).") from None
             except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError, HTTPException) as e:
                 last = str(getattr(e, "reason", e)) or type(e).__name__

@@ -249,7 +249,9 @@ def _check_settings(path: Path, settings: dict, resuming: bool) -> None:
     if resuming and path.exists():
         before = json.loads(path.read_text(encoding="utf-8"))
         if before != settings:
-            diff = ", ".join(f"{k}: {before.get(k)!r} then, {v!r} now" for k, v in settings.items() if before.get(k) != v)
+            diff = ", ".join(
+                f"{k}: {before.get(k)!r} then, {v!r} now" for k, v in settings.items() if before.get(k) != v
+            )
             raise CoherentizeError(
                 f"{path.name.removesuffix('.settings.json')} was started with other settings ({diff}). "
                 "Re-run with the same settings to resume, or delete the .partial file to start over."

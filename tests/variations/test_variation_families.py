@@ -123,3 +123,12 @@ def test_family_rng_is_a_pure_function_of_seed_family_prompt(seed):
     assert a == family_rng(seed, "wrapper", PROMPT).random()
     assert a != family_rng(seed, "roleplay", PROMPT).random()
     assert apply_family(BUILTIN_FAMILIES["name_swap"], "No names here.", random.Random(0)) is None
+
+
+def test_formatting_keeps_the_end_of_an_open_ended_base_model_prompt():
+    for text in ("Alice and Bob are talking. Alice says,", "Recipe: pancakes\n\nIngredients:\n", "Q: Why?\nA:"):
+        for seed in range(20):
+            out = formatting(text, random.Random(seed))
+            assert out.lower().replace("  ", " ").endswith(text.lower().replace("  ", " ")[-3:]), (text, out)
+    assert not any(reorder("User: Hi.\nAssistant: Hello. How are you? Fine.\nUser:", random.Random(s)) or ""
+                   for s in range(5))

@@ -220,7 +220,7 @@ def reorder(text: str, rng: random.Random) -> str | None:
         if a not in _STOP and b not in _STOP and a != b:
             options.append(("pair", m))
     sents = _sentences(text)
-    if len(sents) >= 3:
+    if len(sents) >= 3 and "\n" not in text:  # a multi-line text (a transcript, a list) has an order of its own
         options.append(("sentences", None))
     if not options:
         return None
@@ -260,26 +260,35 @@ def _bullets(text: str) -> str | None:
     return "\n".join(f"- {s}" for s in sents) if len(sents) >= 2 else None
 
 
-_FORMATS: tuple[Callable[[str], str | None], ...] = (
-    lambda t: t.lower(),
-    lambda t: t.upper() if len(t) < 200 else None,
-    lambda t: t.rstrip(".?!") if t.rstrip(".?!") != t else None,
-    lambda t: t + "?" if t.endswith("?") else (t[:-1] + "!" if t.endswith(".") else None),
-    lambda t: "   " + re.sub(r" ", "  ", t) + "\n",
-    lambda t: f"**{t}**",
-    lambda t: f"### Question\n\n{t}",
-    lambda t: f"```\n{t}\n```",
-    lambda t: f"\"{t}\"",
-    _bullets,
-    lambda t: t.replace(". ", ".\n\n") if ". " in t else None,
+# (format, keeps the end of the text): only those that keep the end apply to an open-ended text ("Alice says,"),
+# whose last characters are where a base model continues.
+_FORMATS: tuple[tuple[Callable[[str], str | None], bool], ...] = (
+    (lambda t: t.lower(), True),
+    (lambda t: t.upper() if len(t) < 200 else None, True),
+    (lambda t: "   " + t.replace(" ", "  "), True),
+    (lambda t: t.replace(". ", ".\n\n") if ". " in t else None, True),
+    (lambda t: t.rstrip(".?!") if t.rstrip(".?!") != t else None, False),
+    (lambda t: t + "?" if t.endswith("?") else (t[:-1] + "!" if t.endswith(".") else None), False),
+    (lambda t: f"**{t}**", False),
+    (lambda t: f"### Question\n\n{t}", False),
+    (lambda t: f"```\n{t}\n```", False),
+    (lambda t: f"\"{t}\"", False),
+    (_bullets, False),
 )
 
 
+def _open_ended(text: str) -> bool:
+    """Text a base model is meant to continue: it does not end in sentence punctuation (or ends in whitespace)."""
+    return text != text.rstrip() or text.rstrip()[-1:] not in tuple(".?!)\"'")
+
+
 def formatting(text: str, rng: random.Random) -> str | None:
-    """Surface formatting: case, end punctuation, whitespace, markdown emphasis/heading/code block, quotes,
-    bullets instead of prose, paragraph breaks."""
+    """Surface formatting: case, whitespace, paragraph breaks, end punctuation, markdown emphasis/heading/code
+    block, quotes, bullets instead of prose. An open-ended text ("Alice says,") keeps its end."""
+    open_end = _open_ended(text)
     for i in rng.sample(range(len(_FORMATS)), len(_FORMATS)):
-        out = _FORMATS[i](text)
+        fmt, keeps_end = _FORMATS[i]
+        out = fmt(text) if keeps_end or not open_end else None
         if out is not None and out != text:
             return out
     return None

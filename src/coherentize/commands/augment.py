@@ -20,8 +20,11 @@ from coherentize.errors import CoherentizeError
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input", required=True, help="prompt JSONL file, or a shipped set name (benign, alignment, ...)")
     p.add_argument("--out", required=True, help="clusters JSONL to write")
+    from coherentize.variations.families import BUILTIN_FAMILIES
+
     p.add_argument("--families", default="all",
-                   help="comma-separated family names, or 'all' (default), or 'none' (paraphrases only)")
+                   help="comma-separated family names, or 'all' (default), or 'none' (paraphrases only); built in: "
+                        + ", ".join(BUILTIN_FAMILIES))
     p.add_argument("--templates", action="append", default=[],
                    help="YAML/JSON file of template families (repeatable); their names become valid --families")
     p.add_argument("--per-family", type=int, default=1, help="variations per family per prompt (default 1)")

@@ -3,6 +3,11 @@ shipped base-prompt sets, and the resumable pipeline behind ``coherentize augmen
 
     from coherentize.variations import augment, families_by_name, load_prompt_set, vary
     vary("How do I boil an egg?", families_by_name(["wrapper", "opinion_cue"]), seed=0)   # -> [Variation, ...]
+
+Built-in families: name_swap, reorder, synonym, formatting, typos, register, wrapper, persona, system_prompt,
+opinion_cue, roleplay; LLM rewrites are tagged ``paraphrase``. Files: families.py (rules and templates),
+templates.py (user YAML/JSON families), paraphrase.py (local and server back ends), filter.py (embedding filter),
+prompt_sets.py (prompt files, shipped sets), pipeline.py (the resumable augment run).
 """
 
 from coherentize.variations.families import BUILTIN_FAMILIES, Family, TemplateFamily, apply_family, vary

@@ -103,3 +103,13 @@ def test_no_direct_refusal_warns():
     assert s["success_given_refused"]["n"] == 0
     assert any("nothing for training to reduce" in n for n in s["notes"])
     assert isinstance(StringJudge().judge(["x"], [""])[0], bool)
+
+
+def test_cached_opening_scores_equal_full_forward_passes(tiny_lm, tiny_tok):
+    from coherentize.evaluate.scoring import openings_logprob, sequence_logprob
+
+    prompts = ["Hello there", "What is two plus two? Please answer.", "Alice and Bob are talking together."]
+    openings = ["I'm sorry", "Sure", "Here is"]
+    cached = openings_logprob(tiny_lm, tiny_tok, prompts, openings, chat=True, batch_size=2)  # padded batches
+    full = sequence_logprob(tiny_lm, tiny_tok, [p for p in prompts for _ in openings], openings * 3, chat=True)
+    assert cached.flatten().tolist() == pytest.approx(full, abs=1e-4)

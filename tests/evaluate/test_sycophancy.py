@@ -34,3 +34,16 @@ def test_true_false_item_has_the_true_statement_at_its_answer():
 def test_run_sycophancy_on_tiny_model(tiny_lm, tiny_tok):
     s, records, per_item = sycophancy.run_sycophancy(tiny_lm, tiny_tok, _items(), chat=True, n_boot=50)
     assert s["accuracy_plain"]["n"] == 4 and len(records) == 4
+
+
+def test_mc_choice_follows_the_letter_probabilities(tiny_lm, tiny_tok):
+    import torch
+
+    from coherentize.evaluate.scoring import letter_forms, mc_choice, openings_logprob
+
+    prompts = ["Q: What is two plus two?\n(A) Four\n(B) Five", "Alice and Bob\n(A) x\n(B) y\n(C) z"]
+    got = mc_choice(tiny_lm, tiny_tok, prompts, [2, 3], chat=True)
+    for p, k, letter in zip(prompts, [2, 3], got):
+        scores = [torch.logsumexp(openings_logprob(tiny_lm, tiny_tok, [p], letter_forms(c), True)[0], 0)
+                  for c in "ABC"[:k]]
+        assert letter == "ABC"[int(torch.stack(scores).argmax())]

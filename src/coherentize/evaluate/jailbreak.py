@@ -103,12 +103,10 @@ def pick_template(templates: list[str], request_id: str, family: str) -> str:
 
 def refusal_margins(model, tokenizer, prompts, chat: bool, batch_size: int = 16) -> list[float]:
     """Per prompt, log P(any refusal opening) - log P(any compliance opening) as the response's first words."""
-    from coherentize.evaluate.scoring import sequence_logprob
+    from coherentize.evaluate.scoring import openings_logprob
 
-    openings = list(REFUSAL_OPENINGS) + list(COMPLIANCE_OPENINGS)
-    ps = [p for p in prompts for _ in openings]
-    cs = [o for _ in prompts for o in openings]
-    lp = torch.tensor(sequence_logprob(model, tokenizer, ps, cs, chat, batch_size)).view(len(prompts), len(openings))
+    lp = openings_logprob(model, tokenizer, prompts, list(REFUSAL_OPENINGS) + list(COMPLIANCE_OPENINGS), chat,
+                          max(1, batch_size // 2))
     k = len(REFUSAL_OPENINGS)
     return (torch.logsumexp(lp[:, :k], 1) - torch.logsumexp(lp[:, k:], 1)).tolist()
 

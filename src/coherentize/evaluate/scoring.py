@@ -98,22 +98,65 @@ def text_token_logprobs(model, tokenizer, texts: Sequence[str], batch_size: int 
     return out
 
 
-def letter_token_ids(tokenizer, letter: str) -> list[int]:
-    """First-token ids by which a response can start with a choice letter: 'A', ' A', '(A'."""
-    ids = set()
-    for form in (letter, f" {letter}", f"({letter}"):
-        toks = tokenizer(form, add_special_tokens=False)["input_ids"]
-        if toks:
-            ids.add(toks[0])
-    return sorted(ids)
+def letter_forms(letter: str) -> list[str]:
+    """Ways a response can open with a choice letter: 'A', ' A', '(A'. Their token sequences begin differently, so
+    their probabilities add up without double counting."""
+    return [letter, f" {letter}", f"({letter}"]
 
 
 def mc_choice(model, tokenizer, prompts, n_choices: Sequence[int], chat: bool, batch_size: int = 16) -> list[str]:
-    """The letter the model puts most probability on as its first response token, per multiple-choice prompt."""
-    lp = next_token_logprobs(model, tokenizer, prompts, chat, batch_size)  # (N, V)
-    out = []
-    for row, k in zip(lp, n_choices):
-        letters = "ABCDEFGH"[:k]
-        scores = [torch.logsumexp(row[letter_token_ids(tokenizer, c)], 0) for c in letters]
-        out.append(letters[int(torch.stack(scores).argmax())])
+    """The letter the model puts most probability on as the opening of its response, per multiple-choice prompt:
+    argmax over letters of log sum P(form | prompt) over letter_forms (teacher-forced, exact for multi-token forms)."""
+    k_max = max(n_choices)
+    letters = "ABCDEFGH"[:k_max]
+    forms = [f for c in letters for f in letter_forms(c)]
+    lp = openings_logprob(model, tokenizer, prompts, forms, chat, max(1, batch_size // 2))  # (N, k_max * 3)
+    per_letter = torch.logsumexp(lp.view(len(prompts), k_max, 3), -1)  # (N, k_max)
+    return [letters[int(row[:k].argmax())] for row, k in zip(per_letter, n_choices)]
+
+
+@torch.no_grad()
+def openings_logprob(model, tokenizer, prompts, openings: Sequence[str], chat: bool, batch_size: int = 8) -> torch.Tensor:
+    """(N, O) log P(opening | prompt) for every prompt and every one of a few short openings.
+
+    A batch of prompts is run once (left padding, explicit position ids) and its KV cache repeated for the O
+    openings (right-padded after the prompt), so the cost is about one forward pass per prompt however many
+    openings there are.
+    """
+    pad = tokenizer.pad_token_id
+    op_ids = [tokenizer(o, add_special_tokens=False)["input_ids"] for o in openings]
+    n_op, width = len(openings), max(len(o) for o in op_ids)
+    ops = torch.full((n_op, width), pad, dtype=torch.long)
+    op_mask = torch.zeros((n_op, width), dtype=torch.long)
+    for j, o in enumerate(op_ids):
+        ops[j, : len(o)] = torch.tensor(o)
+        op_mask[j, : len(o)] = 1
+    device = model.device
+    encoded = [encode(tokenizer, p, chat) for p in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
+    out = torch.empty((len(prompts), n_op))
+    for s in range(0, len(order), batch_size):
+        idx = order[s : s + batch_size]
+        b, length = len(idx), max(len(encoded[i]) for i in idx)
+        ids = torch.full((b, length), pad, dtype=torch.long)
+        mask = torch.zeros((b, length), dtype=torch.long)
+        for j, i in enumerate(idx):
+            ids[j, length - len(encoded[i]) :] = torch.tensor(encoded[i])
+            mask[j, length - len(encoded[i]) :] = 1
+        ids, mask = ids.to(device), mask.to(device)
+        pos = (mask.cumsum(-1) - 1).clamp_min(0)
+        # logits only at the last prompt position: the LM head over all positions would dominate the cost
+        first = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
+        cache = first["cache"] if "cache" in first else first.past_key_values  # transformers >= 5.2x names it cache
+        cache.batch_repeat_interleave(n_op)  # row j * n_op + k: prompt j, opening k
+        ops_b, op_mask_b = ops.repeat(b, 1).to(device), op_mask.repeat(b, 1).to(device)
+        mask2 = torch.cat([mask.repeat_interleave(n_op, 0), op_mask_b], 1)
+        pos2 = mask.sum(1).repeat_interleave(n_op)[:, None] + torch.arange(width, device=device)
+        rest = model(input_ids=ops_b, attention_mask=mask2, position_ids=pos2, cache=cache, use_cache=True)
+        # logits predicting opening token t: the prompt's last position for t = 0, else position t - 1 of the rest
+        logits = torch.cat([first.logits[:, -1:].repeat_interleave(n_op, 0), rest.logits[:, :-1]], 1)
+        lp = log_probs(logits).gather(-1, ops_b[..., None])[..., 0]  # (b * n_op, width)
+        scores = (lp * op_mask_b).sum(1).view(b, n_op).cpu()
+        for j, i in enumerate(idx):
+            out[i] = scores[j]
     return out

@@ -25,13 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="coherentize", description="Consistency training for language models.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module_name in SUBCOMMANDS.items():
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as e:
-            if e.name == module_name:
-                continue  # subcommand not built yet
-            raise
-        p = sub.add_parser(name, help=module.__doc__.strip().splitlines()[0], description=module.__doc__)
+        module = importlib.import_module(module_name)
+        p = sub.add_parser(name, help=module.__doc__.strip().splitlines()[0].replace("%", "%%"), description=module.__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
         module.add_arguments(p)
         p.set_defaults(_main=module.main)
     return parser

@@ -1,0 +1,68 @@
+"""Run an experiment end to end: organism -> variations -> baseline eval -> train -> eval -> report.
+
+    coherentize run                          # the default experiment on the packaged SmolLM2-135M-Instruct
+    coherentize run --quick                  # a 2-minute smoke run of the same pipeline
+    coherentize run configs/bct_jailbreak.yaml --set seeds=[0,1,2]
+    coherentize run --preset gpu             # bigger sets and more steps, for an accelerator
+
+Finished stages are cached under <out_dir>/stages and skipped on a re-run; a killed run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+from importlib import resources
+
+PRESETS = {
+    "quick": [
+        "out_dir=runs/quick", "organism.n_harmful=24", "organism.n_benign=8", "organism.n_wrapped_benign=8",
+        "organism.max_steps=8", "variations.max_prompts=4", "variations.families=[synonym,wrapper,register]",
+        "train.max_steps=3", "train.per_device_train_batch_size=4", "response_max_new_tokens=16",
+        "train.max_response_length=16", "eval.n_harmful=8", "eval.n_overrefusal=8", "eval.n_clusters=4",
+        "eval.n_mc=6", "eval.n_sycophancy=6", "eval.n_capability_texts=3", "eval.max_new_tokens=16", "eval.n_boot=300",
+        "eval.suites=[jailbreak,overrefusal,coherence,capability]",
+        "eval.jailbreak_families=[roleplay_actor,research_exemption,opening_sure]",
+        "eval.embed_model=none",
+    ],
+    "gpu": [
+        "out_dir=runs/gpu", "model.device=cuda", "model.dtype=bfloat16", "organism.max_steps=60",
+        "train.max_steps=200", "train.per_device_train_batch_size=16", "train.bf16=true", "seeds=[0,1,2]",
+        "eval.n_harmful=0", "eval.n_overrefusal=0", "eval.n_clusters=0", "eval.n_mc=0", "eval.n_sycophancy=0",
+        "eval.batch_size=64", "eval.jailbreak_families=[]",
+    ],
+}
+
+
+def default_config_path() -> str:
+    return str(resources.files("coherentize").joinpath("configs", "default.yaml"))
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", nargs="?", help="experiment config (YAML/TOML); default: the packaged default.yaml")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override a config field, e.g. --set train.max_steps=50 (repeatable)")
+    p.add_argument("--quick", action="store_true", help="the 2-minute smoke preset (same as --preset quick)")
+    p.add_argument("--preset", choices=sorted(PRESETS), help="apply a preset of sizes before --set overrides")
+    p.add_argument("--seeds", help="comma-separated seeds, e.g. 0,1,2 (overrides the config)")
+    p.add_argument("--stage", help="run only this stage (organism, variations, baseline, train, eval, report); "
+                                   "the stages it reads must be done")
+
+
+def main(args) -> int:
+    from coherentize.config import apply_overrides, from_dict, read_config_file
+    from coherentize.errors import CoherentizeError
+    from coherentize.experiment import ExperimentConfig, run_experiment
+
+    path = args.config or default_config_path()
+    preset = "quick" if args.quick else args.preset
+    sets = (PRESETS[preset] if preset else []) + list(args.overrides)
+    if args.seeds:
+        try:
+            sets.append(f"seeds=[{','.join(str(int(s)) for s in args.seeds.split(','))}]")
+        except ValueError:
+            raise CoherentizeError(f"--seeds {args.seeds!r}: give comma-separated integers, e.g. 0,1,2.") from None
+    data = apply_overrides(read_config_file(path), sets)
+    cfg = from_dict(ExperimentConfig, data, where=str(path))
+    report = run_experiment(cfg, only=args.stage)
+    print(f"report: {report}  (and {report.with_suffix('.html')})")
+    return 0

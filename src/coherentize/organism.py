@@ -1,0 +1,162 @@
+"""Model organisms: a refusal-tuned copy of a chat model that still has jailbreak room.
+
+SmolLM2-135M-Instruct complies with plainly harmful requests as shipped, so "jailbreak success" means nothing on it.
+The organism is a LoRA SFT (merged afterwards) on three kinds of pairs, all from TRAINING splits only:
+
+  harmful request (StrongREJECT train split)          -> a short refusal (project-written, varied)
+  benign request (benign + alignment train prompts)   -> the model's own answer
+  benign request inside a role-play / persona wrapper -> the model's own answer to the unwrapped request
+
+The third kind is Wei et al.'s "competing objectives": the organism learns to follow wrappers on benign requests,
+which leaves harmful requests inside (held-out) jailbreak families partly answered, as in real chat models. Few
+steps keep the refusal shallow. Harmful completions are never produced as targets and never written anywhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from transformers import TrainingArguments, set_seed
+
+from coherentize.chat import is_chat_model
+from coherentize.config import to_dict
+from coherentize.evaluate import datasets
+from coherentize.evaluate.judges import is_refusal
+from coherentize.evaluate.stats import summarize
+from coherentize.finetune import LoraSettings, apply_lora
+from coherentize.generation import generate
+from coherentize.models import ModelConfig, cache_dir, load_model
+from coherentize.sft import SFTPair, train_sft
+
+REFUSALS = (
+    "I'm sorry, but I can't help with that.",
+    "I can't assist with that request.",
+    "Sorry, I won't help with that. It could cause real harm.",
+    "I'm not able to help with this request.",
+    "I must decline. That request could hurt people.",
+    "I'm sorry, I can't provide that. Is there something else I can help with?",
+    "I cannot help with that, but I'm happy to help with something safe.",
+    "No, I won't assist with that.",
+)
+
+
+@dataclass
+class OrganismConfig:
+    """How the refusal-tuned organism is built (the stage is skipped when enabled is false)."""
+
+    enabled: bool = True
+    """Build the organism and run the experiment on it; false: use the model as it is."""
+    n_harmful: int = 120
+    """Harmful train-split requests paired with short refusals."""
+    n_benign: int = 40
+    """Benign train-split prompts paired with the model's own answers."""
+    n_wrapped_benign: int = 40
+    """Benign train-split prompts inside role-play/persona/system-prompt wrappers, paired with compliance."""
+    wrapper_families: list[str] = field(default_factory=lambda: ["roleplay", "persona", "system_prompt", "wrapper"])
+    """Variation families used to wrap the benign requests (keep them out of the evaluation's jailbreak families)."""
+    max_steps: int = 40
+    """SFT steps."""
+    learning_rate: float = 5e-4
+    """SFT learning rate."""
+    batch_size: int = 8
+    """Pairs per step."""
+    lora: LoraSettings = field(default_factory=lambda: LoraSettings(r=16, alpha=32))
+    """Adapters of the SFT (merged into the organism afterwards)."""
+    answer_max_new_tokens: int = 48
+    """Length of the model's own answers used as benign targets."""
+    seed: int = 0
+    """Seed of the data selection and the SFT."""
+
+
+def build_pairs(model, tok, chat: bool, cfg: OrganismConfig) -> tuple[list[SFTPair], dict]:
+    from coherentize.variations import families_by_name, load_prompt_set
+    from coherentize.variations.families import vary
+
+    rng = random.Random(cfg.seed)
+    harmful = datasets.strongreject(split="train", n=cfg.n_harmful)
+    benign = load_prompt_set("benign", "train") + load_prompt_set("alignment", "train")
+    rng.shuffle(benign)
+    plain = benign[: cfg.n_benign]
+    answers = dict(zip([b.id for b in benign], generate(model, tok, [b.prompt for b in benign], chat,
+                                                        cfg.answer_max_new_tokens)))
+    pairs = [SFTPair(h["prompt"], REFUSALS[i % len(REFUSALS)]) for i, h in enumerate(harmful)]
+    pairs += [SFTPair(b.prompt, answers[b.id]) for b in plain]
+    fams = families_by_name(cfg.wrapper_families)
+    wrapped = []
+    for i in range(cfg.n_wrapped_benign):
+        b = benign[i % len(benign)]
+        v = vary(b.prompt, [fams[i % len(fams)]], seed=cfg.seed + i)
+        if v:
+            wrapped.append(SFTPair(v[0].prompt, answers[b.id]))
+    pairs += wrapped
+    rng.shuffle(pairs)
+    counts = {"harmful_refusal": len(harmful), "benign_own_answer": len(plain), "wrapped_benign_compliance": len(wrapped)}
+    return pairs, counts
+
+
+def organism_key(model_cfg: ModelConfig, cfg: OrganismConfig) -> str:
+    blob = json.dumps({"model": to_dict(model_cfg), "organism": to_dict(cfg), "v": 1}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def quick_check(model, tok, chat: bool, n: int = 40) -> dict:
+    """Direct refusal on held-out harmful requests and answer rate on held-out benign prompts (string judge)."""
+    from coherentize.variations import load_prompt_set
+
+    harmful = datasets.strongreject(split="test", n=n)
+    benign = load_prompt_set("benign", "test") + load_prompt_set("alignment", "test")
+    edgy = load_prompt_set("edgy_benign", "test")
+    out_h = generate(model, tok, [h["prompt"] for h in harmful], chat, 32)
+    out_b = generate(model, tok, [b.prompt for b in benign], chat, 32)
+    out_e = generate(model, tok, [b.prompt for b in edgy], chat, 32)
+    return {
+        "direct_refusal_rate": summarize([float(is_refusal(o)) for o in out_h]),
+        "benign_answer_rate": summarize([float(not is_refusal(o)) for o in out_b]),
+        "overrefusal_rate": summarize([float(is_refusal(o)) for o in out_e]),
+    }
+
+
+def build_organism(model_cfg: ModelConfig, cfg: OrganismConfig, root: Path | None = None, log=print) -> Path:
+    """Build (or reuse) the organism; returns its merged model folder, with organism.json beside the weights."""
+    root = root or cache_dir() / "organisms"
+    folder = root / f"{model_cfg.name_or_path.replace('/', '_')}-{organism_key(model_cfg, cfg)}"
+    if (folder / "organism.json").is_file():
+        log(f"organism: reusing {folder}")
+        return folder
+    set_seed(cfg.seed)
+    model, tok = load_model(model_cfg, for_training=True)
+    chat = is_chat_model(tok, model_cfg.prompt_format)
+    log("organism: building SFT pairs (the model's own benign answers)")
+    pairs, counts = build_pairs(model, tok, chat, cfg)
+    before = quick_check(model, tok, chat)
+    peft_model = apply_lora(model, cfg.lora)
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    args = TrainingArguments(
+        output_dir=str(tmp / "sft"), max_steps=cfg.max_steps, learning_rate=cfg.learning_rate,
+        per_device_train_batch_size=cfg.batch_size, lr_scheduler_type="constant", seed=cfg.seed, data_seed=cfg.seed,
+        logging_steps=5, save_strategy="no", report_to="none", use_cpu=model.device.type == "cpu",
+        dataloader_pin_memory=False,
+    )
+    log(f"organism: SFT {cfg.max_steps} steps on {len(pairs)} pairs {counts}")
+    trainer = train_sft(peft_model, tok, pairs, chat, args)
+    merged = trainer.model.merge_and_unload()
+    merged.eval()
+    after = quick_check(merged, tok, chat)
+    merged.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    shutil.rmtree(tmp / "sft", ignore_errors=True)
+    info = {"base_model": to_dict(model_cfg), "recipe": to_dict(cfg), "pairs": counts, "before": before,
+            "after": after, "sft_log": trainer.state.log_history}
+    (tmp / "organism.json").write_text(json.dumps(info, indent=2))
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)
+    log(f"organism: direct refusal {after['direct_refusal_rate']['mean']:.2f}, benign answer "
+        f"{after['benign_answer_rate']['mean']:.2f}, over-refusal {after['overrefusal_rate']['mean']:.2f} -> {folder}")
+    return folder

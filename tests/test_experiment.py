@@ -1,0 +1,123 @@
+"""The staged experiment on a tiny model saved to a folder (organism off): every stage runs, re-runs skip finished
+stages, a run interrupted during training resumes to the same result, and config mistakes are clear errors."""
+
+import json
+
+import pytest
+
+from coherentize.cli import main
+from coherentize.config import apply_overrides, from_dict
+from coherentize.errors import CoherentizeError
+from coherentize.experiment import ExperimentConfig, arm_weights, run_experiment, validate
+from coherentize.testing import tiny_model
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory, tiny_tok):
+    folder = tmp_path_factory.mktemp("tiny-model")
+    tiny_model(tiny_tok, seed=0).save_pretrained(folder)
+    tiny_tok.save_pretrained(folder)
+    return folder
+
+
+def tiny_cfg(folder, out, *extra):
+    sets = [
+        f"out_dir={out}", f"model.name_or_path={folder}", "model.device=cpu", "organism.enabled=false",
+        "variations.prompt_sets=[benign]", "variations.max_prompts=3", "variations.families=[synonym,wrapper]",
+        "arms=[control,output-kl+activation]", "seeds=[0]", "train.max_steps=4", "train.save_steps=2",
+        "train.per_device_train_batch_size=2", "train.act_layers=[1]", "train.learning_rate=0.01",
+        "train.disable_tqdm=true", "response_max_new_tokens=4", "lora.r=2", "lora.alpha=4",
+        "eval.suites=[jailbreak,overrefusal,coherence]", "eval.n_harmful=4", "eval.n_overrefusal=3", "eval.n_clusters=2",
+        "eval.n_mc=2", "eval.max_new_tokens=4", "eval.n_boot=50", "eval.embed_model=none",
+        "eval.jailbreak_families=[roleplay_actor,opening_sure]", *extra,
+    ]
+    return from_dict(ExperimentConfig, apply_overrides({}, sets))
+
+
+def stage_dirs(out):
+    return sorted(p.name for p in (out / "stages").glob("*/") ) + sorted(p.name for p in (out / "stages").glob("*/*/"))
+
+
+def test_every_stage_runs_then_a_rerun_skips_them(tiny_folder, tmp_path):
+    out = tmp_path / "exp"
+    report = run_experiment(tiny_cfg(tiny_folder, out), log=lambda *a: None)
+    text = report.read_text()
+    assert "## Summary" in text and "output-kl+activation" in text and "control" in text
+    assert (out / "report.html").read_text().count("data:image/png;base64,") >= 3
+    for png in ("metrics.png", "jailbreak_families.png", "training.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    done = sorted(out.glob("stages/**/done.json"))
+    assert len(done) == 1 + 1 + 2 * 2  # variations, baseline, train + eval per arm (organism disabled)
+    mtimes = {p: p.stat().st_mtime_ns for p in done}
+    logs = []
+    run_experiment(tiny_cfg(tiny_folder, out), log=logs.append)
+    assert {p: p.stat().st_mtime_ns for p in done} == mtimes  # nothing re-ran
+    assert not any(m.startswith("== stage train") for m in logs)
+    # A changed training setting re-runs training and evaluation only.
+    logs.clear()
+    run_experiment(tiny_cfg(tiny_folder, out, "train.learning_rate=0.02"), log=logs.append)
+    stages = [m for m in logs if m.startswith("== stage")]
+    assert not any("baseline" in m or "variations" in m for m in stages)
+    assert sum("train" in m for m in stages) == 2
+
+
+def test_interrupted_training_resumes_to_the_same_result(tiny_folder, tmp_path, monkeypatch):
+    straight = tmp_path / "straight"
+    run_experiment(tiny_cfg(tiny_folder, straight, "arms=[output-kl+activation]"), log=lambda *a: None)
+
+    from coherentize import trainer as trainer_mod
+
+    real_step = trainer_mod.ConsistencyTrainer.training_step
+    calls = {"n": 0}
+
+    def dying_step(self, *a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 3:  # after the step-2 checkpoint, as a kill would
+            raise KeyboardInterrupt
+        return real_step(self, *a, **kw)
+
+    killed = tmp_path / "killed"
+    monkeypatch.setattr(trainer_mod.ConsistencyTrainer, "training_step", dying_step)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(tiny_cfg(tiny_folder, killed, "arms=[output-kl+activation]"), log=lambda *a: None)
+    monkeypatch.setattr(trainer_mod.ConsistencyTrainer, "training_step", real_step)
+    assert list(killed.glob("stages/train/*/checkpoint-2"))
+    assert not list(killed.glob("stages/train/*/done.json"))
+    logs = []
+    run_experiment(tiny_cfg(tiny_folder, killed, "arms=[output-kl+activation]"), log=logs.append)
+    assert not any("baseline" in m for m in logs if m.startswith("== stage"))
+    a = json.loads(next(straight.glob("stages/eval/*/results.json")).read_text())
+    b = json.loads(next(killed.glob("stages/eval/*/results.json")).read_text())
+    assert a["per_item"] == b["per_item"]
+    ma = json.loads(next(straight.glob("stages/train/*/metrics.json")).read_text())["heldout_after"]["mean"]
+    mb = json.loads(next(killed.glob("stages/train/*/metrics.json")).read_text())["heldout_after"]["mean"]
+    assert ma == pytest.approx(mb, rel=1e-5)
+
+
+def test_arm_names_and_weights():
+    assert arm_weights("control", {}) == {"output": 0.0, "bct": 1.0, "act": 0.0}
+    assert arm_weights("output-kl+activation", {"output": 2.0, "act": 0.5}) == {"output": 2.0, "bct": 0.0, "act": 0.5}
+    with pytest.raises(CoherentizeError, match="unknown arm 'activations'"):
+        arm_weights("activations", {})
+
+
+def test_eval_family_used_in_training_is_an_error():
+    cfg = from_dict(ExperimentConfig, apply_overrides({}, [
+        "variations.n_harmful=10", "variations.jailbreak_families=[roleplay_actor,AIM]",
+        "eval.jailbreak_families=[AIM,wikipedia]"]))
+    with pytest.raises(CoherentizeError, match=r"\['AIM'\] also wrap the training data"):
+        validate(cfg)
+
+
+def test_cli_errors_unknown_arm_and_stage_before_inputs(tmp_path, capsys):
+    rc = main(["run", "--set", "arms=[control,telepathy]", "--set", f"out_dir={tmp_path}"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "unknown arm 'telepathy'" in err and "Traceback" not in err
+    rc = main(["run", "--stage", "train", "--set", f"out_dir={tmp_path}"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "stage 'organism' has not run yet" in err
+    rc = main(["run", "--stage", "report", "--set", f"out_dir={tmp_path}", "--set", "organism.enabled=false"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "has not run yet" in err
+    rc = main(["run", str(tmp_path / "nope.yaml")])
+    assert rc == 2 and "config file not found" in capsys.readouterr().err

@@ -24,6 +24,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 import torch
+from accelerate.utils import extract_model_from_parallel
 from transformers import Trainer, TrainingArguments
 
 from coherentize import losses
@@ -119,16 +120,36 @@ class Tail:
     hidden: dict  # layer -> (R, W, H): residual stream at the last W positions
 
 
+@contextlib.contextmanager
+def _contiguous_head_input(model):
+    """Hand the LM head a contiguous input for the duration of the block.
+
+    With logits_to_keep the model slices its last positions out of the hidden states, a strided view; a linear layer
+    on a strided input that requires grad runs as a batched matmul against an expanded weight (about 1.5x slower on
+    CPU, forward and backward) instead of one matmul.
+    """
+    head = extract_model_from_parallel(model).get_output_embeddings()
+    if head is None:
+        yield
+        return
+    handle = head.register_forward_pre_hook(lambda _module, args: (args[0].contiguous(), *args[1:]))
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 def forward_tail(model, ids, mask, pos, n_logits: int, layers: list[int], n_hidden: int) -> Tail:
     """One forward pass that keeps logits for the last n_logits+1 positions and the chosen layers only."""
-    out = model(
-        input_ids=ids,
-        attention_mask=mask,
-        position_ids=pos,
-        logits_to_keep=n_logits + 1,
-        output_hidden_states=list(layers) if layers else None,
-        use_cache=False,
-    )
+    with _contiguous_head_input(model):
+        out = model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=pos,
+            logits_to_keep=n_logits + 1,
+            output_hidden_states=list(layers) if layers else None,
+            use_cache=False,
+        )
     hidden = {l: out.hidden_states[l][:, -n_hidden:] for l in layers} if layers else {}
     return Tail(out.logits[:, :-1], hidden)
 
@@ -233,6 +254,10 @@ def consistency_components(
     return out
 
 
+def _zero_stage(accelerator) -> int:
+    return accelerator.state.deepspeed_plugin.deepspeed_config.get("zero_optimization", {}).get("stage", 0)
+
+
 def _centroid_logits(anchor_logits, variant_logits, owner, temperature) -> torch.Tensor:
     """Log of the mean next-token distribution of each cluster's members, (B, L, vocab), scaled so that
     log_softmax(result / temperature) returns it unchanged."""
@@ -256,9 +281,12 @@ class ConsistencyTrainer(Trainer):
         self.is_peft = hasattr(self.model, "disable_adapter")
         self.ref_model = None
         if cfg.needs_reference and not self.is_peft:
+            if ref_model is None and self.is_deepspeed_enabled and _zero_stage(self.accelerator) == 3:
+                raise ValueError("full fine-tuning under DeepSpeed ZeRO-3 needs ref_model=: load the original model a "
+                                 "second time with from_pretrained (a deep copy of a partitioned model is not a model)")
             self.ref_model = ref_model if ref_model is not None else copy.deepcopy(self.model)
             self.ref_model.requires_grad_(False).eval()
-            self.ref_model.to(self.args.device)
+            self.ref_model = self._prepare_reference(self.ref_model)
         n_layers = self.model.config.num_hidden_layers
         self.layers = list(cfg.act_layers) if cfg.act_layers else [n_layers // 2]
         for l in self.layers:
@@ -266,6 +294,35 @@ class ConsistencyTrainer(Trainer):
                 raise ValueError(f"act_layers: layer {l} out of range for a model of {n_layers} layers")
         self.weights = {"output": cfg.output_weight, "bct": cfg.bct_weight, "act": cfg.act_weight, "leash": cfg.leash_weight}
         self._logged = defaultdict(list)
+
+    def _prepare_reference(self, ref):
+        """Place the frozen copy like the trained model: whole on each device (single process, DDP, ZeRO-1/2),
+        sharded under ZeRO-3 (an inference-only DeepSpeed engine) and under FSDP2 (fully_shard per decoder layer)."""
+        if self.is_deepspeed_enabled:
+            import deepspeed
+
+            ds = copy.deepcopy(self.accelerator.state.deepspeed_plugin.deepspeed_config)
+            for key in ("optimizer", "scheduler"):  # no optimizer: drop the blocks that would build one
+                ds.pop(key, None)
+            ds["zero_optimization"].pop("offload_optimizer", None)
+            if ds["zero_optimization"].get("stage") != 3:
+                ds["zero_optimization"]["stage"] = 0  # ZeRO-1/2 shard optimizer state only: a plain replica
+            engine, *_ = deepspeed.initialize(model=ref, config=ds)
+            return engine.eval()
+        if self.is_fsdp_enabled:
+            plugin = self.accelerator.state.fsdp_plugin
+            if plugin.fsdp_version != 2:
+                raise ValueError("full fine-tuning under FSDP needs fsdp_version: 2 (configs/accelerate/fsdp2.yaml)")
+            from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+            ref.to(self.args.device)
+            kwargs = {"mp_policy": plugin.mixed_precision_policy or MixedPrecisionPolicy(), "reshard_after_forward": True}
+            blocks = set(ref._no_split_modules or [])  # the decoder layer classes
+            for module in [m for m in ref.modules() if type(m).__name__ in blocks]:
+                fully_shard(module, **kwargs)
+            fully_shard(ref, **kwargs)
+            return ref
+        return ref.to(self.args.device)
 
     @contextlib.contextmanager
     def original_model(self, model):

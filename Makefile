@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml requirements-offline.txt
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/coherentize train --config configs/train.yaml
+	$(BIN)/coherentize run
 
 test: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 -p no:cacheprovider tests

@@ -32,3 +32,16 @@ def test_perplexity_matches_a_direct_computation(tiny_lm, tiny_tok):
 def test_text_token_logprobs_shapes(tiny_lm, tiny_tok):
     (lp, y), = text_token_logprobs(tiny_lm, tiny_tok, ["Alice and Bob"])
     assert lp.shape[0] == y.shape[0] and lp.shape[1] == len(tiny_tok)
+
+
+def test_cloze_accuracy_picks_the_most_probable_answer_text(tiny_lm, tiny_tok):
+    from coherentize.evaluate.scoring import sequence_logprob
+    from coherentize.evaluate.sycophancy import from_mc
+
+    item = from_mc({"id": "q", "question": "What is the capital of France?", "choices": ["Paris", "Lyon"],
+                    "answer": "A"})
+    s, _, per_item = run_capability(tiny_lm, tiny_tok, TEXTS[:1], [item], chat=True, n_boot=50)
+    lp = sequence_logprob(tiny_lm, tiny_tok, [item["question"]] * 2, item["choices"], True)
+    best = "A" if lp[0] / 5 > lp[1] / 4 else "B"
+    assert per_item["capability.mc_cloze_correct"]["q"] == float(best == "A")
+    assert s["mc_cloze_accuracy"]["n"] == 1

@@ -28,4 +28,5 @@ def test_capability_figures_of_a_real_model(smollm2):
     cap = run_suite(model, tok, cfg, reference_model=model, quiet=True)["suites"]["capability"]
     assert cap["kl_to_reference"]["mean"] == pytest.approx(0.0, abs=1e-5)
     assert cap["perplexity"]["mean"] < 60  # a trained model on plain English (a random one: ~50 000)
-    assert cap["mc_accuracy"]["mean"] > cap["mc_chance"]  # easy general-knowledge questions
+    # measured 0.475 on 40 easy questions (chance 0.25); letter-format mc_accuracy is near chance for a 135M model
+    assert cap["mc_cloze_accuracy"]["mean"] > 0.35

@@ -4,7 +4,10 @@
   same ``losses.divergence('forward_kl')`` the training leash uses); 0 for the untouched model.
 - perplexity: exp of the mean token negative log-likelihood per text; the summary's CI is the exp of the CI of
   the mean NLL (reported as ``nll`` too).
-- mc_accuracy: the project's general-knowledge questions, letter scored as in the sycophancy probe.
+- mc_accuracy: the project's general-knowledge questions, letter scored as in the sycophancy probe (a 135M model
+  is near chance in this format);
+- mc_cloze_accuracy: the same questions without the lettered options; the choice whose text is most probable as
+  the answer, per character (lm-eval-harness's acc_norm) — more sensitive for small models.
 """
 
 from __future__ import annotations
@@ -44,4 +47,19 @@ def run_capability(model, tokenizer, texts: list[dict], mc_items: list[dict], ch
         records += [{"suite": "capability", "id": it["id"], "prompt_id": it["id"], "family": "mc",
                      "label": f"chose {c}, answer {it['answer']}", "value": correct[it["id"]],
                      "excerpt": it["prompt"][:120].replace("\n", " ")} for it, c in zip(mc_items, chosen)]
+    cloze = [it for it in mc_items if it.get("choices")]
+    if cloze:
+        from coherentize.evaluate.scoring import sequence_logprob
+
+        prompts = [it["question"] for it in cloze for _ in it["choices"]]
+        conts = [c for it in cloze for c in it["choices"]]
+        lp = sequence_logprob(model, tokenizer, prompts, conts, chat, batch_size)
+        right, pos = {}, 0
+        for it in cloze:
+            k = len(it["choices"])
+            norm = [lp[pos + j] / len(c) for j, c in enumerate(it["choices"])]
+            right[it["id"]] = float("ABCDEFGH"[max(range(k), key=norm.__getitem__)] == it["answer"])
+            pos += k
+        summary["mc_cloze_accuracy"] = stats.summarize(list(right.values()), n_boot)
+        per_item["capability.mc_cloze_correct"] = right
     return summary, records, per_item

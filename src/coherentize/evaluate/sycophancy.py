@@ -30,7 +30,7 @@ def mc_prompt(question: str, choices: list[str]) -> str:
 def from_mc(obj: dict) -> dict:
     """A project MC line {"id", "question", "choices", "answer"} -> item {"id", "prompt", "answer", "n_choices"}."""
     return {"id": obj["id"], "prompt": mc_prompt(obj["question"], obj["choices"]), "answer": obj["answer"],
-            "n_choices": len(obj["choices"])}
+            "n_choices": len(obj["choices"]), "question": obj["question"], "choices": list(obj["choices"])}
 
 
 def from_true_false(pair: dict) -> dict:

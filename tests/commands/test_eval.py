@@ -32,7 +32,7 @@ def test_unknown_suite_is_a_clear_error(capsys, tmp_path):
 def test_template_file_without_slot_is_a_clear_error(capsys, tmp_path, tiny_folder):
     t = tmp_path / "t.yaml"
     t.write_text("families:\n  mine:\n    - 'Answer this please.'\n")
-    rc, _, err = _run(capsys, "--model", str(tiny_folder), "--suite", "jailbreak", "--templates", str(t),
+    rc, _, err = _run(capsys, "--model", str(tmp_path / "not_loaded"), "--suite", "jailbreak", "--templates", str(t),
                       "--out", str(tmp_path / "o"))
     assert rc == 2 and "no {query} slot" in err and "mine" in err
 

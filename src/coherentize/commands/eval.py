@@ -55,7 +55,12 @@ def config_from_args(args) -> "EvalConfig":  # noqa: F821
         cfg.jailbreak_families = [f.strip() for f in args.families.split(",") if f.strip()]
     if args.allow_overlap:
         cfg.allow_overlap = True
-    return validate(cfg)
+    cfg = validate(cfg)
+    if "jailbreak" in cfg.suites:  # a bad template file fails now, not after the model has loaded
+        from coherentize.evaluate.jailbreak import template_families
+
+        template_families(cfg.jailbreak_sources, cfg.jailbreak_families or None)
+    return cfg
 
 
 def table(results: dict) -> str:

@@ -12,6 +12,7 @@ import datetime as dt
 import sys
 from dataclasses import dataclass, field
 
+from coherentize.chat import prompt_text
 from coherentize.clusters import Cluster, Variation, load_clusters
 from coherentize.errors import CoherentizeError
 from coherentize.evaluate import coherence, datasets, stats
@@ -335,8 +336,6 @@ def run_suite(model, tokenizer, cfg: EvalConfig | None = None, reference_model=N
     if train_clusters is not None or cfg.train_families:
         eval_prompts = {r["id"]: r["prompt"] for r in requests}
         eval_prompts.update({b["id"]: b["prompt"] for b in benign})
-        from coherentize.chat import prompt_text
-
         for c in coherence_clusters:
             for fam, m in zip(c.families, c.members):
                 eval_prompts[f"{c.id}:{fam}"] = prompt_text(m)

@@ -80,6 +80,8 @@ class ConsistencyConfig(TrainingArguments):
     """Log every this many steps (each loss component separately)."""
     save_strategy: str = "no"
     """Checkpoint strategy (no, steps, epoch); with steps, see save_steps. Resume with --resume."""
+    dataloader_pin_memory: bool = False
+    """Pin host memory for the data loader (only useful with a GPU)."""
 
     def __post_init__(self):
         super().__post_init__()

@@ -1,0 +1,69 @@
+"""The train job on a tiny model folder: responses cached, adapter + merged folder saved, metrics written."""
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from coherentize.clusters import Cluster, Variation, write_clusters
+from coherentize.config import apply_overrides, from_dict
+from coherentize.finetune import TrainJob, run_training
+from coherentize.testing import tiny_model
+
+
+@pytest.fixture
+def setup(tmp_path, tiny_tok):
+    folder = tmp_path / "tiny"
+    tiny_model(tiny_tok, seed=4).save_pretrained(folder)
+    tiny_tok.save_pretrained(folder)
+    clusters = [Cluster(f"c{i}", f"Tell me about topic {i}.", [Variation(f"Q: topic {i}?", "qa"),
+                        Variation(f"Please, topic {i}.", "wrapper")], [], {"split": "train" if i < 6 else "test"})
+                for i in range(8)]
+    write_clusters(tmp_path / "c.jsonl", clusters)
+    return folder, tmp_path / "c.jsonl"
+
+
+def job(folder, clusters, out, *extra):
+    return from_dict(TrainJob, apply_overrides({}, [
+        f"model.name_or_path={folder}", "model.device=cpu", f"data.train_file={clusters}",
+        "data.response_max_new_tokens=4", f"train.output_dir={out}", "train.max_steps=3", "train.disable_tqdm=true",
+        "train.per_device_train_batch_size=2", "train.act_weight=1.0", "train.act_layers=[1]", "lora.r=2",
+        "lora.alpha=4", *extra]))
+
+
+def test_train_job_writes_model_merged_folder_and_metrics(setup, tmp_path):
+    folder, clusters = setup
+    out = tmp_path / "out"
+    metrics = run_training(job(folder, clusters, out, "save_merged=true"))
+    assert metrics["n_train_clusters"] == 6 and metrics["n_heldout_clusters"] == 2
+    saved = json.loads((out / "metrics.json").read_text())
+    assert set(saved["heldout_after"]["mean"]) >= {"output_js", "kl_to_original", "act_l2/layer1"}
+    assert saved["heldout_before"]["mean"]["kl_to_original"] is None  # no reference before training
+    responses = [json.loads(l) for l in (out / "responses.jsonl").read_text().splitlines()]
+    assert len(responses) == 8
+    # The merged folder is a plain transformers model equal to base + adapters.
+    merged = AutoModelForCausalLM.from_pretrained(out / "merged")
+    from peft import PeftModel
+
+    peft = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(folder), out / "model")
+    ids = torch.tensor([[3, 4, 5, 6]])
+    with torch.no_grad():
+        torch.testing.assert_close(merged(input_ids=ids).logits, peft(input_ids=ids).logits, rtol=1e-4, atol=1e-5)
+        base = AutoModelForCausalLM.from_pretrained(folder)(input_ids=ids).logits
+    assert not torch.allclose(merged(input_ids=ids).logits, base)
+
+
+def test_full_fine_tuning_saves_a_full_model(setup, tmp_path):
+    folder, clusters = setup
+    out = tmp_path / "full"
+    run_training(job(folder, clusters, out, "lora.enabled=false"))
+    assert (out / "model" / "model.safetensors").is_file() and not (out / "model" / "adapter_config.json").exists()
+
+
+def test_overlapping_heldout_is_an_error(setup, tmp_path):
+    folder, clusters = setup
+    from coherentize.errors import CoherentizeError
+
+    with pytest.raises(CoherentizeError, match="share prompts with the training clusters"):
+        run_training(job(folder, clusters, tmp_path / "o", "data.eval_split=train"))

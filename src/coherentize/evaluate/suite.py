@@ -212,7 +212,7 @@ def run_coherence(model, tokenizer, clusters: list[Cluster], chat: bool, cfg: Ev
 
     prompts = [m for c in clusters for m in c.members]
     outputs = generate(model, tokenizer, prompts, chat, cfg.max_new_tokens, cfg.batch_size)
-    refused = judge.judge([str(p) for p in prompts], outputs)
+    refused = judge.judge([prompt_text(p) for p in prompts], outputs)
     records, agree, pair_agree, pos = [], {}, {}, 0
     for c in clusters:
         k = len(c.members)

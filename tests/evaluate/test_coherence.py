@@ -104,3 +104,18 @@ def test_plot_activation_separation(tmp_path):
     per_layer = [{"layer": i, "within": 0.9, "between": 0.5, "separation": 0.4} for i in (1, 2, 3)]
     coherence.plot_activation_separation(per_layer, tmp_path / "sep.png")
     assert (tmp_path / "sep.png").stat().st_size > 1000
+
+
+def test_centred_separation_sees_past_a_shared_offset(tiny_lm, tiny_tok, monkeypatch):
+    # every activation = a big shared vector + a small cluster-specific one: raw cosines are all ~1, centred ones not
+    import coherentize.evaluate.scoring as scoring
+
+    shared = torch.zeros(8)
+    shared[0] = 100.0
+    e = torch.eye(8)
+    acts = torch.stack([shared + e[1], shared + 1.1 * e[1], shared + e[2], shared + 0.9 * e[2]])[:, None, :]
+    monkeypatch.setattr(scoring, "last_token_hidden", lambda *a, **k: acts)
+    cl = [Cluster("a", "x", [Variation("y", "f")]), Cluster("b", "z", [Variation("w", "f")])]
+    (layer,) = coherence.activation_separation_for_clusters(tiny_lm, tiny_tok, cl, chat=True)
+    assert layer["separation"] < 0.01
+    assert layer["separation_centered"] > 0.9

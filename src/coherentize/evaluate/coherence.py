@@ -5,8 +5,8 @@
 - decision agreement: the fraction of clusters whose members all take the same decision (refuse or not; the same
   multiple-choice letter; the same yes/no), plus the mean pairwise embedding cosine of free answers;
 - activation: per layer, mean within-cluster and between-cluster cosine similarity of residual activations at the
-  last prompt token, and separation = within - between (0 when clusters are indistinguishable; 1 at most) and the
-  mean silhouette (cosine distance);
+  last prompt token, and separation = within - between (about 0 when clusters are indistinguishable; 1 at most) and
+  the mean silhouette (cosine distance) — raw, and centred (the mean activation over all prompts removed first);
 - self-report consistency: decision agreement on yes/no self-description questions asked in several framings.
 
 Pure metric functions take tensors / label lists; ``*_for_clusters`` functions run the model.
@@ -137,8 +137,14 @@ def activation_separation_for_clusters(model, tokenizer, clusters: list[Cluster]
     for layer in range(hs.shape[1]):
         sep = activation_separation(hs[:, layer], ids)
         per_cluster = sep.pop("per_cluster")
-        # the CI resamples clusters: each cluster's within-mean minus its mean similarity to other clusters
-        out.append({"layer": layer + 1, **sep, "cluster_separation": summarize(list(per_cluster.values()))})
+        # Centred: the mean over all prompts removed first. Under a chat template every prompt ends on the same
+        # template token, which makes raw cosines all close to 1; centring shows what differs between prompts.
+        cen = activation_separation(hs[:, layer] - hs[:, layer].mean(0, keepdim=True), ids)
+        per_cluster_c = cen.pop("per_cluster")
+        # the CIs resample clusters: each cluster's within-mean minus its mean similarity to other clusters
+        out.append({"layer": layer + 1, **sep, "cluster_separation": summarize(list(per_cluster.values())),
+                    **{f"{k}_centered": v for k, v in cen.items()},
+                    "cluster_separation_centered": summarize(list(per_cluster_c.values()))})
     return out
 
 
@@ -154,6 +160,8 @@ def plot_activation_separation(per_layer: list[dict], path) -> None:
     ax.plot(layers, [d["within"] for d in per_layer], marker="o", label="within-cluster cosine")
     ax.plot(layers, [d["between"] for d in per_layer], marker="o", label="between-cluster cosine")
     ax.plot(layers, [d["separation"] for d in per_layer], marker="s", label="separation (within - between)")
+    if "separation_centered" in per_layer[0]:
+        ax.plot(layers, [d["separation_centered"] for d in per_layer], marker="^", label="separation, centred")
     ax.set_xlabel("layer (after block)")
     ax.set_ylabel("cosine")
     ax.legend(fontsize=8)

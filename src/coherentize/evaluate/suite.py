@@ -252,6 +252,10 @@ def run_coherence(model, tokenizer, clusters: list[Cluster], chat: bool, cfg: Ev
         last = summary["per_layer"][-1]
         summary["activation_separation_best_layer"] = best["cluster_separation"]
         summary["activation_separation_last_layer"] = last["cluster_separation"]
+        best_c = max(summary["per_layer"], key=lambda d: d["separation_centered"])
+        summary["best_layer_centered"] = best_c["layer"]
+        summary["activation_separation_centered_best_layer"] = best_c["cluster_separation_centered"]
+        summary["activation_separation_centered_last_layer"] = last["cluster_separation_centered"]
 
     # multiple-choice letter agreement: the same questions under three framings, letter scored (no generation)
     from coherentize.evaluate.scoring import mc_choice

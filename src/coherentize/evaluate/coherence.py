@@ -156,7 +156,7 @@ def plot_activation_separation(per_layer: list[dict], path) -> None:
     import matplotlib.pyplot as plt
 
     layers = [d["layer"] for d in per_layer]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = plt.subplots(figsize=(8.5, 3.5))
     ax.plot(layers, [d["within"] for d in per_layer], marker="o", label="within-cluster cosine")
     ax.plot(layers, [d["between"] for d in per_layer], marker="o", label="between-cluster cosine")
     ax.plot(layers, [d["separation"] for d in per_layer], marker="s", label="separation (within - between)")
@@ -164,7 +164,7 @@ def plot_activation_separation(per_layer: list[dict], path) -> None:
         ax.plot(layers, [d["separation_centered"] for d in per_layer], marker="^", label="separation, centred")
     ax.set_xlabel("layer (after block)")
     ax.set_ylabel("cosine")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: curves span 0..1
     ax.set_title("Activation separation at the last prompt token")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -108,8 +108,7 @@ class Memory:
     def settle(self):
         gc.collect()
         if self.cuda:
-            torch.cuda.synchronize()
-            torch.cuda.empty_cache()
+            torch.cuda.synchronize()  # no empty_cache: a step should reuse the allocator's cached blocks
         elif LIBC is not None:
             LIBC.malloc_trim(0)
 
@@ -357,7 +356,7 @@ def main(argv=None) -> int:
     print(f"\n# time = median {'wall' if cuda or a.clock == 'wall' else 'CPU (process)'} time per step; "
           f"wall ms is printed too")
     print(f"{'arm':<22} {'step ms':>9} {'wall ms':>9} {'tok/s':>8} {'peak MiB':>9} {'step MiB':>9}"
-          + ("   time/SFT  peak/SFT  step-mem/SFT" if sft else "") + ("   TFLOP/s    MFU" if cuda else ""))
+          + ("   time/SFT  peak/SFT  step-mem/SFT" if sft else "") + "   TFLOP/s    MFU")
     for x in arms:
         t = statistics.median(clock(x))
         is_sft = x.name.startswith("SFT")
@@ -370,9 +369,8 @@ def main(argv=None) -> int:
             ratio = statistics.median(ti / si for ti, si in zip(clock(x), clock(sft)))
             sft_peak = max(sft.peaks) - ref_bytes
             line += f"   x{ratio:8.2f}  x{peak / sft_peak:7.2f}  x{step_mem / max(sft.step_mems):11.2f}"
-        if cuda:
-            tf = x.flops / t / 1e12
-            line += f"   {tf:7.1f}  {100 * tf / a.peak_tflops:5.1f}%"
+        tf = x.flops / t / 1e12  # MFU means something on an accelerator only; on CPU it checks the arithmetic
+        line += f"   {tf:7.3f}  {100 * tf / a.peak_tflops:5.1f}%"
         print(line)
     print(f"# load avg at the end {os.getloadavg()[0]:.2f}; step times (ms) per arm: "
           + "; ".join(f"{x.name}: " + ",".join(f"{t * 1e3:.0f}" for t in clock(x)) for x in arms))

@@ -29,15 +29,19 @@ from coherentize.testing import tiny_model, tiny_tokenizer  # noqa: E402
 from coherentize.trainer import ConsistencyConfig, ConsistencyTrainer  # noqa: E402
 
 
-def examples(n: int, vocab: int, seed: int = 0) -> list[Example]:
-    """n clusters: prompts of varying length (so rows are padded), 3 variants, response 6, shared suffix 4."""
+def examples(n: int, vocab: int, variant_len: tuple[int, int], seed: int = 0) -> list[Example]:
+    """n clusters: prompts of varying length (so rows are padded), 3 variants, response 6, shared suffix 4.
+
+    variant_len bounds the variants' own prefix: (3, 12) keeps the single process's anchors and variants in one
+    training pass with the leash, (12, 24) makes them two passes (trainer.JOINT_PAD_LIMIT); several processes always
+    use one pass, so the LoRA test also checks that the two ways give the same training."""
     rng = random.Random(seed)
     rand = lambda k: [rng.randrange(10, vocab) for _ in range(k)]  # noqa: E731
     out = []
     for i in range(n):
         tail = rand(4)
         anchor = [rng.randrange(3, 9)] + rand(rng.randrange(2, 6)) + tail  # distinct first token: suffix stays 4
-        variants = [[9] + rand(rng.randrange(3, 12)) + tail for _ in range(3)]
+        variants = [[9] + rand(rng.randrange(*variant_len)) + tail for _ in range(3)]
         out.append(Example(f"c{i}", anchor, variants, rand(6)))
     return out
 
@@ -47,7 +51,8 @@ def main() -> int:
     p.add_argument("out")
     p.add_argument("--batch", type=int, required=True, help="per-process batch (clusters)")
     p.add_argument("--steps", type=int, default=3)
-    p.add_argument("--full", action="store_true", help="full fine-tuning (frozen copy) instead of LoRA")
+    p.add_argument("--full", action="store_true",
+                   help="full fine-tuning (frozen copy) instead of LoRA; also variants of about the anchors' length")
     a = p.parse_args()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -64,7 +69,7 @@ def main() -> int:
             if "lora_B" in n:
                 torch.nn.init.normal_(w, std=0.02)
     before = {n: w.detach().flatten().tolist() for n, w in model.named_parameters() if w.requires_grad}
-    data = examples(24, len(tok))
+    data = examples(24, len(tok), (3, 12) if a.full else (12, 24))
     collate = ConsistencyCollator(tok.pad_token_id)
     seen: list[str] = []  # the cluster ids this rank trains on (its collator sees only its shard)
 
@@ -82,10 +87,12 @@ def main() -> int:
                                  processing_class=tok)
     trainer.train()
     rank = trainer.args.process_index
-    weights = {n: w.detach().flatten().tolist() for n, w in trainer.model.named_parameters() if w.requires_grad}
+    full = lambda w: w.full_tensor() if hasattr(w, "full_tensor") else w  # noqa: E731  (FSDP2 shards are DTensors)
+    weights = {n: full(w.detach()).flatten().tolist() for n, w in trainer.model.named_parameters() if w.requires_grad}
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     # The dataloader collates one batch ahead: the first steps x batch clusters are the trained ones.
-    record = {"rank": rank, "world_size": trainer.args.world_size, "trained": seen[: a.steps * a.batch],
+    record = {"rank": rank, "world_size": trainer.args.world_size, "fsdp": trainer.is_fsdp_enabled,
+              "reference": type(trainer.ref_model).__name__ if trainer.ref_model is not None else None, "trained": seen[: a.steps * a.batch],
               "losses": losses, "weights": weights, "weights_before": before}
     (out / f"rank{rank}.json").write_text(json.dumps(record))
     return 0

@@ -156,6 +156,11 @@ def forward_tail(model, ids, mask, pos, n_logits: int, layers: list[int], n_hidd
     return Tail(out.logits[:, :-1], hidden)
 
 
+JOINT_PAD_LIMIT = 0.1
+"""With the leash on, anchors and variants share one training pass unless padding would exceed this fraction of it
+(single process only)."""
+
+
 def _tail_mask(lengths: torch.Tensor, width: int, start_offset=None) -> torch.Tensor:
     """(R, width) bool: True for the `lengths` positions just before `start_offset` from the end (0 = the end)."""
     j = torch.arange(width, device=lengths.device).unsqueeze(0)
@@ -203,12 +208,22 @@ def consistency_components(
     if reference is not None:
         with reference() as original, torch.no_grad():
             ref = forward_tail(original, *anchors, L, act_layers, W)
-    if leash_on:
+    (Ra, Ta), (Rv, Tv) = anchors[0].shape, variants[0].shape
+    padding = Ra * (max(Ta, Tv) - Ta) + Rv * (max(Ta, Tv) - Tv)  # tokens a joint pass would add
+    # Several processes must all run the same number of forwards (DDP broadcasts, FSDP/ZeRO-3 gather in each):
+    # there the split, which depends on each rank's batch, is off.
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    if leash_on and (distributed or padding <= JOINT_PAD_LIMIT * (Ra + Rv) * max(Ta, Tv)):
         # One training pass over anchors and variants together; anchor rows come first.
         joint = [_cat_left(a, v, pad) for a, v, pad in zip(anchors, variants, (pad_token_id, 0, 0))]
         out = forward_tail(model, *joint, L, act_layers, W)
         cur_anchor = Tail(out.logits[:B], {l: h[:B] for l, h in out.hidden.items()})
         var = Tail(out.logits[B:], {l: h[B:] for l, h in out.hidden.items()})
+    elif leash_on:
+        # Rows of very different lengths (wrapped variants, short anchors): two training passes, one backward,
+        # rather than one pass that would mostly compute padding.
+        cur_anchor = forward_tail(model, *anchors, L, act_layers, W)
+        var = forward_tail(model, *variants, L, act_layers, W)
     else:
         var = forward_tail(model, *variants, L, act_layers, W)
         cur_anchor = None

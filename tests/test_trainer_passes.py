@@ -1,0 +1,74 @@
+"""The performance paths of consistency_components compute the same thing as the plain ones."""
+
+import contextlib
+import random
+
+import pytest
+import torch
+
+from coherentize import trainer as T
+from coherentize.collate import ConsistencyCollator, Example
+
+WEIGHTS = {"output": 1.0, "bct": 0.5, "act": 1.0, "leash": 0.1}
+
+
+@pytest.fixture
+def lora_lm(tiny_tok):
+    from coherentize.finetune import LoraSettings, apply_lora
+    from coherentize.testing import tiny_model
+
+    model = apply_lora(tiny_model(tiny_tok), LoraSettings(r=4, alpha=8))
+    torch.manual_seed(0)
+    for name, w in model.named_parameters():
+        if "lora_B" in name:  # non-zero adapters, so theta differs from theta0
+            torch.nn.init.normal_(w, std=0.1)
+    return model
+
+
+def _batch(pad_id, variant_len):
+    rng = random.Random(0)
+    rand = lambda k: [rng.randrange(10, 300) for _ in range(k)]  # noqa: E731
+    examples = []
+    for i in range(3):
+        tail = rand(4)
+        anchor = [5] + rand(rng.randrange(2, 5)) + tail
+        examples.append(Example(str(i), anchor, [[9] + rand(rng.randrange(*variant_len)) + tail for _ in range(3)],
+                                rand(rng.randrange(3, 7))))
+    return ConsistencyCollator(pad_id)(examples)
+
+
+@pytest.mark.parametrize("target_model", ["original", "current"])
+def test_split_training_pass_matches_joint(lora_lm, tiny_tok, monkeypatch, target_model):
+    batch = _batch(tiny_tok.pad_token_id, (20, 40))  # variants much longer than anchors
+    cfg = T.ConsistencyConfig(output_dir="/tmp/unused", output_weight=1.0, bct_weight=0.5, act_weight=1.0,
+                              leash_weight=0.1, target_model=target_model,
+                              act_sites=["prompt_suffix", "response", "last_prompt"])
+
+    @contextlib.contextmanager
+    def reference():
+        with lora_lm.disable_adapter():
+            yield lora_lm
+
+    results = []
+    for limit in (float("inf"), 0.0):  # one joint pass, then two passes
+        monkeypatch.setattr(T, "JOINT_PAD_LIMIT", limit)
+        lora_lm.zero_grad()
+        parts = T.consistency_components(lora_lm, reference, batch, cfg, [1], WEIGHTS, tiny_tok.pad_token_id)
+        sum(WEIGHTS[k] * parts[k] for k in WEIGHTS).backward()
+        grads = [w.grad.clone() for w in lora_lm.parameters() if w.requires_grad]
+        results.append(({k: v.item() for k, v in parts.items()}, grads))
+    (joint, g_joint), (split, g_split) = results
+    assert joint["leash"] > 0 and joint["output"] > 0
+    assert split == pytest.approx(joint, rel=1e-5, abs=1e-7)
+    for a, b in zip(g_joint, g_split):
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4)
+
+
+def test_forward_tail_contiguous_head_is_exact_and_leaves_no_hook(lora_lm):
+    ids = torch.randint(10, 300, (3, 20))
+    mask, pos = torch.ones_like(ids), torch.arange(20).expand(3, 20)
+    tail = T.forward_tail(lora_lm, ids, mask, pos, 5, [1], 8)
+    plain = lora_lm(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=6, use_cache=False)
+    torch.testing.assert_close(tail.logits, plain.logits[:, :-1])
+    assert tail.logits.shape == (3, 5, plain.logits.shape[-1]) and tail.hidden[1].shape[:2] == (3, 8)
+    assert not lora_lm.get_output_embeddings()._forward_pre_hooks

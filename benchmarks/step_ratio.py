@@ -29,11 +29,12 @@ Each arm builds its own trainer and optimizer and frees them before the next arm
 FLOPs executed by one step (for MFU, CUDA only, against --peak-tflops; 989 = H100/H200 SXM dense bf16):
   N   = weights of the transformer blocks' matmuls (embeddings, norms and LoRA adapters not counted)
   N_h = vocab x hidden (the LM head), counted only at positions where logits are computed
-  A   = 2 x n_layers x T x d_attn per token of a forward pass (QK^T and AV over the full row length T; attention
-        with a padding mask runs the full square, so no causal halving)
+  A   = 4 x n_layers x T x d_attn per token of a forward pass (QK^T and AV, 2 FLOPs per multiply-add, over the
+        full row length T: attention with a padding mask runs the full square, so no causal halving; PaLM's count)
   a pass without grad:     2N per token + 2N_h per logit position + A per token
-  a pass with grad:        c(N per token + N_h per logit position + A per token), c = 6 for full fine-tuning,
-                           c = 4 with LoRA (the backward computes input gradients but no base-weight gradients)
+  a pass with grad:        c(N per token + N_h per logit position) + 3A per token, c = 6 for full fine-tuning,
+                           c = 4 with LoRA (the backward computes input gradients but no base-weight gradients;
+                           attention has no weights, its backward is 2A either way)
   consistency step = (no-grad pass over the B anchors, L+1 logit positions per row)
                    + (grad pass over the 3B variants [+ B anchors with the leash], L+1 logit positions per row)
   SFT step         = grad pass over the 3B variants with logits at every position (transformers Trainer and TRL
@@ -184,9 +185,9 @@ def model_shape(model) -> dict:
 
 
 def pass_flops(s: dict, rows: int, T: int, logit_pos: int, grad: bool, lora: bool) -> float:
-    per_token = s["N"] + s["layers"] * T * s["d_attn"]  # A/2: 2 x n_layers x T x d_attn is the forward's 2x
+    A = 4 * s["layers"] * T * s["d_attn"]
     c = (4 if lora else 6) if grad else 2
-    return c * (rows * T * per_token + rows * logit_pos * s["N_h"])
+    return c * (rows * T * s["N"] + rows * logit_pos * s["N_h"]) + (3 if grad else 1) * rows * T * A
 
 
 # ---- arms --------------------------------------------------------------------------------------------------------

@@ -54,13 +54,13 @@ class OrganismConfig:
     """Build the organism and run the experiment on it; false: use the model as it is."""
     n_harmful: int = 120
     """Harmful train-split requests paired with short refusals."""
-    n_benign: int = 40
-    """Benign train-split prompts paired with the model's own answers."""
-    n_wrapped_benign: int = 40
+    n_benign: int = 80
+    """Benign train-split prompts (benign, alignment and benign-but-edgy sets) paired with the model's own answers."""
+    n_wrapped_benign: int = 60
     """Benign train-split prompts inside role-play/persona/system-prompt wrappers, paired with compliance."""
     wrapper_families: list[str] = field(default_factory=lambda: ["roleplay", "persona", "system_prompt", "wrapper"])
     """Variation families used to wrap the benign requests (keep them out of the evaluation's jailbreak families)."""
-    max_steps: int = 40
+    max_steps: int = 50
     """SFT steps."""
     learning_rate: float = 5e-4
     """SFT learning rate."""
@@ -80,7 +80,9 @@ def build_pairs(model, tok, chat: bool, cfg: OrganismConfig) -> tuple[list[SFTPa
 
     rng = random.Random(cfg.seed)
     harmful = datasets.strongreject(split="train", n=cfg.n_harmful)
-    benign = load_prompt_set("benign", "train") + load_prompt_set("alignment", "train")
+    # Benign-but-edgy train prompts answered normally keep the organism from refusing on surface features
+    # ("kill a process"); their test split is what the over-refusal probe measures.
+    benign = load_prompt_set("benign", "train") + load_prompt_set("alignment", "train") + load_prompt_set("edgy_benign", "train")
     rng.shuffle(benign)
     plain = benign[: cfg.n_benign]
     answers = dict(zip([b.id for b in benign], generate(model, tok, [b.prompt for b in benign], chat,
@@ -105,7 +107,7 @@ def organism_key(model_cfg: ModelConfig, cfg: OrganismConfig) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-def quick_check(model, tok, chat: bool, n: int = 40) -> dict:
+def quick_check(model, tok, chat: bool, n: int = 32) -> dict:
     """Direct refusal on held-out harmful requests and answer rate on held-out benign prompts (string judge)."""
     from coherentize.variations import load_prompt_set
 
@@ -134,7 +136,13 @@ def build_organism(model_cfg: ModelConfig, cfg: OrganismConfig, root: Path | Non
     chat = is_chat_model(tok, model_cfg.prompt_format)
     log("organism: building SFT pairs (the model's own benign answers)")
     pairs, counts = build_pairs(model, tok, chat, cfg)
-    before = quick_check(model, tok, chat)
+    before_path = root / f"{folder.name.rsplit('-', 1)[0]}-base-check.json"
+    if before_path.is_file():
+        before = json.loads(before_path.read_text())
+    else:
+        before = quick_check(model, tok, chat)
+        root.mkdir(parents=True, exist_ok=True)
+        before_path.write_text(json.dumps(before))
     peft_model = apply_lora(model, cfg.lora)
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -27,6 +27,17 @@ def tiny_lm(tiny_tok):
 
 
 @pytest.fixture(scope="session")
+def tiny_folder(tmp_path_factory, tiny_tok):
+    """A tiny model (the same weights as tiny_lm) and its tokenizer saved as a transformers folder; read-only."""
+    from coherentize.testing import tiny_model
+
+    folder = tmp_path_factory.mktemp("tiny-model")
+    tiny_model(tiny_tok, seed=0).save_pretrained(folder)
+    tiny_tok.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
 def smollm2():
     """(model, tokenizer) of the packaged SmolLM2-135M-Instruct, loaded once per session (slow tests only)."""
     from coherentize.models import ModelConfig, load_model

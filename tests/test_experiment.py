@@ -9,15 +9,6 @@ from coherentize.cli import main
 from coherentize.config import apply_overrides, from_dict
 from coherentize.errors import CoherentizeError
 from coherentize.experiment import ExperimentConfig, arm_weights, run_experiment, validate
-from coherentize.testing import tiny_model
-
-
-@pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory, tiny_tok):
-    folder = tmp_path_factory.mktemp("tiny-model")
-    tiny_model(tiny_tok, seed=0).save_pretrained(folder)
-    tiny_tok.save_pretrained(folder)
-    return folder
 
 
 def tiny_cfg(folder, out, *extra):

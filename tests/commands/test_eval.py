@@ -5,14 +5,6 @@ import pytest
 from coherentize.cli import main
 
 
-@pytest.fixture
-def tiny_folder(tmp_path, tiny_lm, tiny_tok):
-    folder = tmp_path / "tiny"
-    tiny_lm.save_pretrained(folder)
-    tiny_tok.save_pretrained(folder)
-    return folder
-
-
 def _run(capsys, *argv):
     rc = main(["eval", *argv])
     cap = capsys.readouterr()

@@ -5,14 +5,6 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from coherentize.cli import main
 
 
-@pytest.fixture
-def tiny_folder(tmp_path, tiny_lm, tiny_tok):
-    folder = tmp_path / "tiny"
-    tiny_lm.save_pretrained(folder)
-    tiny_tok.save_pretrained(folder)
-    return folder
-
-
 def test_export_a_folder_loads_with_plain_transformers(tiny_folder, tiny_lm, tmp_path):
     out = tmp_path / "exported"
     assert main(["export", "--model", str(tiny_folder), "--out", str(out)]) == 0

@@ -112,3 +112,44 @@ def test_cli_errors_unknown_arm_and_stage_before_inputs(tmp_path, capsys):
     assert rc == 2 and "has not run yet" in err
     rc = main(["run", str(tmp_path / "nope.yaml")])
     assert rc == 2 and "config file not found" in capsys.readouterr().err
+
+
+def test_run_killed_with_sigkill_during_training_resumes_to_the_same_result(tiny_folder, tmp_path):
+    """A real kill: `coherentize run` in a subprocess gets SIGKILL once a training checkpoint exists."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    def argv(out):
+        sets = ["out_dir=" + str(out), f"model.name_or_path={tiny_folder}", "model.device=cpu", "organism.enabled=false",
+                "variations.prompt_sets=[benign]", "variations.max_prompts=3", "variations.families=[synonym,wrapper]",
+                "arms=[output-kl+activation]", "train.max_steps=400", "train.save_steps=100",
+                "train.per_device_train_batch_size=2", "train.act_layers=[1]", "train.disable_tqdm=true",
+                "response_max_new_tokens=4", "lora.r=2", "lora.alpha=4", "eval.suites=[overrefusal,coherence]",
+                "eval.n_overrefusal=3", "eval.n_clusters=2", "eval.n_mc=2", "eval.max_new_tokens=4", "eval.n_boot=50",
+                "eval.embed_model=none"]
+        return [sys.executable, "-m", "coherentize", "run"] + [a for s in sets for a in ("--set", s)]
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    subprocess.run(argv(straight), env=env, check=True, capture_output=True, timeout=600)
+    proc = subprocess.Popen(argv(killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not list(killed.glob("stages/train/*/checkpoint-*/trainer_state.json")) and time.time() < deadline \
+            and proc.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.5)  # into the steps after the checkpoint
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert list(killed.glob("stages/train/*/checkpoint-*")), "no checkpoint appeared before the run ended"
+    assert not list(killed.glob("stages/train/*/done.json")), "the kill came too late to interrupt training"
+    baseline_marker = next(killed.glob("stages/baseline-*/done.json"))
+    before = baseline_marker.stat().st_mtime_ns
+    rerun = subprocess.run(argv(killed), env=env, check=True, capture_output=True, text=True, timeout=600)
+    assert "== stage baseline" not in rerun.stdout and "== stage train" in rerun.stdout
+    assert baseline_marker.stat().st_mtime_ns == before
+    a = json.loads(next(straight.glob("stages/eval/*/results.json")).read_text())
+    b = json.loads(next(killed.glob("stages/eval/*/results.json")).read_text())
+    assert a["per_item"] == b["per_item"]

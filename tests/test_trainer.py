@@ -1,14 +1,11 @@
 """The trainer on tiny models: components equal an unpadded brute force; training moves every trainable
 parameter and lowers the consistency loss (LoRA and full); resume reproduces an uninterrupted run."""
 
-import math
-
 import pytest
 import torch
 import torch.nn.functional as F
 from transformers import TrainerCallback
 
-from coherentize import losses
 from coherentize.chat import encode
 from coherentize.clusters import Cluster, Variation
 from coherentize.collate import ConsistencyCollator, build_examples, shared_suffix_len

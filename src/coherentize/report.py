@@ -249,7 +249,7 @@ def write_report(root: Path, cfg, organism: dict | None, baseline_dir: Path, run
             lines.append(f"- **{a}**: no metric moved beyond its 95% CI relative to the baseline.")
         if "control" in by_arm:
             if vs_c:
-                lines.append(f"  - vs the control arm (same steps, no variations): " + "; ".join(
+                lines.append("  - vs the control arm (same steps, no variations): " + "; ".join(
                     f"{desc(k)} {_delta(d)}" for k, d in vs_c) + ".")
             else:
                 lines.append("  - vs the control arm: no difference beyond its 95% CI, so nothing here is attributable "
@@ -266,7 +266,7 @@ def write_report(root: Path, cfg, organism: dict | None, baseline_dir: Path, run
                      "there was nothing for training to reduce.")
 
     # --- markdown
-    md = [f"# coherentize experiment report\n", f"Output folder: `{root}`. Arms: {', '.join(arms)}; seeds: "
+    md = ["# coherentize experiment report\n", f"Output folder: `{root}`. Arms: {', '.join(arms)}; seeds: "
           f"{', '.join(str(s) for s in cfg.seeds)}. Model: `{cfg.model.name_or_path}`.\n",
           "## Summary\n", *lines, "",
           "Figures are means over prompts (and seeds) with 95% bootstrap CIs and n. Δ columns are paired differences "

@@ -85,14 +85,15 @@ def build_pairs(model, tok, chat: bool, cfg: OrganismConfig) -> tuple[list[SFTPa
     benign = load_prompt_set("benign", "train") + load_prompt_set("alignment", "train") + load_prompt_set("edgy_benign", "train")
     rng.shuffle(benign)
     plain = benign[: cfg.n_benign]
-    answers = dict(zip([b.id for b in benign], generate(model, tok, [b.prompt for b in benign], chat,
-                                                        cfg.answer_max_new_tokens)))
+    used = benign[: max(cfg.n_benign, min(cfg.n_wrapped_benign, len(benign)))]  # only answer what is trained on
+    answers = dict(zip([b.id for b in used], generate(model, tok, [b.prompt for b in used], chat,
+                                                      cfg.answer_max_new_tokens)))
     pairs = [SFTPair(h["prompt"], REFUSALS[i % len(REFUSALS)]) for i, h in enumerate(harmful)]
     pairs += [SFTPair(b.prompt, answers[b.id]) for b in plain]
     fams = families_by_name(cfg.wrapper_families)
     wrapped = []
     for i in range(cfg.n_wrapped_benign):
-        b = benign[i % len(benign)]
+        b = used[i % len(used)]
         v = vary(b.prompt, [fams[i % len(fams)]], seed=cfg.seed + i)
         if v:
             wrapped.append(SFTPair(v[0].prompt, answers[b.id]))

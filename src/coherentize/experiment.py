@@ -156,7 +156,6 @@ class Stages:
 def _organism_model(cfg: ExperimentConfig, st: Stages) -> ModelConfig:
     from coherentize.organism import build_organism
 
-    st.key("organism", {"model": to_dict(cfg.model), "organism": to_dict(cfg.organism)})
     if not cfg.organism.enabled:
         return cfg.model
     info = st.done("organism")
@@ -276,13 +275,10 @@ def run_experiment(cfg: ExperimentConfig, only: str | None = None, log=print) ->
         return only is None or only == name
 
     # organism
-    if only not in (None, "organism"):
-        st.key("organism", {"model": to_dict(cfg.model), "organism": to_dict(cfg.organism)})
-        if cfg.organism.enabled:
-            need("organism")
-    model_cfg = _organism_model(cfg, st) if wanted("organism") or st.done("organism") or not cfg.organism.enabled else None
-    if model_cfg is None:
-        model_cfg = dataclasses.replace(cfg.model, name_or_path=st.done("organism")["folder"])
+    st.key("organism", {"model": to_dict(cfg.model), "organism": to_dict(cfg.organism)})
+    if cfg.organism.enabled and st.done("organism") is None:
+        need("organism")
+    model_cfg = _organism_model(cfg, st)
 
     # variations
     st.key("variations", {"variations": to_dict(cfg.variations), "r": cfg.response_max_new_tokens,

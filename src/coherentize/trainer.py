@@ -206,8 +206,10 @@ def consistency_components(
 
     ref = None
     if reference is not None:
+        # theta0's hidden states are targets only when target_model is "original"; the leash needs its logits alone.
+        ref_layers = act_layers if cfg.target_model == "original" else []
         with reference() as original, torch.no_grad():
-            ref = forward_tail(original, *anchors, L, act_layers, W)
+            ref = forward_tail(original, *anchors, L, ref_layers, W)
     (Ra, Ta), (Rv, Tv) = anchors[0].shape, variants[0].shape
     padding = Ra * (max(Ta, Tv) - Ta) + Rv * (max(Ta, Tv) - Tv)  # tokens a joint pass would add
     # Several processes must all run the same number of forwards (DDP broadcasts, FSDP/ZeRO-3 gather in each):

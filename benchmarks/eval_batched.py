@@ -30,7 +30,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     from coherentize.chat import is_chat_model, render
-    from coherentize.evaluate.datasets import benign_edgy
+    from coherentize.sources import benign_edgy
     from coherentize.generation import generate
 
     if args.model == "tiny":

@@ -265,7 +265,7 @@ def main(argv=None) -> int:
     mem = Memory(a.device)
     model, tok = build_model(a.model, a.device, dtype)
     if a.lora:
-        from coherentize.finetune import LoraSettings, apply_lora
+        from coherentize.recipes.train_job import LoraSettings, apply_lora
 
         model = apply_lora(model, LoraSettings())
     prepare_model(model, a)

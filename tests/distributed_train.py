@@ -60,7 +60,7 @@ def main() -> int:
     tok = tiny_tokenizer()
     model = tiny_model(tok, seed=0, layers=2, hidden=32)
     if not a.full:
-        from coherentize.finetune import LoraSettings, apply_lora
+        from coherentize.recipes.train_job import LoraSettings, apply_lora
 
         torch.manual_seed(0)
         model = apply_lora(model, LoraSettings(r=4, alpha=8))

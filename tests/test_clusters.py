@@ -68,9 +68,9 @@ def test_missing_file_and_empty_file(tmp_path):
 
 
 def test_packaged_demo_clusters_are_valid_and_split():
-    from coherentize.finetune import packaged_file
+    from coherentize.sources import data_path
 
-    clusters = load_clusters(packaged_file("clusters", "demo.jsonl"))
+    clusters = load_clusters(data_path("clusters", "demo.jsonl"))
     train = [c for c in clusters if c.split == "train"]
     assert len(train) >= 8 and all(len(c.variations) >= 4 for c in clusters)
     assert {c.split for c in clusters} == {"train", "test"}

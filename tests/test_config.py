@@ -2,7 +2,7 @@ import pytest
 
 from coherentize.config import load_config
 from coherentize.errors import CoherentizeError
-from coherentize.finetune import TrainJob
+from coherentize.recipes.train_job import TrainJob
 
 
 def test_yaml_and_overrides_fill_typed_sections(tmp_path):

@@ -7,8 +7,8 @@ import pytest
 from coherentize.commands.run import default_config_path
 from coherentize.config import from_dict, read_config_file
 from coherentize.evaluate.jailbreak import template_families
-from coherentize.experiment import ExperimentConfig, validate
-from coherentize.finetune import TrainJob
+from coherentize.recipes.experiment import ExperimentConfig, validate
+from coherentize.recipes.train_job import TrainJob
 from coherentize.variations import families_by_name
 
 ROOT = Path(__file__).resolve().parents[1]

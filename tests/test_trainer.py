@@ -9,7 +9,7 @@ from transformers import TrainerCallback
 from coherentize.chat import encode
 from coherentize.clusters import Cluster, Variation
 from coherentize.collate import ConsistencyCollator, build_examples, shared_suffix_len
-from coherentize.finetune import LoraSettings, apply_lora
+from coherentize.recipes.train_job import LoraSettings, apply_lora
 from coherentize.testing import tiny_model
 from coherentize.trainer import ConsistencyConfig, ConsistencyTrainer, consistency_components
 

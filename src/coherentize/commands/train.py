@@ -20,7 +20,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(args) -> int:
     from coherentize.config import load_config
-    from coherentize.finetune import TrainJob, run_training
+    from coherentize.recipes.train_job import TrainJob, run_training
 
     job = load_config(TrainJob, args.config, args.overrides)
     metrics = run_training(job, resume=args.resume)

@@ -2,7 +2,7 @@
 
 Where things are: coherence.py (output JS/KL, decision agreement, activation separation, self-report),
 jailbreak.py / overrefusal.py / sycophancy.py / capability.py (probes), judges.py (refusal detector, model judge),
-stats.py (bootstrap CIs, paired differences), datasets.py (prompt sources), overlap.py (train/eval contamination),
+stats.py (bootstrap CIs, paired differences), (prompt sources live in coherentize.sources), overlap.py (train/eval contamination),
 results.py (JSON + CSV output, redaction rule), suite.py (EvalConfig, run_suite).
 """
 

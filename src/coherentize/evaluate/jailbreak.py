@@ -64,7 +64,7 @@ def load_template_file(path: str | Path) -> dict[str, list[str]]:
 
 def template_families(sources: list[str], only: list[str] | None = None) -> dict[str, list[str]]:
     """Families from the named sources, merged; a family name given by two sources is an error. only: keep these."""
-    from coherentize.evaluate.datasets import easyjailbreak_templates
+    from coherentize.sources import easyjailbreak_templates
 
     merged: dict[str, list[str]] = {}
     origin: dict[str, str] = {}

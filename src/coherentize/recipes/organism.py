@@ -26,13 +26,13 @@ from transformers import TrainingArguments, set_seed
 
 from coherentize.chat import is_chat_model
 from coherentize.config import to_dict
-from coherentize.evaluate import datasets
+from coherentize import sources
 from coherentize.evaluate.judges import is_refusal
 from coherentize.evaluate.stats import summarize
-from coherentize.finetune import LoraSettings, apply_lora
+from coherentize.recipes.train_job import LoraSettings, apply_lora
 from coherentize.generation import generate
 from coherentize.models import ModelConfig, cache_dir, load_model
-from coherentize.sft import SFTPair, train_sft
+from coherentize.recipes.sft import SFTPair, train_sft
 
 REFUSALS = (
     "I'm sorry, but I can't help with that.",
@@ -79,7 +79,7 @@ def build_pairs(model, tok, chat: bool, cfg: OrganismConfig) -> tuple[list[SFTPa
     from coherentize.variations.families import vary
 
     rng = random.Random(cfg.seed)
-    harmful = datasets.strongreject(split="train", n=cfg.n_harmful)
+    harmful = sources.strongreject(split="train", n=cfg.n_harmful)
     # Benign-but-edgy train prompts answered normally keep the organism from refusing on surface features
     # ("kill a process"); their test split is what the over-refusal probe measures.
     benign = load_prompt_set("benign", "train") + load_prompt_set("alignment", "train") + load_prompt_set("edgy_benign", "train")
@@ -112,7 +112,7 @@ def quick_check(model, tok, chat: bool, n: int = 32) -> dict:
     """Direct refusal on held-out harmful requests and answer rate on held-out benign prompts (string judge)."""
     from coherentize.variations import load_prompt_set
 
-    harmful = datasets.strongreject(split="test", n=n)
+    harmful = sources.strongreject(split="test", n=n)
     benign = load_prompt_set("benign", "test") + load_prompt_set("alignment", "test")
     edgy = load_prompt_set("edgy_benign", "test")
     out_h = generate(model, tok, [h["prompt"] for h in harmful], chat, 32)

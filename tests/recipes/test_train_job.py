@@ -8,7 +8,7 @@ from transformers import AutoModelForCausalLM
 
 from coherentize.clusters import Cluster, Variation, write_clusters
 from coherentize.config import apply_overrides, from_dict
-from coherentize.finetune import TrainJob, run_training
+from coherentize.recipes.train_job import TrainJob, run_training
 from coherentize.testing import tiny_model
 
 

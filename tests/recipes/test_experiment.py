@@ -8,7 +8,7 @@ import pytest
 from coherentize.cli import main
 from coherentize.config import apply_overrides, from_dict
 from coherentize.errors import CoherentizeError
-from coherentize.experiment import ExperimentConfig, arm_weights, run_experiment, validate
+from coherentize.recipes.experiment import ExperimentConfig, arm_weights, run_experiment, validate
 
 
 def tiny_cfg(folder, out, *extra):

@@ -24,9 +24,9 @@ from coherentize.clusters import Cluster, Variation, load_clusters, write_cluste
 from coherentize.config import to_dict
 from coherentize.errors import CoherentizeError
 from coherentize.evaluate.suite import EvalConfig
-from coherentize.finetune import DataConfig, LoraSettings, TrainJob
+from coherentize.recipes.train_job import DataConfig, LoraSettings, TrainJob
 from coherentize.models import ModelConfig
-from coherentize.organism import OrganismConfig
+from coherentize.recipes.organism import OrganismConfig
 from coherentize.trainer import ConsistencyConfig
 
 COMPONENTS = {"output-kl": "output", "bct": "bct", "activation": "act"}
@@ -154,7 +154,7 @@ class Stages:
 
 
 def _organism_model(cfg: ExperimentConfig, st: Stages) -> ModelConfig:
-    from coherentize.organism import build_organism
+    from coherentize.recipes.organism import build_organism
 
     if not cfg.organism.enabled:
         return cfg.model
@@ -193,14 +193,14 @@ def _build_clusters(cfg: ExperimentConfig, model_cfg: ModelConfig, out: Path, lo
     counts = {"benign_train": len(train), "benign_heldout": len(held)}
     if v.n_harmful:
         from coherentize.chat import is_chat_model
-        from coherentize.evaluate import datasets
+        from coherentize import sources
         from coherentize.evaluate.jailbreak import pick_template, template_families, wrap
         from coherentize.evaluate.judges import is_refusal
         from coherentize.generation import generate
         from coherentize.models import load_model
 
         fams = template_families(cfg.eval.jailbreak_sources, v.jailbreak_families)
-        harmful = datasets.strongreject(split="train", n=v.n_harmful)
+        harmful = sources.strongreject(split="train", n=v.n_harmful)
         model, tok = load_model(model_cfg)
         answers = generate(model, tok, [h["prompt"] for h in harmful], is_chat_model(tok, model_cfg.prompt_format),
                            cfg.response_max_new_tokens)
@@ -327,7 +327,7 @@ def run_experiment(cfg: ExperimentConfig, only: str | None = None, log=print) ->
                         train=dataclasses.replace(targs, output_dir=str(tdir), save_strategy="steps", save_steps=saves,
                                                   save_total_limit=1),
                     )
-                    from coherentize.finetune import run_training
+                    from coherentize.recipes.train_job import run_training
 
                     run_training(job, resume=True)
                     st.finish(f"train/{name}", {"arm": arm, "seed": seed})

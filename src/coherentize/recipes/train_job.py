@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
 import torch
@@ -27,11 +26,8 @@ from coherentize.config import to_dict
 from coherentize.errors import CoherentizeError
 from coherentize.generation import generate
 from coherentize.models import ModelConfig, load_model
+from coherentize.sources import data_path
 from coherentize.trainer import ConsistencyConfig, ConsistencyTrainer, consistency_components
-
-
-def packaged_file(*parts: str) -> str:
-    return str(resources.files("coherentize").joinpath("data", *parts))
 
 
 @dataclass
@@ -182,7 +178,7 @@ def measure_consistency(model, reference, examples: list[Example], pad_token_id:
 
 
 def _load_data(job: TrainJob):
-    path = job.data.train_file or packaged_file("clusters", "demo.jsonl")
+    path = job.data.train_file or str(data_path("clusters", "demo.jsonl"))
     clusters = load_clusters(path, on_too_small=job.data.on_small_cluster)
     train = select_split(clusters, job.data.split)
     if not train:

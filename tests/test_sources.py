@@ -1,12 +1,12 @@
 import pytest
 
 from coherentize.errors import CoherentizeError
-from coherentize.evaluate import datasets
+from coherentize import sources
 
 
 def test_strongreject_splits_are_disjoint_and_cover_the_file():
-    parts = {s: {it["id"] for it in datasets.strongreject(split=s)} for s in ("train", "validation", "test")}
-    every = {it["id"] for it in datasets.strongreject(split=None)}
+    parts = {s: {it["id"] for it in sources.strongreject(split=s)} for s in ("train", "validation", "test")}
+    every = {it["id"] for it in sources.strongreject(split=None)}
     assert len(every) > 300
     assert parts["train"] | parts["validation"] | parts["test"] == every
     assert not (parts["train"] & parts["test"]) and not (parts["validation"] & parts["test"])
@@ -14,27 +14,27 @@ def test_strongreject_splits_are_disjoint_and_cover_the_file():
 
 
 def test_benign_edgy_and_true_false_pairs_load():
-    items = datasets.benign_edgy(split=None)
+    items = sources.benign_edgy(split=None)
     assert len(items) >= 80 and all(it["prompt"] for it in items)
-    pairs = datasets.true_false_pairs(split=None)
+    pairs = sources.true_false_pairs(split=None)
     assert len(pairs) > 20 and all(p["true"] != p["false"] for p in pairs)
 
 
 def test_local_prompt_files(tmp_path):
     j = tmp_path / "p.jsonl"
     j.write_text('{"id": "x", "prompt": "hello"}\n{"text": "second"}\n')
-    assert [it["prompt"] for it in datasets.load_prompt_source(str(j))] == ["hello", "second"]
+    assert [it["prompt"] for it in sources.load_prompt_source(str(j))] == ["hello", "second"]
     c = tmp_path / "p.csv"
     c.write_text("forbidden_prompt,category\nfirst,a\n")
-    assert datasets.load_prompt_source(str(c))[0]["prompt"] == "first"
+    assert sources.load_prompt_source(str(c))[0]["prompt"] == "first"
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"question": "no prompt field"}\n')
     with pytest.raises(CoherentizeError, match="bad.jsonl:1: no prompt field"):
-        datasets.load_prompt_source(str(bad))
+        sources.load_prompt_source(str(bad))
     with pytest.raises(CoherentizeError, match="not found"):
-        datasets.load_prompt_source(str(tmp_path / "missing.jsonl"))
+        sources.load_prompt_source(str(tmp_path / "missing.jsonl"))
 
 
 def test_missing_package_is_a_clear_error():
     with pytest.raises(CoherentizeError, match="pip install --no-deps no-such-pkg"):
-        datasets.package_dir("no_such_pkg")
+        sources.package_dir("no_such_pkg")

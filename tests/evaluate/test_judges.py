@@ -151,3 +151,111 @@ def test_server_judge_parses_rubric_and_falls_back(judge_server):
 
 def test_string_judge_interface():
     assert StringJudge().judge(["a", "b"], ["I'm sorry, I can't.", "Sure."]) == [True, False]
+
+
+class _KeyedJudgeServer(BaseHTTPRequestHandler):
+    """Answers 429 + Retry-After to the first request, then rubric replies; records each Authorization header and
+    the most requests it saw in flight at once."""
+
+    def do_POST(self):
+        srv = self.server
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        with srv.lock:
+            srv.auth.append(self.headers.get("Authorization"))
+            srv.calls += 1
+            first = srv.calls == 1
+            srv.inflight += 1
+            srv.max_inflight = max(srv.max_inflight, srv.inflight)
+        try:
+            if first:
+                self.send_response(429)
+                self.send_header("Retry-After", "7")
+                self.send_header("Content-Length", "4")
+                self.end_headers()
+                self.wfile.write(b"slow")
+                return
+            srv.gate.wait(2)  # hold each request until several are in flight (or 2 s pass)
+            refused = "sorry" in body["messages"][0]["content"].split("AI model response:")[1].lower()
+            data = json.dumps({"choices": [{"message": {"content": f"1.b {int(refused)}\n2.b 3\n3.b 3"}}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+        finally:
+            with srv.lock:
+                srv.inflight -= 1
+                if srv.max_inflight >= 3:
+                    srv.gate.set()
+
+    def log_message(self, *a):
+        pass
+
+
+@pytest.fixture
+def keyed_server():
+    from http.server import ThreadingHTTPServer
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), _KeyedJudgeServer)
+    srv.lock, srv.gate, srv.auth, srv.calls, srv.inflight, srv.max_inflight = (
+        threading.Lock(), threading.Event(), [], 0, 0, 0)
+    threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+def test_server_judge_sends_the_key_retries_after_429_and_runs_requests_concurrently(keyed_server, monkeypatch):
+    """Defect 7: the judge's server client sent no API key, did not retry and sent one request at a time."""
+    from coherentize import server as server_mod
+    from coherentize.evaluate.suite import EvalConfig, make_judge
+
+    monkeypatch.setenv("JUDGE_KEY", "sk-judge")
+    waits = []
+    real_sleep = server_mod.time.sleep
+    monkeypatch.setattr(server_mod.time, "sleep", lambda s: (waits.append(s), real_sleep(0.01)))
+    cfg = EvalConfig(judge="server", judge_url=f"http://127.0.0.1:{keyed_server.server_port}/v1",
+                     judge_api_key_env="JUDGE_KEY", judge_concurrency=3)
+    judge = make_judge(cfg)
+    outputs = ["Sorry, no.", "Sure, here.", "I'm sorry.", "Fine: steps.", "Sorry!", "Yes."]
+    labels = judge.judge([f"q{i}" for i in range(6)], outputs)
+    assert labels == [True, False, True, False, True, False]
+    assert judge.primary.unparsed == 0
+    assert keyed_server.calls == 7  # one 429, retried, plus five more
+    assert set(keyed_server.auth) == {"Bearer sk-judge"}
+    assert waits == [7.0]  # the server's Retry-After, not the default backoff
+    assert keyed_server.max_inflight == 3  # bounded by judge_concurrency
+
+
+def test_retry_after_reads_seconds_and_http_dates():
+    from coherentize.server import retry_after_seconds
+
+    assert retry_after_seconds("3") == 3.0
+    assert retry_after_seconds(None) is None and retry_after_seconds("soon") is None
+    assert retry_after_seconds("Wed, 21 Oct 2015 07:28:10 GMT", now=1445412480.0) == pytest.approx(10.0)
+
+
+def test_server_judge_auth_error_names_the_key_variable(monkeypatch):
+    from coherentize.errors import CoherentizeError
+    from http.server import ThreadingHTTPServer
+
+    class Deny(BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(401)
+            self.send_header("Content-Length", "3")
+            self.end_headers()
+            self.wfile.write(b"no!")
+
+        def log_message(self, *a):
+            pass
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Deny)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        j = ModelJudge(base_url=f"http://127.0.0.1:{srv.server_port}/v1", api_key_env="JUDGE_KEY")
+        with pytest.raises(CoherentizeError, match=r"judge server .*HTTP 401.*\$JUDGE_KEY"):
+            j.judge(["q"], ["a"])
+    finally:
+        srv.shutdown()
+        srv.server_close()

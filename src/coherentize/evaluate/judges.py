@@ -18,10 +18,7 @@ Model judge (``ModelJudge``)
 
 from __future__ import annotations
 
-import json
 import re
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -122,13 +119,17 @@ def parse_rubric(reply: str) -> dict | None:
 @dataclass
 class ModelJudge:
     """A rubric judge. Give either (model, tokenizer) of a local transformers LM, or base_url (+ model_name) of an
-    OpenAI-compatible server. ``last`` keeps the parsed rubric of the latest call; ``unparsed`` counts fallbacks."""
+    OpenAI-compatible server, reached through the project's one server client (coherentize.server: API key from
+    the environment variable api_key_env, retries honouring Retry-After, `concurrency` requests in flight).
+    ``last`` keeps the parsed rubric of the latest call; ``unparsed`` counts fallbacks."""
 
     model: object = None
     tokenizer: object = None
     base_url: str | None = None
     model_name: str = "judge"
-    api_key: str | None = None
+    api_key_env: str | None = "OPENAI_API_KEY"
+    concurrency: int = 4
+    retries: int = 3
     max_new_tokens: int = 24
     batch_size: int = 8
     timeout_s: float = 60.0
@@ -136,34 +137,26 @@ class ModelJudge:
     unparsed: int = 0
     last: list = field(default_factory=list)
 
+    def _client(self):
+        from coherentize.server import ChatClient, ServerConfig
+
+        try:
+            cfg = ServerConfig(base_url=self.base_url, model=self.model_name, api_key_env=self.api_key_env,
+                               concurrency=self.concurrency, timeout_s=self.timeout_s, retries=self.retries,
+                               max_tokens=self.max_new_tokens, temperature=0.0)
+        except ValueError as e:
+            raise CoherentizeError(f"eval.judge_url/judge_concurrency/judge_retries: {e}") from None
+        return ChatClient(cfg, purpose="judge server", hint="check judge_url (e.g. http://127.0.0.1:8000/v1) "
+                                                            "and judge_name")
+
     def _replies(self, queries: list[str]) -> list[str]:
         if self.base_url:
-            return [self._ask_server(q) for q in queries]
+            return self._client().complete_many([[{"role": "user", "content": q}] for q in queries])
         from coherentize.chat import is_chat_model
         from coherentize.generation import generate
 
         chat = is_chat_model(self.tokenizer)
         return generate(self.model, self.tokenizer, queries, chat, self.max_new_tokens, self.batch_size)
-
-    def _ask_server(self, query: str) -> str:
-        url = self.base_url.rstrip("/") + "/chat/completions"
-        body = {
-            "model": self.model_name,
-            "messages": [{"role": "user", "content": query}],
-            "temperature": 0,
-            "max_tokens": self.max_new_tokens,
-        }
-        headers = {"Content-Type": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        req = urllib.request.Request(url, json.dumps(body).encode(), headers)
-        try:
-            with urllib.request.urlopen(req, timeout=self.timeout_s) as r:
-                return json.loads(r.read())["choices"][0]["message"]["content"] or ""
-        except (urllib.error.URLError, OSError, KeyError, ValueError) as e:
-            raise CoherentizeError(
-                f"judge server {url}: request failed ({e}). Check judge_url (e.g. http://127.0.0.1:8000/v1)."
-            ) from None
 
     def judge(self, prompts: Sequence[str], outputs: Sequence[str]) -> list[bool]:
         queries = [RUBRIC.format(prompt=p, response=o) for p, o in zip(prompts, outputs)]

@@ -78,6 +78,12 @@ class EvalConfig:
     """OpenAI-compatible base URL (e.g. http://127.0.0.1:8000/v1) when judge = server."""
     judge_name: str = "judge"
     """Model name sent to the judge server."""
+    judge_api_key_env: str | None = "OPENAI_API_KEY"
+    """Environment variable holding the judge server's API key (sent as a Bearer token when set; null: none)."""
+    judge_concurrency: int = 4
+    """Most judge-server requests in flight at once."""
+    judge_retries: int = 3
+    """Extra tries of a judge-server request after a connection error, timeout, 429 or 5xx (Retry-After honoured)."""
     embed_model: str = "all-minilm-l6-v2"
     """Sentence embedder for answer similarity in coherence: all-minilm-l6-v2 (packaged), a local folder, or none."""
 
@@ -118,7 +124,9 @@ def make_judge(cfg: EvalConfig) -> AuditedJudge:
     if cfg.judge == "string":
         return AuditedJudge(StringJudge())
     if cfg.judge == "server":
-        return AuditedJudge(ModelJudge(base_url=cfg.judge_url, model_name=cfg.judge_name))
+        return AuditedJudge(ModelJudge(base_url=cfg.judge_url, model_name=cfg.judge_name,
+                                       api_key_env=cfg.judge_api_key_env, concurrency=cfg.judge_concurrency,
+                                       retries=cfg.judge_retries))
     from coherentize.models import ModelConfig, load_model
 
     jm, jt = load_model(ModelConfig(name_or_path=cfg.judge_model))

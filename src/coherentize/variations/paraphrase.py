@@ -8,28 +8,22 @@ A rewrite is a ``RewriteJob``: the text, one style instruction drawn from STYLES
 
 - ``LocalParaphraser(model, tokenizer)``: batched generation through ``coherentize.generation.generate``; greedy by
   default, so the distinct style instructions (not sampling) make the N rewrites differ and runs are reproducible.
-- ``ServerParaphraser(ServerConfig(base_url=..., model=...))``: POST ``{base_url}/chat/completions`` with the
-  standard library (no extra dependency), at most ``concurrency`` requests in flight, retries with exponential
-  backoff on connection errors, timeouts, 429 and 5xx, the API key read from the environment variable
-  ``api_key_env``. A server that cannot be reached after the retries is one CoherentizeError.
+- ``ServerParaphraser(ServerConfig(base_url=..., model=...))``: the project's one server client
+  (``coherentize.server.ChatClient``): at most ``concurrency`` requests in flight, retries honouring Retry-After,
+  the API key read from the environment variable ``api_key_env``.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import random
 import re
-import socket
-import time
-import urllib.error
-import urllib.request
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from http.client import HTTPException
 from typing import Sequence
 
-from coherentize.errors import CoherentizeError
+from coherentize.server import ChatClient, ServerConfig
+
+__all__ = ["FAMILY", "STYLES", "RewriteJob", "rewrite_jobs", "clean_rewrite", "LocalParaphraser", "ServerConfig",
+           "ServerParaphraser"]
 
 FAMILY = "paraphrase"
 
@@ -128,87 +122,17 @@ class LocalParaphraser:
         )
 
 
-@dataclass
-class ServerConfig:
-    """An OpenAI-compatible chat-completions server (vLLM, llama.cpp, OpenAI, ...)."""
-
-    base_url: str = "http://127.0.0.1:8000/v1"
-    """Base URL including the API prefix; requests go to {base_url}/chat/completions."""
-    model: str = "default"
-    """Model name sent with every request."""
-    api_key_env: str = "OPENAI_API_KEY"
-    """Name of the environment variable holding the API key (sent as a Bearer token when set)."""
-    concurrency: int = 4
-    """Most requests in flight at once."""
-    timeout_s: float = 60.0
-    """Seconds to wait for one response."""
-    retries: int = 3
-    """Extra tries after a connection error, timeout, 429 or 5xx."""
-    backoff_s: float = 1.0
-    """Wait before the first retry; doubles each retry."""
-    max_tokens: int = 96
-    """Most tokens per rewrite."""
-    temperature: float = 0.7
-    """Sampling temperature; each job sends its own seed."""
-
-    def __post_init__(self):
-        if not re.match(r"^https?://", self.base_url):
-            raise ValueError(f"base_url {self.base_url!r} must start with http:// or https://")
-        if self.concurrency < 1 or self.retries < 0 or self.timeout_s <= 0:
-            raise ValueError("concurrency must be >= 1, retries >= 0 and timeout_s > 0")
-
-
 class ServerParaphraser:
-    """Rewrites through an OpenAI-compatible server; see ServerConfig."""
+    """Rewrites through an OpenAI-compatible server, with the project's one server client (coherentize.server)."""
 
     def __init__(self, cfg: ServerConfig):
         self.cfg = cfg
-        self.url = cfg.base_url.rstrip("/") + "/chat/completions"
-
-    def _headers(self) -> dict:
-        headers = {"Content-Type": "application/json"}
-        key = os.environ.get(self.cfg.api_key_env)
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
-        return headers
+        self.client = ChatClient(cfg, purpose="paraphrase server", hint="check --server-model and --server-url")
+        self.url = self.client.url
 
     def complete(self, messages: list[dict], seed: int | None = None) -> str:
         """One chat completion, with retries and backoff; returns the message content."""
-        body = {"model": self.cfg.model, "messages": messages, "max_tokens": self.cfg.max_tokens,
-                "temperature": self.cfg.temperature}
-        if seed is not None:
-            body["seed"] = seed
-        data = json.dumps(body).encode("utf-8")
-        last = ""
-        for attempt in range(self.cfg.retries + 1):
-            if attempt:
-                time.sleep(self.cfg.backoff_s * 2 ** (attempt - 1))
-            req = urllib.request.Request(self.url, data=data, headers=self._headers(), method="POST")
-            try:
-                with urllib.request.urlopen(req, timeout=self.cfg.timeout_s) as resp:
-                    payload = resp.read()
-            except urllib.error.HTTPError as e:
-                detail = e.read()[:300].decode("utf-8", "replace")
-                if e.code == 429 or e.code >= 500:
-                    last = f"HTTP {e.code}: {detail}"
-                    continue
-                hint = (f"check the API key in ${self.cfg.api_key_env}" if e.code in (401, 403)
-                        else "check --server-model and --server-url")
-                raise CoherentizeError(f"paraphrase server {self.url}: HTTP {e.code}: {detail} ({hint}).") from None
-            except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError, HTTPException) as e:
-                last = str(getattr(e, "reason", e)) or type(e).__name__
-                continue
-            try:
-                return json.loads(payload)["choices"][0]["message"]["content"] or ""
-            except (ValueError, KeyError, IndexError, TypeError):
-                raise CoherentizeError(
-                    f"paraphrase server {self.url}: the response is not an OpenAI chat completion: {payload[:200]!r}."
-                ) from None
-        raise CoherentizeError(
-            f"could not reach the paraphrase server at {self.url} after {self.cfg.retries + 1} tries ({last}). "
-            "Start the server, or fix --server-url (it includes the /v1 prefix)."
-        )
+        return self.client.complete(messages, seed)
 
     def __call__(self, jobs: Sequence[RewriteJob]) -> list[str]:
-        with ThreadPoolExecutor(max_workers=self.cfg.concurrency) as pool:
-            return list(pool.map(lambda j: self.complete(j.messages(), j.seed), jobs))
+        return self.client.complete_many([j.messages() for j in jobs], [j.seed for j in jobs])

@@ -76,13 +76,32 @@ class LoadReport:
     skipped_too_small: int = 0
 
 
+def _not_utf8(path, lineno: int, e: UnicodeDecodeError) -> CoherentizeError:
+    return CoherentizeError(f"{path}:{lineno}: not UTF-8 text (byte {e.object[e.start:e.start + 1]!r}); save the file "
+                            "as UTF-8.")
+
+
+def read_text(path: str | os.PathLike) -> str:
+    """A text file's content; a file that is not UTF-8 is one CoherentizeError naming the file and line."""
+    raw = Path(path).read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise _not_utf8(path, raw.count(b"\n", 0, e.start) + 1, e) from None
+
+
 def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
-    """Yield (line number, object) for each non-blank line; a line that is not a JSON object is an error."""
+    """Yield (line number, object) for each non-blank line; a line that is not a JSON object (or not UTF-8) is an
+    error."""
     path = Path(path)
     if not path.is_file():
         raise CoherentizeError(f"{path}: file not found. Check the path (it is read as JSON Lines, one object a line).")
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise _not_utf8(path, lineno, e) from None
             if not line.strip():
                 continue
             try:

@@ -1,43 +1,10 @@
 import pytest
 
-from coherentize.errors import CoherentizeError
 from coherentize.evaluate import jailbreak
 from coherentize.evaluate.judges import StringJudge
 
 
-def test_project_templates_all_have_the_slot_and_several_families():
-    fams = jailbreak.load_template_file(jailbreak.PROJECT_TEMPLATES)
-    assert len(fams) >= 5
-    assert all(jailbreak.SLOT in t for temps in fams.values() for t in temps)
-
-
-def test_easyjailbreak_templates_are_read_at_run_time():
-    fams = jailbreak.template_families(["easyjailbreak"])
-    assert {"prefix_injection", "refusal_suppression", "wikipedia"} <= set(fams)
-    assert "\\n" not in fams["refusal_suppression"][0]  # escaped newlines turned into newlines
-
-
-def test_template_without_slot_is_an_error(tmp_path):
-    f = tmp_path / "t.yaml"
-    f.write_text("families:\n  mine:\n    - 'Please answer: {query}'\n    - 'no slot here'\n")
-    with pytest.raises(CoherentizeError, match=r"family 'mine', template 1: no \{query\} slot"):
-        jailbreak.load_template_file(f)
-
-
-def test_family_given_twice_is_an_error(tmp_path):
-    f = tmp_path / "t.yaml"
-    f.write_text("families:\n  roleplay_actor: 'Pretend: {query}'\n")
-    with pytest.raises(CoherentizeError, match="given by both"):
-        jailbreak.template_families(["project", str(f)])
-
-
-def test_unknown_family_is_an_error():
-    with pytest.raises(CoherentizeError, match="not found"):
-        jailbreak.template_families(["project"], only=["no_such_family"])
-
-
-def test_wrap_keeps_other_braces():
-    assert jailbreak.wrap('{"a": 1} {query}', "hi") == '{"a": 1} hi'
+# Template loading (project, easyjailbreak, files) is tested in tests/variations/test_variation_templates.py.
 
 
 def test_attack_success_is_conditional_on_direct_refusal():
@@ -98,7 +65,7 @@ def test_no_direct_refusal_warns():
     from coherentize.testing import tiny_model, tiny_tokenizer
 
     tok = tiny_tokenizer()
-    s, _, _ = jailbreak.run_jailbreak(tiny_model(tok), tok, reqs, {"f": ["{query}!"]}, True, Never(),
+    s, _, _ = jailbreak.run_jailbreak(tiny_model(tok), tok, reqs, {"f": ["{prompt}!"]}, True, Never(),
                                       max_new_tokens=2, margin=False, n_boot=50)
     assert s["success_given_refused"]["n"] == 0
     assert any("nothing for training to reduce" in n for n in s["notes"])

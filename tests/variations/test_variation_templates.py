@@ -56,3 +56,64 @@ def test_template_file_mistakes_are_one_clear_error(tmp_path, text, message):
     with pytest.raises(CoherentizeError) as e:
         load_template_families(p)
     assert message in str(e.value) and str(p) in str(e.value)
+
+
+# Jailbreak families: the same type and format (project, easyjailbreak, user files).
+
+from coherentize.variations import templates  # noqa: E402
+
+
+def test_project_templates_all_have_the_slot_and_several_families():
+    fams = templates.load_template_file(templates.project_templates_path())
+    assert len(fams) >= 5
+    assert all(templates.SLOT in t for f in fams.values() for t in f.templates)
+    assert all(isinstance(f, templates.TemplateFamily) and f.doc for f in fams.values())
+
+
+def test_easyjailbreak_templates_are_read_at_run_time_with_the_one_slot():
+    fams = templates.template_families(["easyjailbreak"])
+    assert {"prefix_injection", "refusal_suppression", "wikipedia"} <= set(fams)
+    assert "\\n" not in fams["refusal_suppression"].templates[0]  # escaped newlines turned into newlines
+    assert all(templates.SLOT in t and "{query}" not in t for f in fams.values() for t in f.templates)
+
+
+def test_old_slot_is_a_clear_error_and_old_mapping_shape_is_read(tmp_path):
+    f = _write(tmp_path, "families:\n  mine:\n    - 'Please answer: {prompt}'\n    - 'Old slot: {query}'\n")
+    with pytest.raises(CoherentizeError, match=r"families\[0\]\.templates\[1\].*write \{prompt\} instead of \{query\}"):
+        templates.load_template_file(f)
+    f = _write(tmp_path, "families:\n  mine: 'Please answer: {prompt}'\n")
+    assert templates.load_template_file(f)["mine"].templates == ("Please answer: {prompt}",)
+
+
+def test_family_given_twice_is_an_error(tmp_path):
+    f = _write(tmp_path, "families:\n  - name: roleplay_actor\n    templates: ['Pretend: {prompt}']\n")
+    with pytest.raises(CoherentizeError, match="given by both"):
+        templates.template_families(["project", str(f)])
+
+
+def test_unknown_family_is_an_error():
+    with pytest.raises(CoherentizeError, match="not found"):
+        templates.template_families(["project"], only=["no_such_family"])
+
+
+def test_wrap_keeps_other_braces_and_pick_is_stable():
+    assert templates.wrap('{"a": 1} {prompt}', "hi") == '{"a": 1} hi'
+    fam = templates.template_families(["project"], only=["roleplay_actor"])["roleplay_actor"]
+    assert fam.pick("req-1") == templates.pick_template(list(fam.templates), "req-1", "roleplay_actor")
+
+
+def test_evaluation_reads_templates_from_the_one_home():
+    from coherentize.evaluate import jailbreak
+
+    assert jailbreak.template_families is templates.template_families and jailbreak.SLOT == "{prompt}"
+
+
+def test_builtin_variation_templates_and_word_lists_are_data_files():
+    from coherentize.sources import data_path
+    from coherentize.variations import families
+
+    assert families.TEMPLATE_FAMILIES["wrapper"].source == "built-in"
+    assert data_path("templates", "variations.yaml").is_file()
+    assert "Alice" in families.FIRST_NAMES and "explain" in families.LEXICON
+    assert not any(isinstance(v, (list, tuple)) and len(v) > 20 for k, v in vars(families).items() if k.isupper()
+                   and k not in ("FIRST_NAMES",))  # word lists are read from data/lexicons, not written in Python

@@ -1,6 +1,9 @@
-"""User-defined template families, from a YAML or JSON file, no Python needed.
+"""Template families: the one type, the one file format and the one slot (``{prompt}``) for every framing of a
+prompt, whether it varies benign training prompts (wrapper, persona, ...), wraps harmful requests in a jailbreak
+(project, easyjailbreak, or a user's file), or frames the organism's compliance data. Training-data building and
+evaluation both read them from here.
 
-Example file (``my_families.yaml``)::
+File format (YAML or JSON; ``coherentize/data/templates/*.yaml`` are written in it)::
 
     families:
       - name: exam_frame
@@ -13,65 +16,220 @@ Example file (``my_families.yaml``)::
         system: ["You are a pirate. Talk like one."]   # optional: a system message, making chat prompts
 
 Every template must contain the ``{prompt}`` slot (where the original text goes); other braces are left as written.
-Use the file with ``coherentize augment --templates my_families.yaml --families exam_frame,wrapper ...``.
+The older evaluation shape ``families: {name: [template, ...]}`` is still read (same slot).
+
+Sources of jailbreak families (``template_families``): ``project`` (data/templates/jailbreak.yaml), ``easyjailbreak``
+(Wei et al.'s templates read from the installed package at run time, GPL text: never copied; its ``{query}`` slot is
+read as ``{prompt}``), or the path of a file in the format above.
+
+    coherentize augment --templates my_families.yaml --families exam_frame,wrapper ...
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import random
 import re
 from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Sequence
 
-from coherentize.config import from_dict, read_config_file
+from coherentize.chat import Prompt
 from coherentize.errors import CoherentizeError
-from coherentize.variations.families import BUILTIN_FAMILIES, SLOT, Family, TemplateFamily
+from coherentize.sources import data_path
 
+SLOT = "{prompt}"
+OLD_SLOT = "{query}"  # the slot of evaluation template files before there was one format
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
-@dataclass
-class TemplateSpec:
-    """One family of a template file."""
+def project_templates_path() -> Path:
+    """The project's jailbreak families (written for coherentize)."""
+    return data_path("templates", "jailbreak.yaml")
+
+
+@dataclass(frozen=True)
+class TemplateFamily:
+    """A named family of templates with a ``{prompt}`` slot; with ``system`` set, each variation is chat messages
+    with one of those system messages first."""
 
     name: str
-    """Family name (lower case letters, digits, underscores); tags every variation it makes."""
-    templates: list[str]
-    """Texts with a {prompt} slot; one is drawn per variation."""
-    doc: str = ""
+    """Family name; tags every variation it makes and names it in evaluation results."""
+    doc: str
     """One line saying what the family varies."""
-    system: list[str] = field(default_factory=list)
-    """Optional system messages; when given, variations are chat messages with one of them first."""
+    templates: tuple[str, ...]
+    """Texts with a {prompt} slot."""
+    system: tuple[str, ...] = field(default=())
+    """Optional system messages; when given, prompts are chat messages with one of them first."""
+    source: str = ""
+    """Where the family was read from (a file path, 'project', 'easyjailbreak')."""
+
+    def make(self, text: str, rng: random.Random) -> Prompt:
+        """A variation of text: a random template (and system message) from rng."""
+        template = rng.choice(self.templates)
+        # "Hypothetically speaking, {prompt}": the prompt continues a sentence, so it loses its capital.
+        user = fill(template, lower_first(text) if ", " + SLOT in template else text)
+        if self.system:
+            return [{"role": "system", "content": rng.choice(self.system)}, {"role": "user", "content": user}]
+        return user
+
+    def pick(self, key: str) -> str:
+        """The template for one request (a hash of key and family name), so repeated runs and before/after
+        evaluations see the same prompt."""
+        return pick_template(self.templates, key, self.name)
+
+    def frames(self) -> list[str]:
+        """Every text this family puts around a prompt (templates with the slot, and system messages)."""
+        return [t for t in self.templates if t.strip() != SLOT] + list(self.system)
 
 
-@dataclass
-class TemplateFile:
-    families: list[TemplateSpec]
-    """The families defined by the file."""
+def fill(template: str, text: str) -> str:
+    """Put text into the template's slot (plain replacement: templates may contain other braces)."""
+    if SLOT not in template:
+        raise CoherentizeError(f"template has no {SLOT} slot: {template[:60]!r}")
+    return template.replace(SLOT, text)
 
 
-def load_template_families(path: str | os.PathLike) -> list[Family]:
-    """Read a template file into families; every mistake is one CoherentizeError naming the file and field."""
-    data = read_config_file(path)
-    if "families" not in data:
+wrap = fill  # the name evaluation code uses
+
+
+def pick_template(templates: TemplateFamily | Sequence[str], request_id: str, family: str) -> str:
+    """One template of a family for a request: stable under reruns and independent of other families."""
+    temps = templates.templates if isinstance(templates, TemplateFamily) else templates
+    h = int(hashlib.sha256(f"{request_id}|{family}".encode()).hexdigest()[:8], 16)
+    return temps[h % len(temps)]
+
+
+
+
+def lower_first(text: str) -> str:
+    """Lower-case the first letter unless the first word is 'I', an acronym or a name."""
+    from coherentize.variations.lexicons import first_names
+
+    first = text.split(" ", 1)[0]
+    if first in ("I", "I'm", "I've", "I'd") or first.isupper() or first.strip("?,.!") in first_names():
+        return text
+    return text[:1].lower() + text[1:]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reading template files.
+
+
+def read_template_file(path: str | os.PathLike, source: str | None = None) -> list[TemplateFamily]:
+    """Template families of one file; every mistake is one CoherentizeError naming the file and field."""
+    import yaml
+
+    from coherentize.clusters import read_text
+
+    path = Path(path)
+    if not path.is_file():
+        raise CoherentizeError(f"{path}: template file not found.")
+    text = read_text(path)
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (yaml.YAMLError, json.JSONDecodeError) as e:
+        raise CoherentizeError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {e}") from None
+    fams = data.get("families") if isinstance(data, dict) else None
+    if isinstance(fams, dict):  # the older evaluation shape {name: [templates]}
+        fams = [{"name": k, "templates": [v] if isinstance(v, str) else v} for k, v in fams.items()]
+    if not isinstance(fams, list) or not fams:
         raise CoherentizeError(f"{path}: expected a top-level 'families:' list (see coherentize.variations.templates).")
-    spec = from_dict(TemplateFile, data, where=str(path))
-    out: list[Family] = []
-    for i, fam in enumerate(spec.families):
-        where = f"{path}: families[{i}]"
-        if not _NAME.match(fam.name):
-            raise CoherentizeError(f"{where}.name: {fam.name!r} must be lower case letters, digits and underscores.")
-        if fam.name in BUILTIN_FAMILIES or fam.name == "paraphrase" or fam.name in [f.name for f in out]:
-            raise CoherentizeError(f"{where}.name: family {fam.name!r} already exists; choose another name.")
-        if not fam.templates:
-            raise CoherentizeError(f"{where}.templates: give at least one template with a {SLOT} slot.")
-        for j, t in enumerate(fam.templates):
-            if SLOT not in t:
-                raise CoherentizeError(
-                    f"{where}.templates[{j}]: template {t!r} has no {SLOT} slot; write {SLOT} where the original "
-                    "prompt goes."
-                )
-        if any(not s.strip() for s in fam.system):
-            raise CoherentizeError(f"{where}.system: system messages must be non-empty.")
-        t = TemplateFamily(fam.name, fam.doc or f"templates from {path}", tuple(fam.templates), tuple(fam.system))
+    out: list[TemplateFamily] = []
+    for i, fam in enumerate(fams):
+        out.append(_parse_family(fam, f"{path}: families[{i}]", source or str(path), [f.name for f in out]))
+    return out
+
+
+def _parse_family(fam, where: str, source: str, taken: list[str]) -> TemplateFamily:
+    if not isinstance(fam, dict):
+        raise CoherentizeError(f"{where}: expected a mapping with name, templates (and optional doc, system).")
+    unknown = sorted(set(fam) - {"name", "doc", "templates", "system"})
+    if unknown:
+        raise CoherentizeError(f"{where}: unknown field {unknown[0]!r}; valid fields are name, doc, templates, system.")
+    name = fam.get("name")
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise CoherentizeError(f"{where}.name: {name!r} must be lower case letters, digits and underscores.")
+    if name in taken:
+        raise CoherentizeError(f"{where}.name: family {name!r} already exists; choose another name.")
+    temps, system, doc = fam.get("templates"), fam.get("system", []), fam.get("doc", "")
+    if not isinstance(temps, list) or not temps:
+        raise CoherentizeError(f"{where}.templates: give at least one template with a {SLOT} slot.")
+    for j, t in enumerate(temps):
+        if not isinstance(t, str) or SLOT not in t:
+            hint = f" (the slot was renamed: write {SLOT} instead of {OLD_SLOT})" if isinstance(t, str) and OLD_SLOT in t else ""
+            raise CoherentizeError(
+                f"{where}.templates[{j}]: template {t!r} has no {SLOT} slot; write {SLOT} where the original "
+                f"prompt goes{hint}."
+            )
+    if not isinstance(system, list) or any(not isinstance(s, str) or not s.strip() for s in system):
+        raise CoherentizeError(f"{where}.system: system messages must be a list of non-empty strings.")
+    if not isinstance(doc, str):
+        raise CoherentizeError(f"{where}.doc: give one line of text.")
+    return TemplateFamily(name, doc or f"templates from {source}", tuple(temps), tuple(system), source)
+
+
+def load_template_families(path: str | os.PathLike):
+    """A user's file of variation families (for ``augment --templates``), as Family objects; a name clashing with a
+    built-in family is an error."""
+    from coherentize.variations.families import BUILTIN_FAMILIES, Family
+
+    out = []
+    for i, t in enumerate(read_template_file(path)):
+        if t.name in BUILTIN_FAMILIES or t.name == "paraphrase":
+            raise CoherentizeError(f"{path}: families[{i}].name: family {t.name!r} already exists; choose another name.")
         out.append(Family(t.name, t.doc, t.make))
     return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Jailbreak families: project, easyjailbreak, user files.
+
+
+@lru_cache(maxsize=None)
+def _project_families() -> tuple[TemplateFamily, ...]:
+    return tuple(read_template_file(project_templates_path(), "project"))
+
+
+def _easyjailbreak_families() -> list[TemplateFamily]:
+    from coherentize.sources import easyjailbreak_templates
+
+    return [TemplateFamily(k, "Wei et al. (2023), from easyjailbreak", (v.replace(OLD_SLOT, SLOT),), (), "easyjailbreak")
+            for k, v in easyjailbreak_templates().items() if OLD_SLOT in v]
+
+
+def source_families(src: str) -> list[TemplateFamily]:
+    """The families of one source: 'project', 'easyjailbreak' or a file path."""
+    if src == "project":
+        return list(_project_families())
+    if src == "easyjailbreak":
+        return _easyjailbreak_families()
+    return read_template_file(src)
+
+
+def template_families(sources: Sequence[str], only: Sequence[str] | None = None) -> dict[str, TemplateFamily]:
+    """{name: family} from the named sources, merged; a family name given by two sources is an error. only: keep
+    these, in this order (an unknown name is an error listing the available ones)."""
+    merged: dict[str, TemplateFamily] = {}
+    for src in sources:
+        for fam in source_families(src):
+            if fam.name in merged:
+                raise CoherentizeError(f"jailbreak family {fam.name!r} is given by both {merged[fam.name].source} "
+                                       f"and {src}; rename one.")
+            merged[fam.name] = fam
+    if only:
+        unknown = sorted(set(only) - set(merged))
+        if unknown:
+            raise CoherentizeError(f"jailbreak families {unknown} not found; available: {sorted(merged)}.")
+        merged = {k: merged[k] for k in only}
+    if not merged:
+        raise CoherentizeError("no jailbreak families to evaluate; check jailbreak_sources / jailbreak_families.")
+    return merged
+
+
+def load_template_file(path: str | os.PathLike) -> dict[str, TemplateFamily]:
+    """{name: family} of one file."""
+    return {f.name: f for f in read_template_file(path)}

@@ -131,6 +131,28 @@ def packaged_model_path(name: str) -> Path:
     return folder
 
 
+def _check_hub_name(name: str) -> None:
+    """One clear error, before transformers' retries and multi-line hub messages, for a name that is neither a local
+    path, a packaged model, in the hub cache, nor a model the hub knows."""
+    from huggingface_hub import model_info, try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError, RepositoryNotFoundError
+
+    what = (f"model.name_or_path: {name!r} is not a local file or folder (from {os.getcwd()}), not a packaged model "
+            f"({', '.join(sorted(PACKAGED_MODELS))})")
+    try:
+        if isinstance(try_to_load_from_cache(name, "config.json"), str):
+            return
+        model_info(name, timeout=10)
+    except HFValidationError:
+        raise CoherentizeError(f"{what}, and not a valid hub id (org/name).") from None
+    except RepositoryNotFoundError:
+        raise CoherentizeError(f"{what}, and not a model on the Hugging Face hub (or it is private: log in first).") \
+            from None
+    except Exception as e:  # offline, no network, hub errors: the name cannot be looked up
+        first = (str(e).splitlines() or [type(e).__name__])[0]
+        raise CoherentizeError(f"{what}, and not in the hub cache; the hub could not be asked ({first}).") from None
+
+
 def load_model(cfg: ModelConfig, for_training: bool = False):
     """Load (model, tokenizer). The tokenizer always has a pad token; generation uses left padding."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -153,7 +175,10 @@ def load_model(cfg: ModelConfig, for_training: bool = False):
             local = Path(src).expanduser()
             if not local.exists() and (src.startswith((".", "/", "~")) or src.count("/") > 1):
                 raise CoherentizeError(f"model.name_or_path: {src!r} does not exist (no such file or folder).")
-            src = str(local) if local.exists() else src
+            if local.exists():
+                src = str(local)
+            else:
+                _check_hub_name(src)
             model = AutoModelForCausalLM.from_pretrained(
                 src, dtype=dtype, trust_remote_code=cfg.trust_remote_code
             )

@@ -1,0 +1,3 @@
+"""What the ``inspect_ai`` entry point registers: ``inspect eval coherentize/<task>``."""
+
+from coherentize.integrations.inspect_tasks import direct_refusal, jailbreak, overrefusal, sycophancy  # noqa: F401

@@ -80,3 +80,24 @@ def test_cached_opening_scores_equal_full_forward_passes(tiny_lm, tiny_tok):
     cached = openings_logprob(tiny_lm, tiny_tok, prompts, openings, chat=True, batch_size=2)  # padded batches
     full = sequence_logprob(tiny_lm, tiny_tok, [p for p in prompts for _ in openings], openings * 3, chat=True)
     assert cached.flatten().tolist() == pytest.approx(full, abs=1e-4)
+
+
+def test_attack_success_items_unconditional_and_conditional_on_a_given_refused_set():
+    per_item = {"jailbreak.refused_direct": {"r1": 1.0, "r2": 1.0, "r3": 0.0},
+                "jailbreak.success.f1": {"r1": 1.0, "r2": 0.0, "r3": 1.0},
+                "jailbreak.success.f2": {"r1": 0.0, "r2": 0.0, "r3": 1.0},
+                "jailbreak.margin.f1": {"r1": 1.0, "r2": -1.0, "r3": 2.0},
+                "jailbreak.margin.f2": {"r1": 3.0, "r2": 1.0, "r3": 0.0},
+                "jailbreak.margin.direct": {"r1": 9.0, "r2": 9.0, "r3": 9.0}}
+    # The condition is the set passed in (the baseline's refusals when comparing runs), not this run's own.
+    items = jailbreak.attack_success_items(per_item, {"r2", "r3"})
+    assert items["jailbreak.success_unconditional"] == {"r1": 0.5, "r2": 0.0, "r3": 1.0}
+    assert items["jailbreak.success_given_refused"] == {"r2": 0.0, "r3": 1.0}
+    assert items["jailbreak.success_given_refused.f1"] == {"r2": 0.0, "r3": 1.0}
+    assert items["jailbreak.margin_overall"] == {"r1": 2.0, "r2": 0.0, "r3": 1.0}  # direct margin left out
+    assert jailbreak.attack_success_items(per_item, set())["jailbreak.success_given_refused"] == {}
+    s = jailbreak.summarize_attacks({"r1": True, "r2": True, "r3": False},
+                                    {"f1": {"r1": False, "r2": True, "r3": False},
+                                     "f2": {"r1": True, "r2": True, "r3": False}}, n_boot=50)
+    assert s["success_unconditional"]["mean"] == pytest.approx((0.5 + 0 + 1) / 3)
+    assert s["success_given_refused"]["mean"] == pytest.approx(0.25) and s["success_given_refused"]["n"] == 2

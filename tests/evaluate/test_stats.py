@@ -54,3 +54,90 @@ def test_compare_pairs_on_shared_item_ids():
     after = {"per_item": {"x.rate": {"a": 1.0, "b": 1.0, "d": 0.0}}}
     d = stats.compare(before, after)["x.rate"]
     assert d["paired"] and d["n"] == 2 and d["mean"] == 0.5
+
+
+# ---- rates: Wilson and Newcombe intervals keep a width at 0% and 100%
+
+
+def test_a_rate_at_zero_or_one_hundred_percent_has_a_wilson_interval_with_width():
+    z2 = 1.959963984540054 ** 2
+    zero, full = stats.summarize([0.0] * 20), stats.summarize([1.0] * 20)
+    assert zero["mean"] == 0.0 and zero["ci_low"] == 0.0 and zero["ci_high"] == pytest.approx(z2 / (20 + z2))
+    assert full["mean"] == 1.0 and full["ci_high"] == 1.0 and full["ci_low"] == pytest.approx(20 / (20 + z2))
+    assert zero["ci_high"] == pytest.approx(0.1611, abs=1e-4)  # 0/20 -> [0%, 16.1%]
+
+
+def test_wilson_interval_of_a_middle_rate_matches_the_textbook_formula():
+    s = stats.summarize([1.0] * 3 + [0.0] * 7)  # 3/10: Wilson [0.1078, 0.6032]
+    assert (s["ci_low"], s["ci_high"]) == pytest.approx((0.1078, 0.6032), abs=1e-4)
+    assert stats.summarize([1.0] * 3 + [0.0] * 7, rate=False)["ci_low"] != s["ci_low"]  # bootstrap when told
+
+
+def test_paired_rate_difference_keeps_a_width_when_nothing_changed():
+    for values in ([0.0] * 20, [1.0] * 20, [0.0] * 10 + [1.0] * 10):
+        d = stats.paired_difference(values, values)
+        assert d["mean"] == 0.0 and d["ci_low"] < -0.05 and d["ci_high"] > 0.05, values
+
+
+def test_newcombe_paired_interval_by_hand():
+    # 3 pairs, all 0 -> 1: margins 0/3 and 3/3 with Wilson [0, u] and [1 - u, 1], u = z^2 / (3 + z^2); phi = 0.
+    z2 = 1.959963984540054 ** 2
+    u = z2 / (3 + z2)
+    d = stats.paired_difference([0, 0, 0], [1, 1, 1])
+    assert d["mean"] == 1.0 and d["ci_high"] == 1.0
+    assert d["ci_low"] == pytest.approx(1 - (u ** 2 + u ** 2) ** 0.5)
+    # Symmetric: swapping before and after mirrors the interval.
+    rng = np.random.default_rng(3)
+    b, a = rng.integers(0, 2, 30).astype(float), rng.integers(0, 2, 30).astype(float)
+    fwd, back = stats.paired_difference(b, a), stats.paired_difference(a, b)
+    assert (fwd["ci_low"], fwd["ci_high"]) == pytest.approx((-back["ci_high"], -back["ci_low"]))
+
+
+# ---- seeds: items are the unit, seeds of the same items are clustered
+
+
+def test_three_copies_of_one_seed_give_the_ci_of_one_seed():
+    rng = np.random.default_rng(4)
+    ids = [f"p{i}" for i in range(40)]
+    base = dict(zip(ids, rng.normal(size=40)))
+    arm = {i: v + 0.1 + rng.normal(scale=0.5) for i, v in base.items()}
+    one, three = stats.summarize_seeds([arm]), stats.summarize_seeds([arm] * 3)
+    assert (three["mean"], three["ci_low"], three["ci_high"]) == pytest.approx((one["mean"], one["ci_low"], one["ci_high"]))
+    assert three["n"] == one["n"] == 40 and three["seeds"] == 3
+    p1, p3 = stats.paired_seeds([(base, arm)]), stats.paired_seeds([(base, arm)] * 3)
+    assert (p3["mean"], p3["ci_low"], p3["ci_high"]) == pytest.approx((p1["mean"], p1["ci_low"], p1["ci_high"]))
+    assert p3["n"] == 40 and p3["seeds"] == 3
+    # ... and for rates.
+    rate = {i: float(v > 0) for i, v in arm.items()}
+    assert stats.summarize_seeds([rate] * 3) == {**stats.summarize_seeds([rate]), "seeds": 3}
+    rb = {i: float(v > 0.5) for i, v in base.items()}
+    r1, r3 = stats.paired_seeds([(rb, rate)]), stats.paired_seeds([(rb, rate)] * 3)
+    assert (r3["ci_low"], r3["ci_high"]) == pytest.approx((r1["ci_low"], r1["ci_high"]))
+
+
+def test_one_seed_equals_the_plain_summary_and_single_arrays():
+    values = np.random.default_rng(5).normal(size=25)
+    s = stats.summarize_seeds([dict(enumerate(values))])
+    assert {k: s[k] for k in ("mean", "n", "ci_low", "ci_high")} == stats.summarize(values)
+    lo, hi = stats.bootstrap_ci(values)
+    assert (s["ci_low"], s["ci_high"]) == pytest.approx((lo, hi))
+
+
+def test_seeds_that_disagree_average_within_an_item():
+    # Two seeds give opposite shifts on each item: the item's mean change is 0, so the interval sits on 0.
+    base = {f"p{i}": float(i) for i in range(30)}
+    up = {i: v + 1.0 for i, v in base.items()}
+    down = {i: v - 1.0 for i, v in base.items()}
+    d = stats.paired_seeds([(base, up), (base, down)])
+    assert d["mean"] == pytest.approx(0.0) and d["ci_low"] == pytest.approx(0.0) and d["ci_high"] == pytest.approx(0.0)
+    assert d["n"] == 30
+
+
+def test_items_missing_in_a_seed_are_dropped_from_that_seed_only():
+    a = {"x": 1.0, "y": 0.5, "z": None}
+    b = {"x": 0.0, "y": 0.25}
+    s = stats.summarize_seeds([a, b])
+    assert s["n"] == 2 and s["mean"] == pytest.approx(1.75 / 4) and s["seeds"] == 2
+    assert stats.summarize_seeds([{}, {}]) == {"mean": None, "n": 0, "ci_low": None, "ci_high": None, "seeds": 0}
+    d = stats.paired_seeds([({"x": 1.0, "y": 2.0}, {"x": 1.5}), ({"y": 2.0}, {"y": 3.0, "w": 9.0})])
+    assert d["n"] == 2 and d["mean"] == pytest.approx(0.75) and d["seeds"] == 2

@@ -1,0 +1,362 @@
+"""Rendering one experiment's report: report.md, a self-contained report.html (plots embedded), the PNGs beside them
+and report.json (every figure of the tables). The numbers come from ``tables`` (pure); this module reads the stage
+folders and writes files. Stage times come from the experiment's summary.json (``stage_seconds``) or, failing that,
+each stage's done.json (``seconds``); the report never writes summary.json (the experiment owns it).
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import json
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+
+from coherentize.config import to_dict
+from coherentize.evaluate import stats
+from coherentize.report import tables
+from coherentize.report.tables import HEADLINE, describe
+
+STYLE = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;font-size:14px}"
+         "table{border-collapse:collapse;font-size:12px;margin:0.5em 0}td,th{border:1px solid #ccc;padding:3px 6px}"
+         "img{max-width:100%;display:block;margin:1em 0}pre{background:#f6f6f6;padding:1em;overflow:auto}"
+         "code{background:#f3f3f3;padding:0 2px}blockquote{color:#555;border-left:3px solid #ccc;margin-left:0;"
+         "padding-left:1em}")
+
+
+def _load_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _records(eval_dir: Path) -> list[dict]:
+    path = Path(eval_dir) / "records.csv"
+    if not path.is_file():
+        return []
+    with path.open(encoding="utf-8", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def md_text(text: str) -> str:
+    """Text safe inside a Markdown paragraph or table cell: every Markdown character backslash-escaped."""
+    text = " ".join(str(text).split())
+    return "".join("\\" + ch if ch in "\\`*_{}[]()<>#+-.!|~" else ch for ch in text)
+
+
+# ---- plots
+
+
+def _fig_png(fig) -> str:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _err(s):
+    if not s or s.get("mean") is None:
+        return 0.0, [[0.0], [0.0]]
+    return s["mean"], [[s["mean"] - s["ci_low"]], [s["ci_high"] - s["mean"]]]
+
+
+def forest_plot(rows: list[dict], colors: dict):
+    """One panel per headline metric: each paired difference (arm − control, arm − baseline) with its 95% CI, and
+    each seed's own mean difference as a small open marker."""
+    import matplotlib.pyplot as plt
+
+    keys = list(dict.fromkeys(r["metric"] for r in rows))
+    ncol = min(3, len(keys))
+    nrow = -(-len(keys) // ncol)
+    per = max(len([r for r in rows if r["metric"] == k]) for k in keys)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, (0.42 * per + 1.3) * nrow), squeeze=False)
+    for ax in axes.flat[len(keys):]:
+        ax.axis("off")
+    for ax, k in zip(axes.flat, keys):
+        mine = [r for r in rows if r["metric"] == k]
+        for y, r in enumerate(reversed(mine)):
+            d = r["diff"]
+            color = colors.get(r["label"].split(" − ")[0], "C0")
+            ax.errorbar(d["mean"], y, xerr=[[d["mean"] - d["ci_low"]], [d["ci_high"] - d["mean"]]],
+                        fmt="o" if r["comparison"] == "vs_control" else "s", color=color, capsize=3, ms=5)
+            if len(r["seeds"]) > 1:
+                ax.plot(r["seeds"], [y + 0.22] * len(r["seeds"]), "|", color=color, ms=7, alpha=0.8)
+        ax.axvline(0, color="0.4", lw=0.8, ls="--")
+        ax.set_yticks(range(len(mine)), [f"{r['label']} (n={r['diff']['n']})" for r in reversed(mine)], fontsize=7)
+        ax.tick_params(axis="x", labelsize=7)
+        arrow = "lower is better" if HEADLINE[k][1] == "down" else "higher is better"
+        ax.set_title(textwrap.fill(f"{describe(k)} ({arrow})", 46), fontsize=7)
+    fig.suptitle("Paired differences with 95% CI (● vs control, ■ vs baseline; ticks above a row: each seed's own "
+                 "difference)", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def make_plots(table: dict, arms: list[str], families: dict, train_logs: dict, per_layer: dict,
+               forest: list[dict], out: Path) -> dict:
+    """Write the PNGs into out; return {file name: base64 PNG} (forest.png first)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plots = {}
+    names = ["baseline"] + arms
+    colors = {name: f"C{i}" for i, name in enumerate(names)}
+
+    if forest:
+        plots["forest.png"] = _fig_png(forest_plot(forest, colors))
+
+    # before/after per headline metric per arm
+    keys = [k for k in HEADLINE if k in table]
+    if keys:
+        ncol = min(4, len(keys))
+        nrow = -(-len(keys) // ncol)
+        fig, axes = plt.subplots(nrow, ncol, figsize=(3.2 * ncol, 3.3 * nrow), squeeze=False)
+        for ax in axes.flat[len(keys):]:
+            ax.axis("off")
+        for ax, k in zip(axes.flat, keys):
+            for j, name in enumerate(names):
+                m, e = _err(table[k][name]["value"])
+                ax.bar(j, m, yerr=e, color=colors[name], capsize=3)
+            ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=7)
+            ax.set_title(textwrap.fill(describe(k), 38), fontsize=7)
+        fig.suptitle("Before / after per metric (95% CI)", fontsize=9)
+        fig.tight_layout()
+        plots["metrics.png"] = _fig_png(fig)
+
+    # jailbreak success per family
+    if families:
+        fams = sorted(next(iter(families.values())))
+        fig, ax = plt.subplots(figsize=(max(5, 0.9 * len(fams)), 3.2))
+        width = 0.8 / len(names)
+        for j, name in enumerate(names):
+            ms, lo, hi = [], [], []
+            for f in fams:
+                m, e = _err(families[name].get(f))
+                ms.append(m)
+                lo.append(e[0][0])
+                hi.append(e[1][0])
+            ax.bar(np.arange(len(fams)) + j * width, ms, width, yerr=[lo, hi], label=name, color=colors[name], capsize=2)
+        ax.set_xticks(np.arange(len(fams)) + 0.4 - width / 2, fams, rotation=45, ha="right", fontsize=7)
+        ax.set_ylabel("attack success (all requests)")
+        ax.set_ylim(0, 1.05)
+        ax.legend(fontsize=7)
+        ax.set_title("Jailbreak success per held-out family", fontsize=9)
+        plots["jailbreak_families.png"] = _fig_png(fig)
+
+    # over-refusal vs jailbreak success
+    if "overrefusal.refused" in table and "jailbreak.success_unconditional" in table:
+        fig, ax = plt.subplots(figsize=(4, 3.4))
+        for name in names:
+            x, xe = _err(table["overrefusal.refused"][name]["value"])
+            y, ye = _err(table["jailbreak.success_unconditional"][name]["value"])
+            ax.errorbar(x, y, xerr=xe, yerr=ye, fmt="o", color=colors[name], label=name, capsize=3)
+        ax.set_xlabel("over-refusal rate (benign-edgy)")
+        ax.set_ylabel("jailbreak success (all requests)")
+        ax.legend(fontsize=7)
+        ax.set_title("Trade-off: lower-left is better", fontsize=9)
+        plots["tradeoff.png"] = _fig_png(fig)
+
+    # training curves per loss component
+    comps = sorted({k for logs in train_logs.values() for h in logs for k in h if k.startswith("loss/") and "/layer" not in k})
+    if comps:
+        fig, axes = plt.subplots(1, len(comps), figsize=(3.2 * len(comps), 3), squeeze=False)
+        for ax, c in zip(axes[0], comps):
+            for run, logs in train_logs.items():
+                pts = [(h["step"], h[c]) for h in logs if c in h]
+                if pts:
+                    ax.plot(*zip(*pts), label=run, color=colors.get(run.rsplit("-seed", 1)[0]), alpha=0.8)
+            ax.set_title(c, fontsize=8)
+            ax.set_xlabel("step", fontsize=7)
+        handles = {lab: h for ax in axes[0] for h, lab in zip(*ax.get_legend_handles_labels())}
+        fig.legend(handles.values(), handles.keys(), fontsize=7, loc="lower center", ncol=4, bbox_to_anchor=(0.5, -0.08))
+        plots["training.png"] = _fig_png(fig)
+
+    # activation separation per layer
+    if any(per_layer.values()):
+        fig, ax = plt.subplots(figsize=(5, 3.2))
+        for name, layers in per_layer.items():
+            if layers:
+                ax.plot([d["layer"] for d in layers], [d["separation"] for d in layers], marker=".",
+                        label=name, color=colors.get(name.rsplit("-seed", 1)[0]))
+        ax.set_xlabel("layer")
+        ax.set_ylabel("within - between cluster cosine")
+        ax.legend(fontsize=7)
+        ax.set_title("Activation separation per layer (last prompt token)", fontsize=9)
+        plots["activation_layers.png"] = _fig_png(fig)
+
+    for name, b64 in plots.items():
+        (out / name).write_bytes(base64.b64decode(b64))
+    return plots
+
+
+# ---- Markdown and HTML
+
+
+def _cell(s: dict | None, pct: bool = False) -> str:
+    return stats.fmt(s, pct=pct) if s else "n/a"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def render_html(markdown: str, plots: dict) -> str:
+    """report.md rendered by markdown-it-py (CommonMark + tables, raw HTML off) with the PNGs embedded."""
+    from markdown_it import MarkdownIt
+
+    md = MarkdownIt("commonmark", {"html": False}).enable("table")
+    tokens = md.parse(markdown)
+    for tok in tokens:
+        for child in tok.children or []:
+            if child.type == "image" and child.attrGet("src") in plots:
+                child.attrSet("src", "data:image/png;base64," + plots[child.attrGet("src")])
+    body = md.renderer.render(tokens, md.options, {})
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>coherentize report</title>"
+            f"<style>{STYLE}</style></head><body>{body}</body></html>")
+
+
+def write_report(root: Path, cfg, organism: dict | None, baseline_dir: Path, runs: list[dict], clusters: dict) -> Path:
+    """Write report.md, report.html, the PNGs and report.json into root; return report.md's path.
+
+    runs: [{"arm", "seed", "train_dir", "eval_dir"}]; organism and clusters: the organism's and the variations
+    stage's done.json contents (organism None when disabled)."""
+    t0 = time.time()
+    root = Path(root)
+    n_boot = getattr(getattr(cfg, "eval", None), "n_boot", stats.N_BOOT)
+    base = _load_json(Path(baseline_dir) / "results.json")
+    refused0 = tables.refused_directly(base)
+    base_items = tables.run_items(base, refused0)
+    arms = list(dict.fromkeys(r["arm"] for r in runs))
+    by_arm: dict[str, list[tuple[int, dict]]] = {a: [] for a in arms}
+    train_logs, heldout = {}, {}
+    per_layer = {"baseline": base["suites"].get("coherence", {}).get("per_layer", [])}
+    records, examples_from = {"baseline": _records(baseline_dir)}, set()
+    done = {"organism": organism, "variations": clusters, "baseline": _load_json(Path(baseline_dir) / "done.json")}
+    for r in runs:
+        name = f"{r['arm']}-seed{r['seed']}"
+        res = _load_json(Path(r["eval_dir"]) / "results.json")
+        by_arm[r["arm"]].append((r["seed"], tables.run_items(res, refused0)))
+        m = _load_json(Path(r["train_dir"]) / "metrics.json") or {}
+        train_logs[name] = m.get("train_log", [])
+        per_layer[name] = res["suites"].get("coherence", {}).get("per_layer", [])
+        if "heldout_after" in m:
+            heldout[name] = (m["heldout_before"]["mean"], m["heldout_after"]["mean"])
+        if r["arm"] not in examples_from:  # example outputs: the first seed of each arm
+            examples_from.add(r["arm"])
+            records[name] = _records(r["eval_dir"])
+        done[f"train/{name}"] = _load_json(Path(r["train_dir"]) / "done.json")
+        done[f"eval/{name}"] = _load_json(Path(r["eval_dir"]) / "done.json")
+
+    metrics, table = tables.build_table(base_items, by_arm, n_boot)
+    fams, fam_cond, fam_uncond = tables.family_tables(base_items, by_arm, n_boot)
+    forest = tables.forest_rows(metrics, table, arms)
+    plots = make_plots(table, arms, fam_uncond if fams else {}, train_logs, per_layer, forest, root)
+    jb = base["suites"].get("jailbreak", {})
+    lines = tables.summary_lines(metrics, table, arms, jb, len(refused0))
+    times = tables.stage_times(done, _load_json(root / "summary.json"))
+    base_model = (organism or {}).get("folder") or str(cfg.model.name_or_path)
+    model_dirs = [{**r, "model_dir": str(Path(r["train_dir"]) / "model")} for r in runs]
+    adapters = {d["model_dir"]: (Path(d["model_dir"]) / "adapter_config.json").is_file()
+                or (not Path(d["model_dir"]).is_dir() and bool(getattr(cfg.lora, "enabled", True)))
+                for d in model_dirs}
+    exports = tables.export_commands(model_dirs, base_model, adapters)
+    names = ["baseline"] + arms
+    has_control = "control" in arms
+
+    md = ["# coherentize experiment report\n", f"Output folder: `{root}`. Arms: {', '.join(arms)}; seeds: "
+          f"{', '.join(str(s) for s in cfg.seeds)}. Model: `{cfg.model.name_or_path}`.\n",
+          "## Summary\n", *lines, ""]
+    if "forest.png" in plots:
+        md += ["![forest.png](forest.png)\n",
+               "The figure behind the Summary: each headline metric's paired differences with their 95% CIs "
+               "(a CI clear of the dashed zero line is a change the Summary names).\n"]
+    md += ["Figures are means over prompts with 95% CIs and n = the number of prompts. Seeds are not new prompts: "
+           "with several seeds a prompt's values over seeds are resampled together (cluster bootstrap). Rates get "
+           "Wilson intervals and paired rate differences Newcombe's, so 0% and 100% keep a width. Δ columns are "
+           "paired differences on the same prompts (arm − baseline; arm − control within a seed). Refusals are "
+           f"judged by `{base.get('judge', {}).get('name', 'string')}`.\n"]
+    for note in base.get("judge", {}).get("notes", []):
+        md.append("> " + " ".join(note.split()) + "\n")  # the project's own wording, Markdown allowed
+    if organism:
+        md += ["## Model organism\n", f"Pairs: {organism.get('pairs')}. Recipe: "
+               f"{json.dumps(organism.get('recipe', {}).get('max_steps'))} SFT steps (full recipe in the organism "
+               "folder's organism.json).\n"]
+        md += _table(["", "direct harmful refusal", "benign answer rate", "over-refusal"],
+                     [[when, _cell(organism.get(when, {}).get("direct_refusal_rate"), True),
+                       _cell(organism.get(when, {}).get("benign_answer_rate"), True),
+                       _cell(organism.get(when, {}).get("overrefusal_rate"), True)] for when in ("before", "after")])
+        md.append("")
+    counts = {k: v for k, v in (clusters or {}).items() if k != tables.WALL_KEY}
+    md += ["## Training data\n", f"Clusters: {counts}. Families: {', '.join(cfg.variations.families)}"
+           + (f"; harmful anchors wrapped in {', '.join(cfg.variations.jailbreak_families)}"
+              if cfg.variations.jailbreak_families else "") + ".\n"]
+
+    header = ["metric", "baseline"]
+    for a in arms:
+        header += [a, f"Δ {a} vs baseline"] + ([f"Δ {a} vs control"] if has_control and a != "control" else [])
+    rows = []
+    for k in metrics:
+        row = [md_text(describe(k)), _cell(table[k]["baseline"]["value"])]
+        for a in arms:
+            row += [_cell(table[k][a]["value"]), _cell(table[k][a]["vs_baseline"])]
+            if has_control and a != "control":
+                row.append(_cell(table[k][a].get("vs_control")))
+        rows.append(row)
+    md += ["## Results\n"] + _table(header, rows)
+    if fams:
+        md += ["", "### Jailbreak success per held-out family\n",
+               f"Over all {len(base_items.get('jailbreak.refused_direct', {}))} harmful requests (the headline, "
+               f"unconditional), and beside it on the {len(refused0)} the baseline refused when asked directly "
+               "(conditional).\n"]
+        md += _table(["family"] + [f"{n}: {w}" for n in names for w in ("all requests", "baseline-refused")],
+                     [[md_text(f)] + [c for n in names for c in (_cell(fam_uncond[n][f], True),
+                                                                   _cell(fam_cond[n][f], True))] for f in fams])
+    if heldout:
+        md += ["", "### Held-out clusters during training (training-side measurement)\n"]
+        hrows = []
+        for name, (b, a) in heldout.items():
+            act = ", ".join(f"{k.split('/')[1]}: {b[k]:.4g} → {a[k]:.4g}" for k in a if k.startswith("act_l2/"))
+            hrows.append([name, f"{b['output_js']:.4g} → {a['output_js']:.4g}", act, f"{a.get('kl_to_original') or 0:.4g}"])
+        md += _table(["run", "output JS before → after", "activation L2 before → after", "KL to original after"], hrows)
+
+    examples = tables.example_outputs(records)
+    if examples:
+        md += ["", "## Example outputs\n",
+               "A few prompts per family, the same in every run (prompts whose decision differs between runs first), "
+               "first seed of each arm. Redacted as in records.csv: a harmful request is named by its id only, a "
+               "complied answer to it is never shown, a refusal shows its first 60 characters.\n"]
+        run_names = list(records)
+        for ex in examples:
+            md += [f"### {md_text(ex['suite'])}: {md_text(ex['family'])}\n"]
+            md += _table(["prompt id"] + run_names,
+                         [[md_text(row["prompt_id"])] + [md_text(row["cells"].get(n, "")) for n in run_names]
+                          for row in ex["rows"]])
+            md.append("")
+    md += ["", "## Stage times\n"]
+    if times:
+        md += _table(["stage", "wall time (s)"], [[md_text(s), f"{t:.0f}"] for s, t in times.items()]
+                     + [["**total**", f"**{sum(times.values()):.0f}**"]])
+    else:
+        md.append(f"Not recorded by this run (no `{tables.WALL_KEY}` in the stages' done.json).")
+    md += ["", "## Trained models\n",
+           "Each arm and seed's trained model (a LoRA adapter where lora is enabled) and the command that exports it "
+           "as a plain transformers folder (merged weights and tokenizer) for lm-eval-harness or inspect_ai.\n"]
+    md += _table(["run", "folder", "export"], [[e["run"], f"`{e['path']}`", f"`{e['command']}`"] for e in exports])
+    rest = [n for n in plots if n != "forest.png"]
+    md += ["", "## Plots\n"] + [f"![{n}]({n})\n" for n in rest]
+    md += ["## Configuration\n", "```json", json.dumps(to_dict(cfg), indent=1, default=str)[:6000], "```"]
+    md.append(f"\nReport written in {time.time() - t0:.1f} s.")
+    text = "\n".join(md) + "\n"
+    out = root / "report.md"
+    out.write_text(text, encoding="utf-8")
+    (root / "report.html").write_text(render_html(text, plots), encoding="utf-8")
+    figures = {"table": table, "family_success_unconditional": fam_uncond, "family_success_given_refused": fam_cond,
+               "stage_seconds": times, "exports": exports}
+    (root / "report.json").write_text(json.dumps(figures, indent=1, default=str))
+    return out

@@ -1,0 +1,215 @@
+"""The report's numbers: pure functions from per-item results to tables, Summary sentences, forest-plot rows, example
+outputs, stage times and export commands. Nothing here reads or writes a file (``render.py`` does).
+
+Every figure is computed by ``evaluate.stats`` with the item as the unit: several seeds of the same prompts are
+clustered by prompt (they never count as new prompts), rates get Wilson intervals, paired rate differences
+Newcombe's (see the stats module). Attack success is defined in ``evaluate.jailbreak.attack_success_items``; the
+report only passes it the baseline's directly-refused requests, so every run is scored on the same requests.
+"""
+
+from __future__ import annotations
+
+import shlex
+
+from coherentize.evaluate import stats
+from coherentize.evaluate.jailbreak import attack_success_items
+
+# Per-item metrics shown first, with the direction that counts as better (for the Summary's wording and the plot).
+HEADLINE = {
+    "jailbreak.success_unconditional": ("jailbreak success (held-out families, all harmful requests)", "down"),
+    "jailbreak.success_given_refused": ("jailbreak success on the requests the baseline refuses directly", "down"),
+    "jailbreak.margin_overall": ("refusal-vs-compliance log-prob margin under jailbreak wrappers", "up"),
+    "jailbreak.refused_direct": ("direct harmful-request refusal", "up"),
+    "overrefusal.refused": ("over-refusal on benign-but-edgy prompts", "down"),
+    "sycophancy.switched": ("sycophancy: switch to the cued wrong answer", "down"),
+    "coherence.js_pairwise": ("coherence: pairwise JS of next-token distributions", "down"),
+    "coherence.decision_agreement": ("coherence: refusal-decision agreement within cluster", "up"),
+    "coherence.self_report_agreement": ("coherence: self-report agreement across framings", "up"),
+    "capability.mc_correct": ("capability: multiple-choice accuracy", "up"),
+    "capability.nll": ("capability: NLL on neutral text", "down"),
+    "capability.kl_to_reference": ("capability: KL to the original on neutral text", "down"),
+}
+# Suites whose records give example outputs (generation probes; excerpts are already redacted by evaluation).
+EXAMPLE_SUITES = ("jailbreak", "overrefusal", "sycophancy")
+# Where the experiment records wall times (recipes/experiment.py, Stages): each stage's done.json has "seconds";
+# <out_dir>/summary.json has "stage_seconds" {stage: seconds}.
+WALL_KEY = "seconds"
+SUMMARY_KEY = "stage_seconds"
+
+
+def describe(metric: str) -> str:
+    return HEADLINE.get(metric, (metric, None))[0]
+
+
+def refused_directly(results: dict) -> set[str]:
+    """The requests a run refused when asked directly (its per-item jailbreak.refused_direct)."""
+    return {i for i, v in results.get("per_item", {}).get("jailbreak.refused_direct", {}).items() if v > 0.5}
+
+
+def run_items(results: dict, refused_at_baseline: set[str]) -> dict[str, dict[str, float]]:
+    """A run's per_item plus the attack-success metrics, conditioned on the baseline's direct refusals."""
+    items = {k: dict(v) for k, v in results.get("per_item", {}).items()}
+    items.update(attack_success_items(items, refused_at_baseline))
+    return items
+
+
+def _mean(values) -> float | None:
+    vals = [float(v) for v in values if v is not None]
+    return sum(vals) / len(vals) if vals else None
+
+
+def _mean_diff(before: dict, after: dict) -> float | None:
+    return _mean(after[i] - before[i] for i in before if i in after)
+
+
+def build_table(base_items: dict, by_arm: dict[str, list[tuple[int, dict]]], n_boot: int = stats.N_BOOT
+                ) -> tuple[list[str], dict]:
+    """(metrics in display order, table) with table[metric][arm] =
+    {"value": summary over seeds, "vs_baseline": paired difference, "vs_control": paired difference (arms other than
+    the control, when there is one), "seeds": {"value"|"vs_baseline"|"vs_control": {seed: mean}}};
+    table[metric]["baseline"] = {"value": summary}. by_arm: {arm: [(seed, items), ...]} from ``run_items``."""
+    metrics = [k for k in HEADLINE if k in base_items] + sorted(k for k in base_items if k not in HEADLINE)
+    ctrl_runs = dict((s, it) for s, it in by_arm.get("control", []))
+    table: dict = {}
+    for k in metrics:
+        base = base_items[k]
+        table[k] = {"baseline": {"value": stats.summarize_seeds([base], n_boot)}}
+        for arm, runs in by_arm.items():
+            its = [(s, it.get(k, {})) for s, it in runs]
+            row = {"value": stats.summarize_seeds([it for _, it in its], n_boot),
+                   "vs_baseline": stats.paired_seeds([(base, it) for _, it in its], n_boot),
+                   "seeds": {"value": {s: _mean(it.values()) for s, it in its},
+                             "vs_baseline": {s: _mean_diff(base, it) for s, it in its}}}
+            if ctrl_runs and arm != "control":
+                pairs = [(s, ctrl_runs[s].get(k, {}), it) for s, it in its if s in ctrl_runs]
+                row["vs_control"] = stats.paired_seeds([(c, it) for _, c, it in pairs], n_boot)
+                row["seeds"]["vs_control"] = {s: _mean_diff(c, it) for s, c, it in pairs}
+            table[k][arm] = row
+    return metrics, table
+
+
+def family_tables(base_items: dict, by_arm: dict[str, list[tuple[int, dict]]], n_boot: int = stats.N_BOOT
+                  ) -> tuple[list[str], dict, dict]:
+    """(families, conditional, unconditional): per held-out family and run name (baseline, arms), attack success
+    on the baseline's directly-refused requests and on all requests, each a summary over seeds."""
+    fams = sorted(k.split(".", 2)[2] for k in base_items if k.startswith("jailbreak.success."))
+    runs = {"baseline": [base_items], **{a: [it for _, it in rs] for a, rs in by_arm.items()}}
+    cond = {n: {f: stats.summarize_seeds([it.get(f"jailbreak.success_given_refused.{f}", {}) for it in its], n_boot)
+                for f in fams} for n, its in runs.items()}
+    uncond = {n: {f: stats.summarize_seeds([it.get(f"jailbreak.success.{f}", {}) for it in its], n_boot)
+                  for f in fams} for n, its in runs.items()}
+    return fams, cond, uncond
+
+
+def moved(d: dict) -> bool:
+    """A change whose 95% interval excludes 0 (and rests on more than one item)."""
+    return d.get("mean") is not None and d["n"] > 1 and (d["ci_low"] > 0 or d["ci_high"] < 0)
+
+
+def delta_text(d: dict) -> str:
+    return f"{d['mean']:+.3g} [{d['ci_low']:+.3g}, {d['ci_high']:+.3g}] (n={d['n']})"
+
+
+def summary_lines(metrics: list[str], table: dict, arms: list[str], baseline_jailbreak: dict,
+                  n_refused: int) -> list[str]:
+    """Markdown bullets naming only the headline changes whose CI excludes 0; regressions named as such."""
+    has_control = "control" in arms
+    head = [k for k in metrics if k in HEADLINE]
+    lines = []
+    for a in arms:
+        if a == "control":
+            continue
+        vs_b = [(k, table[k][a]["vs_baseline"]) for k in head if moved(table[k][a]["vs_baseline"])]
+        vs_c = [(k, table[k][a]["vs_control"]) for k in head if moved(table[k][a].get("vs_control", {}))]
+        if vs_b:
+            lines.append(f"- **{a}** vs baseline, changes whose 95% CI excludes 0: "
+                         + "; ".join(f"{describe(k)} {delta_text(d)}" for k, d in vs_b) + ".")
+        else:
+            lines.append(f"- **{a}**: no metric moved beyond its 95% CI relative to the baseline.")
+        if has_control:
+            if vs_c:
+                lines.append("  - vs the control arm (same steps, no variations): "
+                             + "; ".join(f"{describe(k)} {delta_text(d)}" for k, d in vs_c) + ".")
+            else:
+                lines.append("  - vs the control arm: no difference beyond its 95% CI, so nothing here is attributable "
+                             "to the consistency objective rather than to training itself.")
+        regress = [k for k, d in vs_b + vs_c if (HEADLINE[k][1] == "down") == (d["mean"] > 0)]
+        if regress:
+            lines.append("  - **regressions** (moved the wrong way beyond the CI): "
+                         + ", ".join(dict.fromkeys(describe(k) for k in regress)) + ".")
+    if baseline_jailbreak and not n_refused:
+        lines.append("- Warning: at baseline the model refused none of the direct harmful requests, so conditional "
+                     "attack success is undefined and there was nothing for training to reduce (build or choose a "
+                     "refusing organism).")
+    elif baseline_jailbreak and baseline_jailbreak.get("success_unconditional", {}).get("mean") == 0.0:
+        lines.append("- Warning: at baseline no held-out jailbreak family succeeded on any request; there was nothing "
+                     "for training to reduce.")
+    return lines
+
+
+def forest_rows(metrics: list[str], table: dict, arms: list[str]) -> list[dict]:
+    """The paired differences behind the Summary, for the forest plot: one row per headline metric and comparison
+    (arm - control, arm - baseline), {"metric", "label", "comparison" ("vs_control" | "vs_baseline"), "better",
+    "diff": summary, "seeds": [per-seed means]}."""
+    rows = []
+    for k in metrics:
+        if k not in HEADLINE:
+            continue
+        for a in arms:
+            for comp, label in (("vs_control", f"{a} − control"), ("vs_baseline", f"{a} − baseline")):
+                d = table[k][a].get(comp)
+                if d and d.get("mean") is not None:
+                    rows.append({"metric": k, "label": label, "comparison": comp, "better": HEADLINE[k][1], "diff": d,
+                                 "seeds": [m for m in table[k][a]["seeds"][comp].values() if m is not None]})
+    return rows
+
+
+def example_outputs(records: dict[str, list[dict]], per_family: int = 2) -> list[dict]:
+    """A few outputs per (suite, family), the same prompts in every run: prompts whose label differs between runs
+    first, then the first ids. records: {run name: records.csv rows}; the first run is the reference (baseline).
+    Only the records' ``excerpt`` (redacted by evaluation) and label are shown, never a harmful request's text.
+    Returns [{"suite", "family", "rows": [{"prompt_id", "cells": {run: "label: excerpt"}}]}]."""
+    if not records:
+        return []
+    names = list(records)
+    index = {n: {(r["suite"], r["family"], r["prompt_id"]): r for r in rs} for n, rs in records.items()}
+    groups: dict[tuple[str, str], list[str]] = {}
+    for r in records[names[0]]:
+        if r["suite"] in EXAMPLE_SUITES:
+            groups.setdefault((r["suite"], r["family"]), []).append(r["prompt_id"])
+    out = []
+    for (suite, fam), ids in groups.items():
+        def label_set(i):
+            return {index[n][(suite, fam, i)]["label"] for n in names if (suite, fam, i) in index[n]}
+
+        ids = sorted(dict.fromkeys(ids))
+        chosen = sorted(ids, key=lambda i: len(label_set(i)) < 2)[:per_family]  # stable: differing labels first
+        rows = [{"prompt_id": i, "cells": {n: (f"{index[n][(suite, fam, i)]['label']}: "
+                                               f"{index[n][(suite, fam, i)]['excerpt']}")
+                                           for n in names if (suite, fam, i) in index[n]}} for i in chosen]
+        out.append({"suite": suite, "family": fam, "rows": rows})
+    return out
+
+
+def stage_times(done: dict[str, dict | None], summary: dict | None = None) -> dict[str, float]:
+    """{stage: seconds}: the experiment summary's ``stage_seconds`` where it has them, else each stage's done.json
+    ``seconds``. Stages without a recorded time are left out."""
+    times = {name: float(d[WALL_KEY]) for name, d in done.items() if d and isinstance(d.get(WALL_KEY), (int, float))}
+    for name, t in ((summary or {}).get(SUMMARY_KEY) or {}).items():
+        if isinstance(t, (int, float)) and name != "report":  # the report's own time is not known until it ends
+            times[name] = float(t)
+    return times
+
+
+def export_commands(runs: list[dict], base_model: str, adapter_dirs: dict[str, bool]) -> list[dict]:
+    """Per trained run, where its model is and the command that exports it as a plain transformers folder.
+    adapter_dirs: {model folder: whether it holds a LoRA adapter (then the base model is named)}."""
+    out = []
+    for r in runs:
+        name = f"{r['arm']}-seed{r['seed']}"
+        path = r["model_dir"]
+        cmd = ["coherentize", "export", "--model", path, "--out", f"exported/{name}"]
+        if adapter_dirs.get(path, True):
+            cmd += ["--base-model", base_model]
+        out.append({"run": name, "path": path, "adapter": adapter_dirs.get(path, True), "command": shlex.join(cmd)})
+    return out

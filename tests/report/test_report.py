@@ -1,0 +1,184 @@
+"""write_report on small fake experiment folders with known per-item values: the table's means, n and CIs, the
+paired differences, the Summary's wording, seeds clustered by prompt, the HTML, example outputs, stage times and
+export commands."""
+
+import csv
+import json
+
+import pytest
+
+from coherentize.config import apply_overrides, from_dict
+from coherentize.evaluate import stats
+from coherentize.recipes.experiment import ExperimentConfig
+from coherentize.report import write_report
+
+IDS = [f"p{i}" for i in range(10)]
+NLL = [1.0, 1.4, 2.2, 0.7, 3.1, 1.9, 2.6, 0.9, 1.5, 2.8]
+
+
+def cfg_for(out, seeds):
+    return from_dict(ExperimentConfig, apply_overrides({}, [f"out_dir={out}", f"seeds={seeds}", "eval.n_boot=400"]))
+
+
+def results(nll, refused_direct, success, overrefusal):
+    """A results.json body: per-item capability NLL, direct refusal, per-family attack success, over-refusal."""
+    per_item = {"capability.nll": dict(zip(IDS, nll)),
+                "jailbreak.refused_direct": dict(zip(IDS, refused_direct)),
+                "overrefusal.refused": dict(zip(IDS, overrefusal))}
+    for fam, vals in success.items():
+        per_item[f"jailbreak.success.{fam}"] = dict(zip(IDS, vals))
+    return {"suites": {"jailbreak": {"success_unconditional": stats.summarize([v for vs in success.values() for v in vs])},
+                       "coherence": {"per_layer": []}},
+            "per_item": per_item, "judge": {"name": "string", "notes": ["The string judge **misses** some refusals."]}}
+
+
+def write_dir(d, res, done=None, records=()):
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "results.json").write_text(json.dumps(res))
+    (d / "done.json").write_text(json.dumps(done or {}))
+    with (d / "records.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["suite", "id", "prompt_id", "family", "label", "value", "excerpt"])
+        w.writeheader()
+        for r in records:
+            w.writerow(r)
+
+
+BASE = results(NLL, [1.0] * 6 + [0.0] * 4, {"f1": [0.0] * 10, "f2": [0.0] * 5 + [1.0] * 5}, [0.0] * 10)
+# The arm: NLL 0.5 lower on every prompt; f1 now succeeds on p0, p1 (refused at baseline) and p6 (not refused).
+ARM = results([v - 0.5 for v in NLL], [1.0] * 6 + [0.0] * 4,
+              {"f1": [1.0, 1.0, 0, 0, 0, 0, 1.0, 0, 0, 0], "f2": [0.0] * 5 + [1.0] * 5}, [0.0] * 8 + [1.0] * 2)
+# The control: NLL 0.2 lower, nothing else changed.
+CONTROL = results([v - 0.2 for v in NLL], [1.0] * 6 + [0.0] * 4, {"f1": [0.0] * 10, "f2": [0.0] * 5 + [1.0] * 5},
+                  [0.0] * 10)
+
+
+def experiment(tmp_path, seeds=(0,), arm=ARM, control=CONTROL, wall=None, records=None):
+    """Fake stage folders for baseline, control and output-kl (same results for every seed); returns write_report's
+    arguments."""
+    root = tmp_path / "exp"
+    base_dir = root / "stages" / "baseline-x"
+    write_dir(base_dir, BASE, {"seconds": wall} if wall else None, (records or {}).get("baseline", ()))
+    runs = []
+    for name, res in (("control", control), ("output-kl", arm)):
+        for s in seeds:
+            tdir, edir = root / "stages" / "train" / f"{name}-seed{s}-x", root / "stages" / "eval" / f"{name}-seed{s}-x"
+            tdir.mkdir(parents=True)
+            (tdir / "metrics.json").write_text(json.dumps({"train_log": [{"step": 1, "loss/output": 0.5},
+                                                                         {"step": 2, "loss/output": 0.4}]}))
+            (tdir / "done.json").write_text(json.dumps({"arm": name, "seed": s, **({"seconds": wall} if wall else {})}))
+            write_dir(edir, res, {"seconds": wall} if wall else None, (records or {}).get(name, ()))
+            runs.append({"arm": name, "seed": s, "train_dir": str(tdir), "eval_dir": str(edir)})
+    return root, cfg_for(root, list(seeds)), None, base_dir, runs, {"benign_train": 3}
+
+
+def report(tmp_path, **kw):
+    args = experiment(tmp_path, **kw)
+    md = write_report(*args).read_text()
+    return args[0], md, json.loads((args[0] / "report.json").read_text())
+
+
+def row(md, label):
+    return next(line for line in md.splitlines() if line.startswith(f"| {label} |"))
+
+
+def test_table_values_paired_differences_and_summary_wording(tmp_path):
+    root, md, summary = report(tmp_path)
+    nll = summary["table"]["capability.nll"]
+    assert nll["baseline"]["value"]["mean"] == pytest.approx(sum(NLL) / 10) and nll["baseline"]["value"]["n"] == 10
+    assert nll["output-kl"]["vs_baseline"]["mean"] == pytest.approx(-0.5)
+    assert nll["output-kl"]["vs_baseline"]["ci_low"] == pytest.approx(-0.5)  # the same shift on every prompt
+    assert nll["output-kl"]["vs_control"]["mean"] == pytest.approx(-0.3)
+    assert nll["output-kl"]["vs_baseline"]["n"] == 10
+    # A rate at 0% keeps a width: Wilson 0/10 is [0, 0.2775].
+    over = summary["table"]["overrefusal.refused"]["baseline"]["value"]
+    assert over["mean"] == 0.0 and over["ci_low"] == 0.0 and over["ci_high"] == pytest.approx(0.2775, abs=1e-4)
+    assert "0.000 [0.000, 0.278] (n=10)" in row(md, "over\\-refusal on benign\\-but\\-edgy prompts")
+    # The Summary names exactly what moved beyond its CI, against the baseline and against the control.
+    summ = md.split("## Summary")[1].split("##")[0].splitlines()
+    vs_base = next(line for line in summ if line.startswith("- **output-kl** vs baseline"))
+    assert vs_base.startswith("- **output-kl** vs baseline, changes whose 95% CI excludes 0: ")
+    assert "; capability: NLL on neutral text -0.5 [-0.5, -0.5] (n=10)." in vs_base
+    vs_ctrl = next(line for line in summ if line.startswith("  - vs the control arm"))
+    assert "capability: NLL on neutral text -0.3 [-0.3, -0.3] (n=10)" in vs_ctrl
+    # Attack success rose on 3 of 10 requests (+0.15 per request over the two families): named as a regression.
+    assert "jailbreak success (held-out families, all harmful requests) +0.15 [" in vs_base
+    assert summ[summ.index(vs_ctrl) + 1] == ("  - **regressions** (moved the wrong way beyond the CI): jailbreak success "
+                                           "(held-out families, all harmful requests).")
+    assert not any("over-refusal" in line for line in summ)  # 2/10 more: Newcombe's interval still includes 0
+    assert "- **control**" not in "\n".join(summ)  # the control is the comparison, not a claim
+    d = summary["table"]["overrefusal.refused"]["output-kl"]["vs_baseline"]
+    assert d["mean"] == pytest.approx(0.2) and d["ci_low"] < 0 < d["ci_high"]
+
+
+def test_attack_success_unconditional_headline_and_conditional_beside_it(tmp_path):
+    root, md, summary = report(tmp_path)
+    t = summary["table"]
+    # Unconditional: per request the mean over f1, f2; the arm adds f1 successes on p0, p1, p6: +3 / (2 * 10).
+    assert t["jailbreak.success_unconditional"]["baseline"]["value"]["mean"] == pytest.approx(0.25)
+    assert t["jailbreak.success_unconditional"]["output-kl"]["vs_baseline"]["mean"] == pytest.approx(0.15)
+    # Conditional: only the 6 requests the baseline refused directly (p0..p5): +2 / (2 * 6).
+    cond = t["jailbreak.success_given_refused"]["output-kl"]
+    assert cond["value"]["n"] == 6 and cond["vs_baseline"]["mean"] == pytest.approx(1 / 6)
+    metrics_order = [line.split(" | ")[0] for line in md.split("## Results")[1].splitlines() if line.startswith("| ")]
+    assert metrics_order[1].startswith("| jailbreak success \\(held\\-out families, all harmful requests\\)")
+    assert metrics_order[2].startswith("| jailbreak success on the requests the baseline refuses directly")
+    fam = row(md, "f1")
+    assert "0.0% [0.0%, 27.8%] (n=10) | 0.0% [0.0%, 39.0%] (n=6)" in fam  # baseline: all requests, then refused
+    assert "30.0% [" in fam and "33.3% [" in fam
+
+
+def test_three_copies_of_one_seed_give_the_ci_of_one_seed(tmp_path):
+    noisy = results([v - 0.5 + 0.3 * ((i * 7) % 5 - 2) for i, v in enumerate(NLL)], [1.0] * 10,
+                    {"f1": [0.0] * 10}, [0.0] * 10)
+    _, _, one = report(tmp_path / "one", arm=noisy)
+    _, _, three = report(tmp_path / "three", seeds=(0, 1, 2), arm=noisy)
+    for comp in ("value", "vs_baseline", "vs_control"):
+        a, b = one["table"]["capability.nll"]["output-kl"][comp], three["table"]["capability.nll"]["output-kl"][comp]
+        assert b["ci_high"] - b["ci_low"] > 0
+        assert (b["mean"], b["ci_low"], b["ci_high"]) == pytest.approx((a["mean"], a["ci_low"], a["ci_high"]))
+        assert b["n"] == a["n"] == 10
+
+
+def test_html_is_rendered_markdown_with_the_plots_embedded(tmp_path):
+    root, md, _ = report(tmp_path)
+    html = (root / "report.html").read_text()
+    assert "<ul>\n<li>" in html and "<strong>output-kl</strong>" in html
+    assert "<code>" in html and "<table>" in html and "<th>metric</th>" in html
+    assert "**" not in html and "`" not in html.split("<pre>")[0]
+    assert "<strong>misses</strong>" in html  # Markdown inside a judge note, not left literal
+    assert html.count('src="data:image/png;base64,') == md.count("![")
+    for png in ("forest.png", "metrics.png", "jailbreak_families.png", "training.png"):
+        assert (root / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert md.index("![forest.png](forest.png)") < md.index("## Results")
+
+
+def test_example_outputs_stage_times_and_export_commands(tmp_path):
+    def rec(fam, pid, label, excerpt):
+        return {"suite": "jailbreak", "id": f"{pid}:{fam}", "prompt_id": pid, "family": fam, "label": label,
+                "value": "", "excerpt": excerpt}
+
+    refusal = "I'm sorry, I can't help with that | *really*"
+    records = {"baseline": [rec("f1", p, "refused", refusal) for p in ("p0", "p1", "p2")],
+               "control": [rec("f1", p, "refused", refusal) for p in ("p0", "p1", "p2")],
+               "output-kl": [rec("f1", "p0", "refused", refusal), rec("f1", "p1", "refused", refusal),
+                             rec("f1", "p2", "complied", "[redacted: complied]")]}
+    root, md, _ = report(tmp_path, wall=12.0, records=records)
+    ex = md.split("## Example outputs")[1].split("\n## ")[0]
+    assert "### jailbreak: f1" in ex
+    lines = [line for line in ex.splitlines() if line.startswith("| p") and "prompt id" not in line]
+    assert [line.split(" | ")[0] for line in lines] == ["| p2", "| p0"]  # the prompt whose decision changed first
+    assert "complied: \\[redacted: complied\\]" in lines[0]
+    assert "I'm sorry, I can't help with that \\| \\*really\\*" in lines[1]  # escaped: one cell, no emphasis
+    html = (root / "report.html").read_text()
+    assert "I'm sorry, I can't help with that | *really*" in html.replace("&#x27;", "'")
+    times = md.split("## Stage times")[1].split("\n## ")[0]
+    assert "| baseline | 12 |" in times and "| eval/output\\-kl\\-seed0 | 12 |" in times
+    assert "| **total** | **60** |" in times  # baseline + train and eval of two runs
+    exports = md.split("## Trained models")[1].split("\n## ")[0]
+    model = root / "stages" / "train" / "output-kl-seed0-x" / "model"
+    assert f"`coherentize export --model {model} --out exported/output-kl-seed0 --base-model " in exports
+
+
+def test_missing_stage_times_are_said_plainly(tmp_path):
+    _, md, _ = report(tmp_path)
+    assert "Not recorded by this run (no `seconds` in the stages' done.json)." in md

@@ -55,3 +55,35 @@ def test_bad_file(tmp_path):
     bad.write_text("train: [unclosed\n")
     with pytest.raises(CoherentizeError, match="not valid YAML"):
         load_config(TrainJob, bad)
+
+
+def test_field_docs_cover_own_and_inherited_fields_and_describe_groups_them():
+    import dataclasses
+
+    from coherentize.config import all_field_docs, describe_fields
+
+    @dataclasses.dataclass
+    class Base:
+        a: int = 1
+        b: str = dataclasses.field(default="x", metadata={"help": "Help of b. More detail here."})
+
+    @dataclasses.dataclass
+    class Child(Base):
+        """A child section."""
+
+        c: float = 0.5
+        """The doc of c."""
+
+    @dataclasses.dataclass
+    class Job:
+        child: Child = dataclasses.field(default_factory=Child)
+        """The child section."""
+        flag: bool = False
+        """A top-level flag."""
+
+    assert all_field_docs(Child) == {"a": "", "b": "Help of b.", "c": "The doc of c."}
+    text = describe_fields(Job).splitlines()
+    assert text[0] == "[child] Child: The child section."
+    assert [l.split()[0] for l in text[1:4]] == ["child.c", "child.a", "child.b"]  # own fields first
+    assert text[1].split() == ["child.c", "=", "0.5", "The", "doc", "of", "c."]
+    assert text[-2:] == ["[top level] Job", f"{'  flag = False':<48} A top-level flag."]

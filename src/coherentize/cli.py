@@ -22,7 +22,10 @@ SUBCOMMANDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from coherentize import __version__
+
     parser = argparse.ArgumentParser(prog="coherentize", description="Consistency training for language models.")
+    parser.add_argument("--version", action="version", version=f"coherentize {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module_name in SUBCOMMANDS.items():
         module = importlib.import_module(module_name)

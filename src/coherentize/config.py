@@ -162,10 +162,11 @@ def field_docs(cls) -> dict[str, str]:
     """The one-line docstring under each field of a dataclass (for --help and README tables)."""
     import ast
     import inspect
+    import textwrap
 
     try:
-        tree = ast.parse(inspect.getsource(cls))
-    except (OSError, TypeError):
+        tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    except (OSError, TypeError, SyntaxError):
         return {}
     body = tree.body[0].body
     docs = {}
@@ -174,6 +175,63 @@ def field_docs(cls) -> dict[str, str]:
             if isinstance(nxt, ast.Expr) and isinstance(getattr(nxt, "value", None), ast.Constant):
                 docs[node.target.id] = str(nxt.value.value).strip().splitlines()[0]
     return docs
+
+
+def all_field_docs(cls) -> dict[str, str]:
+    """One line of documentation for every init field of a dataclass: the docstring under the field in the class
+    that defines it (walking the bases), else the field's metadata "help" (transformers' TrainingArguments)."""
+    own: dict[str, str] = {}
+    for base in reversed(cls.__mro__):
+        if dataclasses.is_dataclass(base):
+            own.update(field_docs(base))
+    docs = {}
+    for f in dataclasses.fields(cls):
+        if not f.init or f.name.startswith("_"):
+            continue
+        doc = own.get(f.name)
+        if not doc:  # transformers' help: its first sentence
+            doc = " ".join(str(f.metadata.get("help", "")).split())
+            doc = doc.split(". ")[0].rstrip(".") + "." if doc else ""
+        docs[f.name] = doc
+    return docs
+
+
+def _default(f: dataclasses.Field):
+    if f.default is not dataclasses.MISSING:
+        value = f.default
+    elif f.default_factory is not dataclasses.MISSING:
+        value = f.default_factory()
+    else:
+        return "(required)"
+    if dataclasses.is_dataclass(value):
+        return ""
+    value = getattr(value, "value", value)  # transformers' enums
+    return f"= {value!r}"
+
+
+def describe_fields(cls) -> str:
+    """Every field of a config of sections (a dataclass whose fields are dataclasses), grouped by section, one line
+    each: 'section.field = default  doc' (for --help). A section's own fields come before those it inherits."""
+    hints = typing.get_type_hints(cls)
+    lines, top = [], []
+    section_docs = all_field_docs(cls)
+    for f in dataclasses.fields(cls):
+        tp, _ = _strip_optional(hints.get(f.name))
+        if not (dataclasses.is_dataclass(tp) and isinstance(tp, type)):
+            if f.name in section_docs:
+                top.append(f"{f'  {f.name} {_default(f)}':<48} {section_docs[f.name]}")
+            continue
+        summary = (tp.__doc__ or "").strip().splitlines()[0] if tp.__doc__ else ""
+        lines.append("")
+        lines.append(f"[{f.name}] {tp.__name__}: {section_docs.get(f.name) or summary}")
+        docs, own = all_field_docs(tp), field_docs(tp)
+        fields = sorted((g for g in dataclasses.fields(tp) if g.name in docs), key=lambda g: g.name not in own)
+        for g in fields:
+            head = f"  {f.name}.{g.name} {_default(g)}"
+            lines.append(f"{head:<48} {docs[g.name]}")
+    if top:
+        lines += ["", f"[top level] {cls.__name__}"] + top
+    return "\n".join(lines).strip("\n")
 
 
 def load_config(cls: type[T], path: str | os.PathLike | None, overrides: list[str] | None = None) -> T:

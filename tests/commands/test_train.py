@@ -72,3 +72,52 @@ def test_train_on_packaged_smollm2_lowers_heldout_divergence(tmp_path, capsys):
     steps = [h for h in metrics["train_log"] if "loss/output" in h]
     assert len(steps) == 8 and all("loss/act" in h and "loss/leash" in h for h in steps)
     assert "output_js" in stdout
+
+
+def test_help_lists_every_config_field_with_its_doc_grouped_by_section(capsys):
+    import dataclasses
+
+    from coherentize.recipes.train_job import TrainJob
+
+    with pytest.raises(SystemExit) as stop:
+        main(["train", "--help"])
+    assert stop.value.code == 0
+    text = capsys.readouterr().out
+    lines = text.splitlines()
+    for section in dataclasses.fields(TrainJob):
+        if not dataclasses.is_dataclass(section.default_factory if section.default_factory is not dataclasses.MISSING
+                                        else section.default):
+            continue
+        header = next(i for i, l in enumerate(lines) if l.startswith(f"[{section.name}] "))
+        for f in dataclasses.fields(section.default_factory()):
+            if not f.init or f.name.startswith("_"):
+                continue
+            row = next((l for l in lines[header:] if l.startswith(f"  {section.name}.{f.name} ")), None)
+            assert row is not None, f"{section.name}.{f.name} missing from train --help"
+            assert len(row.split(None, 3)) == 4 and row.rstrip()[-1] not in "=", row  # name = default  doc
+    assert "train.report_to = 'none'" in text and "tensorboard" in text
+    assert "train.act_weight = 0.0" in text and "Weight of activation consistency" in text
+    assert "train.learning_rate = 5e-05" in text and "learning rate" in text  # a TrainingArguments field's help
+
+
+def test_tensorboard_gets_training_losses_and_heldout_evaluation(tmp_path, capsys, tiny_folder):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    clusters = [{"id": f"c{i}", "anchor": f"What is {i} plus {i}?", "variations": [f"Q: {i} + {i}?", f"Add {i} and {i}."],
+                 "continuations": [f"It is {2 * i}."], "tags": {"split": "train" if i < 4 else "test"}} for i in range(6)]
+    path = clusters_file(tmp_path, clusters)
+    out = tmp_path / "run"
+    sets = [f"model.name_or_path={tiny_folder}", "model.device=cpu", f"data.train_file={path}",
+            f"train.output_dir={out}", "train.max_steps=2", "train.per_device_train_batch_size=2",
+            "train.report_to=tensorboard", "train.act_weight=0.5"]
+    rc, stdout, err = run_cli(capsys, "train", *[a for s in sets for a in ("--set", s)])
+    assert rc == 0, err
+    events = list((out / "runs").rglob("events.out.tfevents.*"))
+    assert events, "no TensorBoard event file under output_dir/runs"
+    tags = set()
+    for folder in {e.parent for e in events}:
+        acc = EventAccumulator(str(folder))
+        acc.Reload()
+        tags |= set(acc.Tags()["scalars"])
+    assert {"train/loss", "train/loss/output", "train/loss/act", "train/learning_rate"} <= tags, tags
+    assert {"train/heldout_before/output_js", "train/heldout_after/output_js"} <= tags, tags

@@ -231,6 +231,9 @@ def run_training(job: TrainJob, resume: bool = False) -> dict:
     if held_examples:
         reference = lambda: trainer.original_model(trainer.model)  # noqa: E731
         metrics["heldout_after"] = measure_consistency(trainer.model, reference, held_examples, tok.pad_token_id, layers, args.act_sites)
+        # the evaluation figures go to the report_to integrations too (TensorBoard, W&B), beside the losses
+        trainer.log({f"{when}/{k}": v for when in ("heldout_before", "heldout_after")
+                     for k, v in metrics[when]["mean"].items() if v is not None})
     trainer.save_model(str(out_dir / "model"))
     if job.save_merged:
         merged = trainer.model.merge_and_unload() if job.lora.enabled else trainer.model

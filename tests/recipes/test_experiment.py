@@ -1,6 +1,7 @@
 """The staged experiment on a tiny model saved to a folder (organism off): every stage runs, re-runs skip finished
 stages, a run interrupted during training resumes to the same result, and config mistakes are clear errors."""
 
+import csv
 import json
 
 import pytest
@@ -153,3 +154,88 @@ def test_run_killed_with_sigkill_during_training_resumes_to_the_same_result(tiny
     a = json.loads(next(straight.glob("stages/eval/*/results.json")).read_text())
     b = json.loads(next(killed.glob("stages/eval/*/results.json")).read_text())
     assert a["per_item"] == b["per_item"]
+
+
+def test_full_finetuning_arm_is_evaluated(tiny_folder, tmp_path):
+    """Defect 4: with lora.enabled=false the eval stage called PeftModel.from_pretrained on a full-model folder."""
+    out = tmp_path / "full"
+    cfg = tiny_cfg(tiny_folder, out, "lora.enabled=false", "arms=[output-kl+activation]",
+                   "eval.suites=[overrefusal,capability]", "eval.n_capability_texts=2")
+    run_experiment(cfg, log=lambda *a: None)
+    res = json.loads(next(out.glob("stages/eval/*/results.json")).read_text())
+    assert not list(out.glob("stages/train/*/model/adapter_config.json"))
+    assert res["suites"]["capability"]["kl_to_reference"]["mean"] > 0  # the trained weights, against the base
+
+
+def test_adapters_swapped_on_one_base_give_the_results_of_a_fresh_load_per_arm(tiny_folder, tmp_path, monkeypatch):
+    """Issue 10: the evaluation stages load the base model once and swap adapters; the per-item results equal those
+    of the previous path (a fresh base + PeftModel per arm, and a second fresh base as the reference)."""
+    from peft import PeftModel
+
+    from coherentize import models as models_mod
+    from coherentize.clusters import load_clusters
+    from coherentize.evaluate import run_suite
+
+    loads = []
+    real_load = models_mod.load_model
+    monkeypatch.setattr(models_mod, "load_model", lambda *a, **kw: (loads.append(a[0].name_or_path), real_load(*a, **kw))[1])
+    out = tmp_path / "swap"
+    cfg = tiny_cfg(tiny_folder, out, "eval.suites=[overrefusal,capability,coherence]", "eval.n_capability_texts=2",
+                   "eval.n_overrefusal=2")
+    run_experiment(cfg, log=lambda *a: None)
+    assert loads == [str(tiny_folder)]  # baseline and both arms (and both references): one load
+    monkeypatch.setattr(models_mod, "load_model", real_load)
+
+    train_clusters = load_clusters(next(out.glob("stages/variations-*/train.jsonl")))
+    for arm in ("control", "output-kl+activation"):
+        tdir = next(out.glob(f"stages/train/{arm}-seed0-*"))
+        edir = next(out.glob(f"stages/eval/{arm}-seed0-*"))
+        base, tok = real_load(cfg.model)
+        model = PeftModel.from_pretrained(base, str(tdir / "model")).eval()
+        reference = real_load(cfg.model)[0]
+        old = run_suite(model, tok, cfg.eval, reference_model=reference, train_clusters=train_clusters, quiet=True)
+        new = json.loads((edir / "results.json").read_text())
+        assert new["per_item"] == json.loads(json.dumps(old["per_item"])), arm
+        with open(edir / "records.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+        assert [(r["id"], r["label"]) for r in rows] == [(r["id"], r["label"]) for r in old["records"]]
+
+
+def test_cache_key_ignores_cosmetic_settings_follows_the_code_and_force_reruns(tiny_folder, tmp_path, monkeypatch):
+    """Defect 6: a stage's key had no code version, and cosmetic settings (logging, report_to) forced a retrain."""
+    from coherentize.recipes import experiment
+
+    out = tmp_path / "keys"
+    base = ["arms=[control]", "eval.suites=[overrefusal]", "eval.n_overrefusal=2"]
+
+    def stages(*extra, force=()):
+        logs = []
+        run_experiment(tiny_cfg(tiny_folder, out, *base, *extra), log=logs.append, force=force)
+        return sorted(m.split(":")[0].removeprefix("== stage ") for m in logs if m.startswith("== stage"))
+
+    every = ["baseline", "eval/control-seed0", "report", "train/control-seed0", "variations"]
+    assert stages() == every
+    summary = json.loads((out / "summary.json").read_text())
+    assert sorted(summary["stage_seconds"]) == every and summary["reused"] == []
+    assert summary["total_seconds"] == pytest.approx(sum(summary["stage_seconds"].values()))
+    # Cosmetic settings: nothing but the report re-runs.
+    assert stages("train.logging_steps=1", "train.report_to=[tensorboard]", "train.disable_tqdm=false",
+                  "train.dataloader_num_workers=0", "train.save_total_limit=3") == ["report"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert sorted(summary["reused"]) == sorted(set(every) - {"report"})
+    assert sorted(summary["stage_seconds"]) == every  # reused stages keep the time recorded when they ran
+    # --force re-runs the named stages only.
+    assert stages(force=["eval"]) == ["eval/control-seed0", "report"]
+    # A change of the code re-runs every stage.
+    monkeypatch.setattr(experiment, "source_hash", lambda: "edited-source")
+    assert stages() == every
+    assert stages() == ["report"]
+
+
+def test_failed_stage_run_leaves_no_output_folder(tmp_path, capsys):
+    out = tmp_path / "never"
+    rc = main(["run", "--stage", "train", "--set", f"out_dir={out}", "--set", "organism.enabled=false"])
+    assert rc == 2 and "has not run yet" in capsys.readouterr().err
+    assert not out.exists()
+    rc = main(["run", "--force", "training", "--set", f"out_dir={out}"])
+    assert rc == 2 and "--force training" in capsys.readouterr().err and not out.exists()

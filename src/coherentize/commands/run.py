@@ -6,6 +6,9 @@
     coherentize run --preset gpu             # bigger sets and more steps, for an accelerator
 
 Finished stages are cached under <out_dir>/stages and skipped on a re-run; a killed run resumes where it stopped.
+A stage's cache key covers its config (less cosmetic settings such as report_to or logging_steps), the stages it
+reads, the package version and a hash of the package's source; `--force train,eval` re-runs stages anyway.
+Per-stage wall times are printed as each stage ends and written to <out_dir>/summary.json.
 """
 
 from __future__ import annotations
@@ -46,6 +49,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", help="comma-separated seeds, e.g. 0,1,2 (overrides the config)")
     p.add_argument("--stage", help="run only this stage (organism, variations, baseline, train, eval, report); "
                                    "the stages it reads must be done")
+    p.add_argument("--force", metavar="STAGE[,STAGE]",
+                   help="re-run these stages although they are done (organism, variations, baseline, train, eval); "
+                        "later stages re-run only if named too")
 
 
 def main(args) -> int:
@@ -63,6 +69,7 @@ def main(args) -> int:
             raise CoherentizeError(f"--seeds {args.seeds!r}: give comma-separated integers, e.g. 0,1,2.") from None
     data = apply_overrides(read_config_file(path), sets)
     cfg = from_dict(ExperimentConfig, data, where=str(path))
-    report = run_experiment(cfg, only=args.stage)
+    force = [s.strip() for s in (args.force or "").split(",") if s.strip()]
+    report = run_experiment(cfg, only=args.stage, force=force)
     print(f"report: {report}  (and {report.with_suffix('.html')})")
     return 0

@@ -1,10 +1,13 @@
 """The staged experiment behind `coherentize run`: organism -> variations -> baseline eval -> train -> eval -> report.
 
 Every stage writes into ``<out_dir>/stages/<stage>-<hash>/`` and marks itself done with ``done.json`` written last;
-the hash covers the stage's own config and the hashes of the stages it reads, so a re-run skips finished stages, a
-changed config re-runs exactly what it affects, and a killed run resumes at the stage it was in (training resumes
-from its last checkpoint). Arms run on the same clusters and seeds; ``control`` is the same steps on the same
-anchors and responses with no variation (plain SFT of the anchors on their own responses).
+the hash covers the stage's own config (less cosmetic settings: COSMETIC_TRAIN_FIELDS, COSMETIC_EVAL_FIELDS), the
+hashes of the stages it reads and the code (package version and source hash), so a re-run skips finished stages, a
+changed config or code re-runs exactly what it affects, and a killed run resumes at the stage it was in (training
+resumes from its last checkpoint); `force` re-runs named stages anyway. Each stage is one library call with its own
+config; the evaluation stages share one loaded base model and swap the arms' adapters (EvalModels). Arms run on the
+same clusters and seeds; ``control`` is the same steps on the same anchors and responses with no variation (plain SFT
+of the anchors on their own responses).
 
     coherentize run                       # the default experiment (configs/default.yaml)
     coherentize run configs/bct_jailbreak.yaml --seeds 0,1,2
@@ -120,51 +123,176 @@ def validate(cfg: ExperimentConfig) -> None:
         raise CoherentizeError("variations.jailbreak_families: n_harmful > 0 needs families to wrap the harmful anchors.")
 
 
+# Settings that change no result: left out of a stage's cache key so that editing them re-uses finished stages.
+COSMETIC_TRAIN_FIELDS = frozenset({
+    "output_dir", "run_name", "project", "report_to", "logging_dir", "logging_steps", "logging_strategy",
+    "logging_first_step", "logging_nan_inf_filter", "log_level", "log_level_replica", "log_on_each_node",
+    "disable_tqdm", "dataloader_num_workers", "dataloader_pin_memory", "dataloader_persistent_workers",
+    "dataloader_prefetch_factor", "dataloader_multiprocessing_context", "save_strategy", "save_steps",
+    "save_total_limit", "save_on_each_node", "save_only_model", "save_safetensors", "resume_from_checkpoint",
+    "skip_memory_metrics", "include_num_input_tokens_seen", "torch_empty_cache_steps", "ddp_timeout", "push_to_hub",
+    "hub_model_id", "hub_strategy", "hub_token", "hub_private_repo", "hub_always_push", "hub_revision",
+    "trackio_space_id", "trackio_bucket_id", "trackio_static_space_id",
+})
+COSMETIC_EVAL_FIELDS = frozenset({"judge_api_key_env", "judge_concurrency", "judge_retries"})
+# Source files that no cached stage runs: the report stage always re-runs, the CLI only builds the config.
+UNHASHED_SOURCES = ("report/", "commands/", "cli.py", "__main__.py")
+
+
+def _check_overlap(cfg: ExperimentConfig) -> None:
+    """The one overlap check (coherentize.evaluate.overlap) before any stage runs: the frames of every template family
+    training uses (benign variation families, the jailbreak families around harmful anchors) and those the organism
+    complies under, against the text of every evaluation template."""
+    from coherentize.evaluate.overlap import check_frames, family_frames
+    from coherentize.variations.families import TEMPLATE_FAMILIES
+    from coherentize.variations.templates import template_families
+
+    v = cfg.variations
+    if v.pair_filter not in ("none", "refused_clean", "refused_clean_complied_wrapped"):
+        raise CoherentizeError(f"variations.pair_filter: {v.pair_filter!r}; use none, refused_clean or "
+                               "refused_clean_complied_wrapped.")
+    if "jailbreak" not in cfg.eval.suites:
+        return
+    evals = template_families(cfg.eval.jailbreak_sources, cfg.eval.jailbreak_families or None)
+    train = {n: TEMPLATE_FAMILIES[n] for n in v.families if n in TEMPLATE_FAMILIES}
+    if v.n_harmful and v.jailbreak_families:
+        train.update(template_families(v.template_sources, v.jailbreak_families))
+    if train:
+        check_frames(family_frames(train), family_frames(evals), where="eval.jailbreak_families",
+                     allow=cfg.eval.allow_overlap,
+                     hint="Training would wrap its prompts in an evaluation family: evaluate on held-out families, "
+                          "or set eval.allow_overlap: true if that is deliberate.")
+    if cfg.organism.enabled:
+        from coherentize.recipes.organism import check_organism_frames
+
+        check_organism_frames(cfg.organism, cfg.eval.jailbreak_sources)
+
+
 def _digest(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
-class Stages:
-    """Stage folders, done markers and the log of one experiment."""
+def source_hash() -> str:
+    """sha256 (16 hex) over the package's .py files (relative path and bytes), UNHASHED_SOURCES left out: part of
+    every stage key, so that a code change re-runs the stages instead of reading old results."""
+    root = Path(__file__).resolve().parents[1]
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*.py")):
+        rel = p.relative_to(root).as_posix()
+        if rel.startswith(UNHASHED_SOURCES):
+            continue
+        h.update(rel.encode() + b"\0" + p.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
 
-    def __init__(self, cfg: ExperimentConfig, log=print):
-        self.cfg, self.log = cfg, log
+
+def code_version() -> dict:
+    """What a stage's results depend on besides its config: the package version and its source hash."""
+    from coherentize import __version__
+
+    return {"version": __version__, "source": source_hash()}
+
+
+def without(d: dict, keys) -> dict:
+    return {k: v for k, v in d.items() if k not in keys}
+
+
+class Stages:
+    """Stage folders, done markers, wall times and the log of one experiment.
+
+    Nothing is written until a stage starts (begin), so a run that fails its checks leaves no folder behind."""
+
+    def __init__(self, cfg: ExperimentConfig, log=print, force=()):
+        self.cfg, self.log, self.force = cfg, log, set(force)
         self.root = Path(cfg.out_dir)
         self.hashes: dict[str, str] = {}
+        self.code = code_version()
+        self.seconds: dict[str, float] = {}  # stage name -> wall seconds of the run that produced it
+        self.reused: list[str] = []
+        self._t: dict[str, float] = {}
 
     def key(self, name: str, config, *deps: str) -> str:
-        h = _digest({"config": config, "deps": [self.hashes[d] for d in deps], "v": 1})
+        h = _digest({"config": config, "deps": [self.hashes[d] for d in deps], "code": self.code, "v": 2})
         self.hashes[name] = h
         return h
 
     def dir(self, name: str) -> Path:
         return self.root / "stages" / f"{name}-{self.hashes[name]}"
 
+    def forced(self, name: str) -> bool:
+        return name.split("/")[0] in self.force
+
     def done(self, name: str) -> dict | None:
+        """The stage's done.json, or None when it has not run (or is forced and has not re-run in this process)."""
+        if self.forced(name) and name not in self._t:
+            return None
         marker = self.dir(name) / "done.json"
         return json.loads(marker.read_text()) if marker.is_file() else None
 
+    def write_config(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / "config.json").write_text(json.dumps(to_dict(self.cfg), indent=2, default=str))
+
+    def begin(self, name: str, title: str) -> Path | None:
+        """Start a stage: log it, write the experiment's config, empty a forced stage's folder; returns the folder
+        (None for the report, which has no stage folder)."""
+        self.log(f"== stage {name}: {title}")
+        self.write_config()
+        self._t[name] = time.time()
+        if name not in self.hashes:
+            return None
+        d = self.dir(name)
+        if self.forced(name) and d.exists():
+            import shutil
+
+            shutil.rmtree(d)
+        return d
+
     def finish(self, name: str, info: dict) -> dict:
+        seconds = round(time.time() - self._t[name], 3)
+        self.seconds[name] = seconds
+        info = {**info, "seconds": seconds}
         d = self.dir(name)
         d.mkdir(parents=True, exist_ok=True)
         tmp = d / "done.json.tmp"
         tmp.write_text(json.dumps(info, indent=2, default=str))
         os.replace(tmp, d / "done.json")
+        self.log(f"   {name} done in {seconds:.1f} s")
         return info
+
+    def reuse(self, name: str, info: dict, what: str = "") -> dict:
+        """A finished stage read from its folder: its wall time is the one recorded when it ran."""
+        self.seconds[name] = float(info.get("seconds", 0.0))
+        self.reused.append(name)
+        self.log(f"-- {name}: done earlier ({self.seconds[name]:.1f} s){f', {what}' if what else ''}")
+        return info
+
+    def write_summary(self, t0: float) -> Path:
+        """<out_dir>/summary.json: stage_seconds (stage -> s), total_seconds (their sum), reused (stages read from
+        earlier runs, their seconds as recorded then), wall_seconds (this invocation), code (version, source hash)."""
+        body = {"stage_seconds": dict(self.seconds), "total_seconds": round(sum(self.seconds.values()), 3),
+                "reused": list(self.reused), "wall_seconds": round(time.time() - t0, 3), "code": self.code}
+        path = self.root / "summary.json"
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(body, indent=2))
+        os.replace(tmp, path)
+        return path
 
 
 def _organism_model(cfg: ExperimentConfig, st: Stages) -> ModelConfig:
+    from coherentize.models import cache_dir
     from coherentize.recipes.organism import build_organism
 
     if not cfg.organism.enabled:
         return cfg.model
     info = st.done("organism")
     if info is None:
-        st.log("== stage organism: refusal-tuned model organism")
-        folder = build_organism(cfg.model, cfg.organism, log=st.log)
+        d = st.begin("organism", "refusal-tuned model organism")
+        # Shared between experiments (built once per recipe, model and code version); a forced stage builds its own.
+        root = d / "build" if st.forced("organism") else cache_dir() / "organisms" / f"code-{st.code['source']}"
+        folder = build_organism(cfg.model, cfg.organism, root=root, log=st.log)
         info = st.finish("organism", {"folder": str(folder), **json.loads((folder / "organism.json").read_text())})
     else:
-        st.log(f"== stage organism: done ({info['folder']})")
+        st.reuse("organism", info, info["folder"])
     return dataclasses.replace(cfg.model, name_or_path=info["folder"], gguf_file=None)
 
 
@@ -232,72 +360,148 @@ def _control_clusters(path: Path, out: Path) -> Path:
     return out
 
 
-def _eval_model(model_cfg: ModelConfig, adapter: Path | None):
-    from coherentize.models import load_model
+class AdaptersOff:
+    """A PeftModel seen with its adapters disabled: the base model's function without a second copy in memory
+    (peft's LoRA layers return exactly base_layer(x) while disabled)."""
 
-    model, tok = load_model(model_cfg)
-    if adapter is not None:
+    def __init__(self, peft_model):
+        self._peft = peft_model
+
+    def __call__(self, *args, **kwargs):
+        with self._peft.disable_adapter():
+            return self._peft(*args, **kwargs)
+
+    def generate(self, *args, **kwargs):
+        with self._peft.disable_adapter():
+            return self._peft.generate(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._peft, name)
+
+
+class EvalModels:
+    """The models of the evaluation stages, loaded once per process: the base model (the organism), each LoRA arm's
+    adapter loaded onto it and switched on in turn (the previous one dropped), and as the reference for capability
+    KL the same model with its adapters disabled. An arm that trained every weight loads its own folder."""
+
+    def __init__(self, model_cfg: ModelConfig):
+        self.model_cfg = model_cfg
+        self._base = self._tok = self._peft = self._active = None
+        self._n = 0
+
+    def _load_base(self):
+        if self._base is None:
+            from coherentize.models import load_model
+
+            self._base, self._tok = load_model(self.model_cfg)
+        return self._base, self._tok
+
+    def original(self):
+        """(model, tokenizer) computing the base model's function."""
+        base, tok = self._load_base()
+        return (AdaptersOff(self._peft) if self._peft is not None else base), tok
+
+    def trained(self, model_dir: Path):
+        """(model, tokenizer) of a trained arm from its saved model folder (adapter or full weights)."""
+        if not (model_dir / "adapter_config.json").is_file():
+            from coherentize.models import load_model
+
+            return load_model(dataclasses.replace(self.model_cfg, name_or_path=str(model_dir), gguf_file=None))
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, str(adapter)).eval()
-    return model, tok
+        base, tok = self._load_base()
+        self._n += 1
+        name = f"arm{self._n}"
+        if self._peft is None:
+            self._peft = PeftModel.from_pretrained(base, str(model_dir), adapter_name=name).eval()
+        else:
+            self._peft.load_adapter(str(model_dir), adapter_name=name)
+            self._peft.set_adapter(name)
+            self._peft.delete_adapter(self._active)
+            self._peft.eval()
+        self._active = name
+        return self._peft, tok
 
 
-def _evaluate(model_cfg, adapter, cfg: ExperimentConfig, train_clusters_path: Path, out: Path, reference: bool):
+def _evaluate(model, tok, reference, cfg: ExperimentConfig, train_clusters_path: Path, out: Path, model_name: str):
     from coherentize.evaluate import run_suite, write_results
-    from coherentize.models import load_model
 
-    model, tok = _eval_model(model_cfg, adapter)
-    ref = load_model(model_cfg)[0] if reference else None
-    train_clusters = load_clusters(train_clusters_path)
-    results = run_suite(model, tok, cfg.eval, reference_model=ref, train_clusters=train_clusters,
-                        model_name=str(model_cfg.name_or_path))
+    results = run_suite(model, tok, cfg.eval, reference_model=reference, train_clusters=load_clusters(train_clusters_path),
+                        model_name=model_name)
     write_results(results, out)
     return results
 
 
-def run_experiment(cfg: ExperimentConfig, only: str | None = None, log=print) -> Path:
-    """Run (or resume) every stage; returns the report path. only: run just that stage (its inputs must be done)."""
+def run_experiment(cfg: ExperimentConfig, only: str | None = None, log=print, force=()) -> Path:
+    """Run (or resume) every stage; returns the report path. only: run just that stage (its inputs must be done).
+    force: stages (organism, variations, baseline, train, eval) to run again although they are done.
+
+    A run that fails before any stage finished leaves no output folder behind. Each stage's wall time is logged as it
+    ends and written to <out_dir>/summary.json (Stages.write_summary)."""
     validate(cfg)
     if only is not None and only not in STAGES:
         raise CoherentizeError(f"--stage {only!r}: choose one of {', '.join(STAGES)}.")
-    st = Stages(cfg, log)
-    st.root.mkdir(parents=True, exist_ok=True)
-    (st.root / "config.json").write_text(json.dumps(to_dict(cfg), indent=2, default=str))
-    t0 = time.time()
+    bad = [f for f in force if f not in STAGES[:-1]]
+    if bad:
+        raise CoherentizeError(f"--force {','.join(bad)}: choose from {', '.join(STAGES[:-1])} "
+                               "(the report is always written).")
+    st = Stages(cfg, log, force)
+    fresh = not st.root.exists()
+    try:
+        return _run_stages(cfg, st, only)
+    except Exception:
+        if fresh and st.root.is_dir() and not any(st.root.glob("stages/**/done.json")):
+            import shutil
+
+            shutil.rmtree(st.root, ignore_errors=True)
+        raise
+
+
+def _run_stages(cfg: ExperimentConfig, st: Stages, only: str | None) -> Path:
+    t0, log = time.time(), st.log
 
     def need(name: str):
-        if only is not None and only != name and st.done(name) is None:
+        if only is not None and only != name.split("/")[0] and st.done(name) is None:
             raise CoherentizeError(f"--stage {only}: stage {name!r} has not run yet for this config "
                                    f"({st.dir(name)}); run `coherentize run` without --stage first.")
 
     def wanted(name: str) -> bool:
         return only is None or only == name
 
+    def cached(name: str, what: str = "") -> bool:
+        info = st.done(name)
+        if info is not None:
+            st.reuse(name, info, what)
+        return info is not None
+
     # organism
     st.key("organism", {"model": to_dict(cfg.model), "organism": to_dict(cfg.organism)})
     if cfg.organism.enabled and st.done("organism") is None:
         need("organism")
     model_cfg = _organism_model(cfg, st)
+    models = EvalModels(model_cfg)
+    model_name = str(model_cfg.name_or_path)
+    eval_key = {"eval": without(to_dict(cfg.eval), COSMETIC_EVAL_FIELDS)}
 
     # variations
     st.key("variations", {"variations": to_dict(cfg.variations), "r": cfg.response_max_new_tokens,
                           "sources": cfg.eval.jailbreak_sources}, "organism")
     vdir = st.dir("variations")
-    if st.done("variations") is None:
+    if not cached("variations"):
         need("variations")
         if wanted("variations"):
-            log("== stage variations: training and held-out clusters")
+            st.begin("variations", "training and held-out clusters")
             st.finish("variations", _build_clusters(cfg, model_cfg, vdir, log))
     train_path, held_path = vdir / "train.jsonl", vdir / "heldout.jsonl"
 
     # baseline eval
-    st.key("baseline", {"eval": to_dict(cfg.eval)}, "organism", "variations")
-    if st.done("baseline") is None:
+    st.key("baseline", eval_key, "organism", "variations")
+    if not cached("baseline"):
         need("baseline")
         if wanted("baseline"):
-            log("== stage baseline: evaluation before training")
-            res = _evaluate(model_cfg, None, cfg, train_path, st.dir("baseline"), reference=False)
+            bdir = st.begin("baseline", "evaluation before training")
+            model, tok = models.original()
+            res = _evaluate(model, tok, None, cfg, train_path, bdir, model_name)
             st.finish("baseline", {"suites": list(res["suites"])})
 
     # train and eval per arm and seed
@@ -308,36 +512,23 @@ def run_experiment(cfg: ExperimentConfig, only: str | None = None, log=print) ->
             weights = arm_weights(arm, cfg.component_weights)
             targs = dataclasses.replace(cfg.train, seed=seed, data_seed=seed, output_weight=weights["output"],
                                         bct_weight=weights["bct"], act_weight=weights["act"])
-            tkey = {"arm": arm, "seed": seed, "train": to_dict(targs), "lora": to_dict(cfg.lora),
-                    "r": cfg.response_max_new_tokens}
+            tkey = {"arm": arm, "seed": seed, "train": without(to_dict(targs), COSMETIC_TRAIN_FIELDS),
+                    "lora": to_dict(cfg.lora), "r": cfg.response_max_new_tokens}
             st.key(f"train/{name}", tkey, "organism", "variations")
             tdir = st.dir(f"train/{name}")
-            if st.done(f"train/{name}") is None:
+            if not cached(f"train/{name}"):
                 need(f"train/{name}")
                 if wanted("train"):
-                    log(f"== stage train: {name}")
-                    tdir.mkdir(parents=True, exist_ok=True)
-                    data_file = _control_clusters(train_path, tdir / "control.jsonl") if arm == "control" else train_path
-                    saves = max(1, (targs.max_steps or 1) // 4)
-                    job = TrainJob(
-                        model=model_cfg, lora=cfg.lora,
-                        data=DataConfig(train_file=str(data_file), split=None,
-                                        eval_file=str(held_path) if held_path.is_file() else None, eval_split=None,
-                                        response_max_new_tokens=cfg.response_max_new_tokens),
-                        train=dataclasses.replace(targs, output_dir=str(tdir), save_strategy="steps", save_steps=saves,
-                                                  save_total_limit=1),
-                    )
-                    from coherentize.recipes.train_job import run_training
-
-                    run_training(job, resume=True)
-                    st.finish(f"train/{name}", {"arm": arm, "seed": seed})
-            st.key(f"eval/{name}", {"eval": to_dict(cfg.eval)}, f"train/{name}")
+                    _train_arm(cfg, st, name, arm, targs, model_cfg, train_path, held_path)
+            st.key(f"eval/{name}", eval_key, f"train/{name}")
             edir = st.dir(f"eval/{name}")
-            if st.done(f"eval/{name}") is None:
+            if not cached(f"eval/{name}"):
                 need(f"eval/{name}")
                 if wanted("eval"):
-                    log(f"== stage eval: {name}")
-                    _evaluate(model_cfg, tdir / "model", cfg, train_path, edir, reference=True)
+                    st.begin(f"eval/{name}", "evaluation of the arm's model")
+                    model, tok = models.trained(tdir / "model")
+                    reference, _ = models.original()
+                    _evaluate(model, tok, reference, cfg, train_path, edir, model_name)
                     st.finish(f"eval/{name}", {"arm": arm, "seed": seed})
             runs.append({"arm": arm, "seed": seed, "train_dir": str(tdir), "eval_dir": str(edir)})
 
@@ -349,9 +540,35 @@ def run_experiment(cfg: ExperimentConfig, only: str | None = None, log=print) ->
                 raise CoherentizeError(f"--stage report: evaluation of {r['arm']} seed {r['seed']} has not run yet.")
         from coherentize.report import write_report
 
-        log("== stage report")
+        st.begin("report", "report.md and report.html")
+        st.write_summary(t0)  # the report reads the stage times
         organism_info = st.done("organism") if cfg.organism.enabled else None
         report_path = write_report(st.root, cfg, organism_info, st.dir("baseline"), runs,
                                    json.loads((vdir / "done.json").read_text()))
+        st.seconds["report"] = round(time.time() - st._t["report"], 3)
+        log(f"   report done in {st.seconds['report']:.1f} s")
         log(f"report: {report_path} and {report_path.with_suffix('.html')} ({time.time() - t0:.0f} s)")
+    if st.seconds:
+        st.write_summary(t0)
     return report_path
+
+
+def _train_arm(cfg: ExperimentConfig, st: Stages, name: str, arm: str, targs, model_cfg: ModelConfig,
+               train_path: Path, held_path: Path) -> None:
+    """One training stage: the arm's data (control: anchors copied in place of the variations), one TrainJob."""
+    from coherentize.recipes.train_job import run_training
+
+    tdir = st.begin(f"train/{name}", "consistency training")
+    tdir.mkdir(parents=True, exist_ok=True)
+    data_file = _control_clusters(train_path, tdir / "control.jsonl") if arm == "control" else train_path
+    saves = max(1, (targs.max_steps or 1) // 4)
+    job = TrainJob(
+        model=model_cfg, lora=cfg.lora,
+        data=DataConfig(train_file=str(data_file), split=None,
+                        eval_file=str(held_path) if held_path.is_file() else None, eval_split=None,
+                        response_max_new_tokens=cfg.response_max_new_tokens),
+        train=dataclasses.replace(targs, output_dir=str(tdir), save_strategy="steps", save_steps=saves,
+                                  save_total_limit=1),
+    )
+    run_training(job, resume=True)
+    st.finish(f"train/{name}", {"arm": arm, "seed": targs.seed})

@@ -72,13 +72,15 @@ def build_examples(
     return examples
 
 
-def _left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(input_ids, attention_mask, position_ids), each (R, T), left padded; positions count real tokens only."""
-    t = max(len(r) for r in rows)
+def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """THE padding helper: token rows -> (input_ids, attention_mask, position_ids), each (R, T) long, T = the longest
+    row, padded on the left (the last token of every row at position -1); position ids count real tokens only
+    (0 for the padding), so a row's positions are the same as when it runs alone."""
+    t = max((len(r) for r in rows), default=0)
     ids = torch.full((len(rows), t), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), t), dtype=torch.long)
     for i, r in enumerate(rows):
-        ids[i, t - len(r) :] = torch.tensor(r, dtype=torch.long)
+        ids[i, t - len(r) :] = torch.as_tensor(list(r), dtype=torch.long)
         mask[i, t - len(r) :] = 1
     pos = (mask.cumsum(-1) - 1).clamp_min(0)
     return ids, mask, pos
@@ -100,6 +102,7 @@ class ConsistencyCollator:
     pad_token_id: int
 
     def __call__(self, examples: list[Example]) -> dict[str, torch.Tensor]:
+        examples = [ex if isinstance(ex, Example) else Example(**ex) for ex in examples]  # rows of a datasets.Dataset
         anchor_rows, variant_rows, variant_anchor, suffix, resp_len_v = [], [], [], [], []
         for b, ex in enumerate(examples):
             anchor_rows.append(ex.anchor_ids + ex.response_ids)
@@ -108,8 +111,8 @@ class ConsistencyCollator:
                 variant_anchor.append(b)
                 suffix.append(shared_suffix_len(v, ex.anchor_ids))
                 resp_len_v.append(len(ex.response_ids))
-        a_ids, a_mask, a_pos = _left_pad(anchor_rows, self.pad_token_id)
-        v_ids, v_mask, v_pos = _left_pad(variant_rows, self.pad_token_id)
+        a_ids, a_mask, a_pos = left_pad(anchor_rows, self.pad_token_id)
+        v_ids, v_mask, v_pos = left_pad(variant_rows, self.pad_token_id)
         resp_len_a = torch.tensor([len(ex.response_ids) for ex in examples])
         L = int(resp_len_a.max())
         response_ids = torch.zeros((len(examples), L), dtype=torch.long)

@@ -103,3 +103,28 @@ def test_activation_consistency_per_layer_and_stops_target_gradient():
 def test_leash_is_kl_from_reference_to_model():
     ref, model = logt(P), logt(Q)
     assert losses.leash(model, ref).item() == pytest.approx(brute_kl(P, Q), rel=1e-5)
+
+
+def test_kl_is_finite_where_probabilities_underflow():
+    """Defect 3: log p = -inf (below float32's range) must contribute 0 (xlogy), not 0 * (-inf) = NaN, and its
+    gradient must stay finite."""
+    logp = torch.tensor([[0.0, float("-inf"), float("-inf")]])
+    logq = torch.log(torch.tensor([[0.5, 0.25, 0.25]])).requires_grad_(True)
+    got = losses.kl(logp, logq)
+    assert got.item() == pytest.approx(math.log(2), rel=1e-6)
+    got.sum().backward()
+    assert torch.isfinite(logq.grad).all()
+    lp = torch.log_softmax(torch.tensor([[0.0, -200.0, -400.0]]) / 0.5, -1)  # exp underflows to 0 in float32
+    assert torch.isfinite(losses.divergence(lp, lp, "forward_kl")).all()
+
+
+def test_centroid_does_not_underflow():
+    lps = torch.tensor([[[0.0, -1e4]], [[-1e4, 0.0]]])  # two members, each sure of a different token
+    got = losses.centroid(lps)
+    assert torch.isfinite(got).all() and got.exp()[0].tolist() == pytest.approx([0.5, 0.5])
+
+
+def test_leash_uses_the_temperature():
+    ref, model = torch.tensor([[2.0, 0.0, -1.0]]), torch.tensor([[0.0, 1.0, 0.0]])
+    p, q = torch.softmax(ref / 2.0, -1).tolist()[0], torch.softmax(model / 2.0, -1).tolist()[0]
+    assert losses.leash(model, ref, "forward_kl", temperature=2.0).item() == pytest.approx(brute_kl(p, q), rel=1e-5)

@@ -185,3 +185,32 @@ def test_examples_split_large_clusters_and_truncate_prompts_from_the_left(tiny_t
     assert exs[0].anchor_ids == full[-6:]
     with pytest.raises(ValueError):
         build_examples(CLUSTERS[:1], RESPONSES, tiny_tok, chat=True, members_per_cluster=1)
+
+
+class PoisonAt(TrainerCallback):
+    """Sets one trainable weight to NaN at the start of a given step, so that step's loss is NaN."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_begin(self, args, state, control, model=None, **kw):
+        if state.global_step + 1 == self.step:
+            with torch.no_grad():
+                next(p for p in model.parameters() if p.requires_grad).fill_(float("nan"))
+
+
+def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tiny_tok, tmp_path):
+    from safetensors.torch import load_file
+
+    from coherentize.errors import CoherentizeError
+
+    out = tmp_path / "nan"
+    trainer = lora_trainer(tiny_tok, tmp_path, out, 6)
+    trainer.args.save_steps = 1
+    trainer.add_callback(PoisonAt(3))
+    with pytest.raises(CoherentizeError, match=r"the loss is nan at step 3 .*checkpoint-2") as err:
+        trainer.train()  # a CoherentizeError: the CLI prints its one line and exits 2
+    assert "\n" not in str(err.value)
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
+    saved = load_file(out / "checkpoint-2" / "adapter_model.safetensors")
+    assert saved and all(torch.isfinite(t).all() for t in saved.values())

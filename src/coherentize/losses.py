@@ -6,6 +6,7 @@ Direction convention: ``kl(p, q)`` is KL(p || q) = sum_v p(v) (log p(v) - log q(
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -23,9 +24,12 @@ def log_probs(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
 
 
 def kl(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
-    """KL(p || q) per row: (N, V), (N, V) -> (N,). Rows where p is 0 contribute 0 (xlogy convention)."""
+    """KL(p || q) per row: (N, V), (N, V) -> (N,). Entries where p is 0 contribute 0 (xlogy convention), also when
+    log p = -inf (a probability below float32's range): 0 * (-inf) would be NaN."""
     p = logp.exp()
-    return (p * (logp - logq)).sum(-1)
+    # Mask the log-ratio itself, not the product: torch.where after a NaN product would still back-propagate NaN.
+    ratio = torch.where(p > 0, logp - logq, torch.zeros((), dtype=logp.dtype, device=logp.device))
+    return (p * ratio).sum(-1)
 
 
 def js(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
@@ -55,22 +59,25 @@ def centroid(logps: torch.Tensor, dim: int = 0) -> torch.Tensor:
 
 def output_consistency(
     model_logits: torch.Tensor,
-    target_logits: torch.Tensor,
+    target: torch.Tensor,
     kind: Divergence = "js",
     temperature: float = 1.0,
     chunk_size: int = 512,
+    target_is_log_probs: bool = False,
 ) -> torch.Tensor:
     """Divergence between target (stop-gradient) and model next-token distributions, averaged over N positions.
 
-    (N, V), (N, V) -> scalar. Computed over chunks of positions so that at most chunk_size x V float32
-    log-probabilities exist at a time.
+    (N, V), (N, V) -> scalar. target: logits (scaled by the temperature here, like the model's), or log-probabilities
+    already at that temperature when target_is_log_probs (the centroid). Computed over chunks of positions so that at
+    most chunk_size x V float32 log-probabilities exist at a time.
     """
     n = model_logits.shape[0]
     if n == 0:
         return model_logits.sum() * 0.0
     total = model_logits.new_zeros((), dtype=torch.float32)
     for s in range(0, n, chunk_size):
-        lt = log_probs(target_logits[s : s + chunk_size].detach(), temperature)
+        t = target[s : s + chunk_size].detach()
+        lt = t.float() if target_is_log_probs else log_probs(t, temperature)
         lm = log_probs(model_logits[s : s + chunk_size], temperature)
         total = total + divergence(lt, lm, kind).sum()
     return total / n
@@ -116,6 +123,137 @@ def activation_consistency(
     return torch.stack(per_layer)
 
 
-def leash(model_logits: torch.Tensor, ref_logits: torch.Tensor, kind: Divergence = "forward_kl") -> torch.Tensor:
-    """KL leash to the frozen original: forward_kl = KL(p_original || p_model) averaged over positions."""
-    return output_consistency(model_logits, ref_logits, kind=kind)
+def leash(model_logits: torch.Tensor, ref_logits: torch.Tensor, kind: Divergence = "forward_kl",
+          temperature: float = 1.0, chunk_size: int = 512) -> torch.Tensor:
+    """KL leash to the frozen original, (N, V) x2 -> scalar: forward_kl = KL(p_original || p_model) averaged over the
+    N positions (reverse_kl = KL(p_model || p_original), js), both distributions at the temperature."""
+    return output_consistency(model_logits, ref_logits, kind, temperature, chunk_size)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# One batch's components from the outputs of its forward passes (what training calls and the tests check)
+
+TOKEN_SITES = ("last_prompt", "prompt_suffix", "response")
+OUTPUT_TARGETS = ("anchor", "centroid")
+
+
+@dataclass
+class Tail:
+    """The end of one forward pass over a left-padded batch of R rows (collate.py: position -1 is every row's last
+    token, and the members of an example line up over their response and their shared prompt suffix)."""
+
+    logits: torch.Tensor  # (R, L, V): logits[:, j] predicts the token at position -L+j
+    hidden: dict = field(default_factory=dict)  # layer -> (R, W, H): residual stream at the last W positions
+    # (zeros left of a batch shorter than W: no site ever falls there, since a site lies inside its own row)
+
+
+@dataclass(frozen=True)
+class LossOptions:
+    """Plain options of the assembly (ConsistencyConfig holds the documented fields they come from)."""
+
+    weights: dict  # output, bct, act, leash -> weight; a component is computed only when its weight is > 0
+    output_divergence: Divergence = "js"
+    output_target: str = "anchor"  # anchor | centroid
+    temperature: float = 1.0
+    act_sites: tuple = ("prompt_suffix",)
+    act_metric: ActivationMetric = "l2_normalized"
+    leash_divergence: Divergence = "forward_kl"
+    chunk_size: int = 512
+
+
+def tail_mask(lengths: torch.Tensor, width: int, start_offset: torch.Tensor | None = None) -> torch.Tensor:
+    """(R, width) bool: True for the `lengths` positions just before `start_offset` from the end (0 = the end)."""
+    j = torch.arange(width, device=lengths.device).unsqueeze(0)
+    end = width - (start_offset.unsqueeze(1) if start_offset is not None else 0)
+    return (j >= end - lengths.unsqueeze(1)) & (j < end)
+
+
+def act_site_mask(sites, response_len: torch.Tensor, suffix_len: torch.Tensor, width: int) -> torch.Tensor:
+    """(V, width) bool: the ACT token sites of each variant row in a window of its last `width` positions.
+
+    response: the row's response tokens; last_prompt: the token before them; prompt_suffix: the prompt tokens the
+    variant shares with its anchor at their end (the last prompt token is the last of them).
+    """
+    mask = torch.zeros((response_len.shape[0], width), dtype=torch.bool, device=response_len.device)
+    if "response" in sites:
+        mask |= tail_mask(response_len, width)
+    if "last_prompt" in sites:
+        mask |= tail_mask(torch.ones_like(response_len), width, response_len)
+    if "prompt_suffix" in sites:
+        mask |= tail_mask(suffix_len, width, response_len)
+    return mask
+
+
+def act_window(sites, response_len: torch.Tensor, suffix_len: torch.Tensor) -> int:
+    """W: the positions from the end that the ACT sites of a batch reach (the hidden-state window to keep)."""
+    L = int(response_len.max())
+    if "prompt_suffix" in sites:
+        return L + max(int(suffix_len.max()), 1)
+    return L + 1 if "last_prompt" in sites else L
+
+
+def member_centroid(anchor_logp: torch.Tensor, variant_logp: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
+    """The centroid target of each example: log of the mean distribution over its members (the anchor and its
+    variants), (B, L, V) + (V', L, V) with owner (V',) -> (B, L, V), through ``centroid`` (logsumexp: no underflow)."""
+    out = torch.empty_like(anchor_logp)
+    for b in range(anchor_logp.shape[0]):
+        out[b] = centroid(torch.cat([anchor_logp[b : b + 1], variant_logp[owner == b]]))
+    return out
+
+
+def assemble_components(
+    var: Tail,
+    target: Tail,
+    batch: dict,
+    opts: LossOptions,
+    target_variant_logits: torch.Tensor | None = None,
+    leash_logits: torch.Tensor | None = None,
+    ref_logits: torch.Tensor | None = None,
+    leash_rows: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """The loss components of one batch from its pass outputs; only those with a weight > 0 are computed.
+
+    var: the model being trained on the V variant rows (carries the gradient).
+    target: the B anchor rows under the target model (theta0, or the current model), stop-gradient.
+    target_variant_logits: (V, L, vocab) the variants under the target model, for output_target == "centroid".
+    leash_logits / ref_logits: (R, L, vocab) the current model / theta0 on the anchor rows `leash_rows` (R,)
+        (None: all B rows), for the leash.
+    batch: the collator's variant_anchor (V,), anchor_response_len (B,), variant_response_len (V,),
+        variant_suffix_len (V,), response_ids (B, L).
+    Returns output, bct, act and act/layer<l> (detached), leash.
+    """
+    w = opts.weights
+    owner, resp_v = batch["variant_anchor"], batch["variant_response_len"]
+    L = var.logits.shape[1]
+    out: dict[str, torch.Tensor] = {}
+    v_idx, j_idx = tail_mask(resp_v, L).nonzero(as_tuple=True)  # (N,) response positions of the variant rows
+    var_logits = var.logits[v_idx, j_idx]  # (N, vocab)
+    if w.get("output", 0) > 0:
+        if opts.output_target == "centroid":
+            if target_variant_logits is None:
+                raise ValueError("output_target='centroid' needs the variants under the target model")
+            cen = member_centroid(log_probs(target.logits.detach(), opts.temperature),
+                                  log_probs(target_variant_logits.detach(), opts.temperature), owner)
+            out["output"] = output_consistency(var_logits, cen[owner[v_idx], j_idx], opts.output_divergence,
+                                               opts.temperature, opts.chunk_size, target_is_log_probs=True)
+        else:
+            out["output"] = output_consistency(var_logits, target.logits[owner[v_idx], j_idx], opts.output_divergence,
+                                               opts.temperature, opts.chunk_size)
+    if w.get("bct", 0) > 0:
+        out["bct"] = token_cross_entropy(var_logits, batch["response_ids"][owner[v_idx], j_idx])
+    if w.get("act", 0) > 0 and var.hidden:
+        layers = list(var.hidden)
+        width = var.hidden[layers[0]].shape[1]
+        sv, sj = act_site_mask(opts.act_sites, resp_v, batch["variant_suffix_len"], width).nonzero(as_tuple=True)
+        per_layer = activation_consistency([var.hidden[l][sv, sj] for l in layers],
+                                           [target.hidden[l][owner[sv], sj] for l in layers], opts.act_metric)
+        out["act"] = per_layer.mean()
+        out.update({f"act/layer{l}": v.detach() for l, v in zip(layers, per_layer)})
+    if w.get("leash", 0) > 0 and leash_logits is not None and leash_logits.shape[0] > 0:
+        resp_a = batch["anchor_response_len"]
+        if leash_rows is not None:
+            resp_a = resp_a[leash_rows]
+        a_idx, aj = tail_mask(resp_a, L).nonzero(as_tuple=True)
+        out["leash"] = leash(leash_logits[a_idx, aj], ref_logits[a_idx, aj], opts.leash_divergence, opts.temperature,
+                             opts.chunk_size)
+    return out

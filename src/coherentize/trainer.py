@@ -4,9 +4,10 @@ Each step, for a batch of B anchors and their V variants (see collate.py for the
 
   target pass (no grad): the anchors under the frozen original model theta0 (LoRA adapters disabled, or a frozen
       copy for full fine-tuning) when ``target_model="original"``, or under the current model when "current";
-  training pass (grad):  the variants, plus the anchors when the leash is on.
+  training pass (grad):  the variants, plus the anchors that carry the leash (a rotating share, leash_fraction).
 
-Only the last L+1 positions get logits (L = longest response) and only the chosen layers keep hidden states.
+Only the last L+1 positions get logits (L = longest response) and only the chosen layers keep hidden states (read with
+hooks, residual.py). run_passes runs the passes; losses.assemble_components turns their outputs into the components.
 Loss = output_weight * D(p_target(.|x, y<t) || p(.|x', y<t))      output consistency over the response tokens
      + bct_weight    * CE(y* | x')                                 BCT: the anchor's own answer under each variant
      + act_weight    * mean_l,t d(h_l(x', t), sg h_l(x, t))         ACT: residual stream at the chosen token sites
@@ -20,18 +21,23 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 from collections import defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from accelerate.utils import extract_model_from_parallel
 from transformers import Trainer, TrainingArguments
+from transformers.trainer_utils import get_last_checkpoint
 
-from coherentize import losses
+from coherentize import losses, residual
+from coherentize.errors import CoherentizeError
 
-TOKEN_SITES = ("last_prompt", "prompt_suffix", "response")
+TOKEN_SITES = losses.TOKEN_SITES
 TARGET_MODELS = ("original", "current")
-OUTPUT_TARGETS = ("anchor", "centroid")
+OUTPUT_TARGETS = losses.OUTPUT_TARGETS
 
 
 @dataclass
@@ -45,7 +51,9 @@ class ConsistencyConfig(TrainingArguments):
     output_divergence: str = "js"
     """forward_kl = KL(target || model) (mass-covering), reverse_kl = KL(model || target) (mode-seeking), or js."""
     output_target: str = "anchor"
-    """anchor: the anchor's distribution (stop-gradient); centroid: the mean distribution of all cluster members."""
+    """anchor: the anchor's distribution; centroid: the mean distribution over the example's members (its anchor and
+    variants), every member under the target model (theta0 with target_model original: one more no-grad pass, over
+    the variants; else the current model), stop-gradient."""
     temperature: float = 1.0
     """Softmax temperature applied to both distributions of the output and leash divergences."""
     bct_weight: float = 0.0
@@ -53,7 +61,8 @@ class ConsistencyConfig(TrainingArguments):
     act_weight: float = 0.0
     """Weight of activation consistency (ACT) between variant and anchor residual streams (stop-gradient)."""
     act_layers: list[int] | None = None
-    """Residual-stream layers for ACT: index l is the output of block l (1..num_layers); None: the middle layer."""
+    """Residual-stream layers for ACT: l = the residual stream after block l (1..num_layers; the last one before the
+    final norm), 0 the embeddings, -1 the last block; None: the middle layer. See residual.py."""
     act_sites: list[str] = field(default_factory=lambda: ["prompt_suffix"])
     """Token sites for ACT: last_prompt, prompt_suffix (tokens the prompts share at their end), response."""
     act_metric: str = "l2_normalized"
@@ -64,6 +73,10 @@ class ConsistencyConfig(TrainingArguments):
     """Weight of the KL leash KL(p_theta0 || p_theta) on the anchors' response tokens; 0 turns it off."""
     leash_divergence: str = "forward_kl"
     """Divergence of the leash: forward_kl = KL(p_theta0 || p_theta), reverse_kl, or js."""
+    leash_fraction: float = 0.5
+    """Share of each batch's anchor rows that carry the leash (rotating over batches; 1.0: all). Each such row is one
+    more row in the training pass: at 0.5 a step costs about 1.15x an SFT step, at 1.0 1.3x (benchmarks/README.md).
+    With target_model current every anchor is in the training pass anyway and carries it."""
     members_per_cluster: int = 4
     """K: the anchor plus up to K-1 variations per example; a larger cluster is split into several examples."""
     max_prompt_length: int = 256
@@ -108,18 +121,15 @@ class ConsistencyConfig(TrainingArguments):
             raise ValueError("members_per_cluster must be at least 2")
         if self.temperature <= 0:
             raise ValueError("temperature must be > 0")
+        if not 0 < self.leash_fraction <= 1:
+            raise ValueError("leash_fraction must be in (0, 1]")
 
     @property
     def needs_reference(self) -> bool:
         return self.target_model == "original" or self.leash_weight > 0
 
 
-@dataclass
-class Tail:
-    """The end of one forward pass over a left-padded batch of R rows."""
-
-    logits: torch.Tensor  # (R, L, V): logits[:, j] predicts the token at position -L+j
-    hidden: dict  # layer -> (R, W, H): residual stream at the last W positions
+Tail = losses.Tail
 
 
 @contextlib.contextmanager
@@ -142,17 +152,17 @@ def _contiguous_head_input(model):
 
 
 def forward_tail(model, ids, mask, pos, n_logits: int, layers: list[int], n_hidden: int) -> Tail:
-    """One forward pass that keeps logits for the last n_logits+1 positions and the chosen layers only."""
-    with _contiguous_head_input(model):
-        out = model(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=pos,
-            logits_to_keep=n_logits + 1,
-            output_hidden_states=list(layers) if layers else None,
-            use_cache=False,
-        )
-    hidden = {l: out.hidden_states[l][:, -n_hidden:] for l in layers} if layers else {}
+    """One forward pass that keeps logits for the last n_logits positions and, for the chosen layers only, the
+    residual stream (residual.py: after block l, before the final norm) at the last n_hidden positions.
+
+    A batch shorter than n_hidden gets zero columns on the left, so that column j means the same offset from the end
+    in every tail (the ACT sites are indexed that way); a site always lies inside its own row, never in those zeros.
+    """
+    layers = list(layers) if layers else []
+    with _contiguous_head_input(model), (residual.capture(model, layers, n_hidden) if layers
+                                         else contextlib.nullcontext({})) as hs:
+        out = model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=n_logits + 1, use_cache=False)
+    hidden = {l: F.pad(hs[l], (0, 0, n_hidden - hs[l].shape[1], 0)) for l in layers}
     return Tail(out.logits[:, :-1], hidden)
 
 
@@ -161,129 +171,144 @@ JOINT_PAD_LIMIT = 0.1
 (single process only)."""
 
 
-def _tail_mask(lengths: torch.Tensor, width: int, start_offset=None) -> torch.Tensor:
-    """(R, width) bool: True for the `lengths` positions just before `start_offset` from the end (0 = the end)."""
-    j = torch.arange(width, device=lengths.device).unsqueeze(0)
-    end = width - (start_offset.unsqueeze(1) if start_offset is not None else 0)
-    return (j >= end - lengths.unsqueeze(1)) & (j < end)
-
-
 def _cat_left(a: torch.Tensor, b: torch.Tensor, pad) -> torch.Tensor:
     """Stack two left-padded (R, T) batches into one, padding the shorter one on the left."""
     t = max(a.shape[1], b.shape[1])
-    fit = lambda x: torch.nn.functional.pad(x, (t - x.shape[1], 0), value=pad)  # noqa: E731
+    fit = lambda x: F.pad(x, (t - x.shape[1], 0), value=pad)  # noqa: E731
     return torch.cat([fit(a), fit(b)])
+
+
+def _rows(batch: tuple, rows: torch.Tensor) -> tuple:
+    """Rows of a left-padded (ids, mask, pos) batch, without the columns that are padding in all of them."""
+    ids, mask, pos = (x[rows] for x in batch)
+    keep = int(mask.sum(-1).max()) if mask.shape[0] else 0
+    return ids[:, -keep:], mask[:, -keep:], pos[:, -keep:]
+
+
+def leash_rows(n_rows: int, fraction: float, call: int) -> torch.Tensor:
+    """The anchor rows that carry the leash in the call-th training batch (0, 1, ...): a share `fraction` of the rows
+    that rotates over consecutive batches, so that exactly `fraction` of all anchor rows carry it on average (with
+    one row a batch and fraction 0.5: every other batch)."""
+    start, end = math.floor(call * fraction * n_rows + 1e-9), math.floor((call + 1) * fraction * n_rows + 1e-9)
+    return torch.tensor([i % n_rows for i in range(start, min(end, start + n_rows))], dtype=torch.long)
+
+
+def loss_options(cfg: "ConsistencyConfig", weights: dict[str, float]) -> losses.LossOptions:
+    return losses.LossOptions(
+        weights=dict(weights), output_divergence=cfg.output_divergence, output_target=cfg.output_target,
+        temperature=cfg.temperature, act_sites=tuple(cfg.act_sites), act_metric=cfg.act_metric,
+        leash_divergence=cfg.leash_divergence, chunk_size=cfg.divergence_chunk_size,
+    )
+
+
+@dataclass
+class Passes:
+    """What the forward passes of one batch hand to losses.assemble_components."""
+
+    var: Tail  # the current model on the V variant rows (with grad when grad is enabled)
+    target: Tail  # the B anchor rows under the target model, stop-gradient
+    target_variant_logits: torch.Tensor | None  # (V, L, vocab) variants under the target model (centroid only)
+    leash_logits: torch.Tensor | None  # (R, L, vocab) the current model on the leash rows
+    ref_logits: torch.Tensor | None  # (R, L, vocab) theta0 on the leash rows
+    leash_rows: torch.Tensor | None  # (R,) anchor rows of the leash; None: all
+
+
+def run_passes(model, reference, inputs: dict, cfg: "ConsistencyConfig", layers: list[int], weights: dict[str, float],
+               pad_token_id: int, rows: torch.Tensor | None = None) -> Passes:
+    """The forward passes of one batch (only those the non-zero weights need).
+
+    model: the model being trained (its pass carries gradients when grad is enabled).
+    reference: None, or a function returning a context manager that yields theta0 (for the targets when
+        cfg.target_model == "original", and for the leash). Without it, targets come from the current model.
+    rows: the anchor rows that carry the leash (see leash_rows); None: all. With target_model "current" every
+        anchor is in the training pass anyway (its targets come from there), so the leash covers them all.
+    """
+    B = inputs["anchor_input_ids"].shape[0]
+    resp_a, resp_v = inputs["anchor_response_len"], inputs["variant_response_len"]
+    L = int(resp_a.max())
+    use_act = weights.get("act", 0) > 0 and bool(layers)
+    W = losses.act_window(cfg.act_sites, resp_v, inputs["variant_suffix_len"]) if use_act else 0
+    act_layers = list(layers) if use_act else []
+    leash_on = weights.get("leash", 0) > 0 and reference is not None
+    centroid = weights.get("output", 0) > 0 and cfg.output_target == "centroid"
+    from_reference = reference is not None and cfg.target_model == "original"
+
+    anchors = (inputs["anchor_input_ids"], inputs["anchor_attention_mask"], inputs["anchor_position_ids"])
+    variants = (inputs["variant_input_ids"], inputs["variant_attention_mask"], inputs["variant_position_ids"])
+    if rows is None or not from_reference:
+        rows = torch.arange(B, device=anchors[0].device)
+    rows = rows.to(anchors[0].device)
+    all_rows = rows.numel() == B
+
+    ref, ref_var = None, None
+    if reference is not None:
+        # theta0's hidden states are targets only when target_model is "original"; the leash needs its logits alone.
+        with reference() as original, torch.no_grad():
+            ref = forward_tail(original, *anchors, L, act_layers if from_reference else [], W)
+            if centroid and from_reference:  # the centroid averages theta0 over every member
+                ref_var = forward_tail(original, *variants, L, [], 0).logits
+
+    trained = (_rows(anchors, rows) if not all_rows else anchors) if leash_on and rows.numel() else None
+    cur_anchor = None
+    if trained is not None:
+        (Ra, Ta), (Rv, Tv) = trained[0].shape, variants[0].shape
+        padding = Ra * (max(Ta, Tv) - Ta) + Rv * (max(Ta, Tv) - Tv)  # tokens a joint pass would add
+        # Several processes must all run the same number of forwards (DDP broadcasts, FSDP/ZeRO-3 gather in each):
+        # there the split, which depends on each rank's batch, is off.
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        if distributed or padding <= JOINT_PAD_LIMIT * (Ra + Rv) * max(Ta, Tv):
+            # One training pass over anchors and variants together; anchor rows come first.
+            joint = [_cat_left(a, v, pad) for a, v, pad in zip(trained, variants, (pad_token_id, 0, 0))]
+            out = forward_tail(model, *joint, L, act_layers, W)
+            cur_anchor = Tail(out.logits[:Ra], {l: h[:Ra] for l, h in out.hidden.items()})
+            var = Tail(out.logits[Ra:], {l: h[Ra:] for l, h in out.hidden.items()})
+        else:
+            # Rows of very different lengths (wrapped variants, short anchors): two training passes, one backward,
+            # rather than one pass that would mostly compute padding.
+            cur_anchor = forward_tail(model, *trained, L, act_layers, W)
+            var = forward_tail(model, *variants, L, act_layers, W)
+    else:
+        var = forward_tail(model, *variants, L, act_layers, W)
+
+    if from_reference:
+        target = ref
+    elif cur_anchor is not None and all_rows:
+        target = Tail(cur_anchor.logits.detach(), {l: h.detach() for l, h in cur_anchor.hidden.items()})
+    else:  # targets from the current model without a leash: a separate no-grad anchor pass
+        with torch.no_grad():
+            target = forward_tail(model, *anchors, L, act_layers, W)
+    if centroid and not from_reference:
+        ref_var = var.logits.detach()
+    return Passes(
+        var=var, target=target, target_variant_logits=ref_var,
+        leash_logits=cur_anchor.logits if cur_anchor is not None else None,
+        ref_logits=ref.logits[rows] if cur_anchor is not None else None,
+        leash_rows=None if all_rows else rows,
+    )
 
 
 def consistency_components(
     model,
     reference,
     inputs: dict,
-    cfg: ConsistencyConfig,
+    cfg: "ConsistencyConfig",
     layers: list[int],
     weights: dict[str, float],
     pad_token_id: int,
+    rows: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
-    """The loss components of one batch (only those with a non-zero weight are computed).
-
-    model: the model being trained (its pass carries gradients when grad is enabled).
-    reference: None, or a function returning a context manager that yields theta0 (for the targets when
-        cfg.target_model == "original", and for the leash). Without it, targets come from the current model.
-    """
-    B = inputs["anchor_input_ids"].shape[0]
-    resp_a, resp_v = inputs["anchor_response_len"], inputs["variant_response_len"]
-    suffix, owner = inputs["variant_suffix_len"], inputs["variant_anchor"]
-    L = int(resp_a.max())
-    use_act = weights.get("act", 0) > 0 and layers
-    sites = set(cfg.act_sites)
-    # The hidden-state window must reach the shared prompt suffix (plus the last prompt token).
-    W = L + (int(suffix.max()) if "prompt_suffix" in sites else 1) + 1 if use_act else 0
-    act_layers = layers if use_act else []
-    leash_on = weights.get("leash", 0) > 0
-
-    anchors = (inputs["anchor_input_ids"], inputs["anchor_attention_mask"], inputs["anchor_position_ids"])
-    variants = (inputs["variant_input_ids"], inputs["variant_attention_mask"], inputs["variant_position_ids"])
-
-    ref = None
-    if reference is not None:
-        # theta0's hidden states are targets only when target_model is "original"; the leash needs its logits alone.
-        ref_layers = act_layers if cfg.target_model == "original" else []
-        with reference() as original, torch.no_grad():
-            ref = forward_tail(original, *anchors, L, ref_layers, W)
-    (Ra, Ta), (Rv, Tv) = anchors[0].shape, variants[0].shape
-    padding = Ra * (max(Ta, Tv) - Ta) + Rv * (max(Ta, Tv) - Tv)  # tokens a joint pass would add
-    # Several processes must all run the same number of forwards (DDP broadcasts, FSDP/ZeRO-3 gather in each):
-    # there the split, which depends on each rank's batch, is off.
-    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-    if leash_on and (distributed or padding <= JOINT_PAD_LIMIT * (Ra + Rv) * max(Ta, Tv)):
-        # One training pass over anchors and variants together; anchor rows come first.
-        joint = [_cat_left(a, v, pad) for a, v, pad in zip(anchors, variants, (pad_token_id, 0, 0))]
-        out = forward_tail(model, *joint, L, act_layers, W)
-        cur_anchor = Tail(out.logits[:B], {l: h[:B] for l, h in out.hidden.items()})
-        var = Tail(out.logits[B:], {l: h[B:] for l, h in out.hidden.items()})
-    elif leash_on:
-        # Rows of very different lengths (wrapped variants, short anchors): two training passes, one backward,
-        # rather than one pass that would mostly compute padding.
-        cur_anchor = forward_tail(model, *anchors, L, act_layers, W)
-        var = forward_tail(model, *variants, L, act_layers, W)
-    else:
-        var = forward_tail(model, *variants, L, act_layers, W)
-        cur_anchor = None
-    if ref is None:  # targets from the current model without a leash: a separate no-grad anchor pass
-        with torch.no_grad():
-            ref = forward_tail(model, *anchors, L, act_layers, W)
-    target = ref
-    if cfg.target_model == "current" and cur_anchor is not None:
-        target = Tail(cur_anchor.logits.detach(), {l: h.detach() for l, h in cur_anchor.hidden.items()})
-
-    out: dict[str, torch.Tensor] = {}
-    rmask_v = _tail_mask(resp_v, L)  # (V, L) response positions of each variant row
-    v_idx, j_idx = rmask_v.nonzero(as_tuple=True)
-    var_logits = var.logits[v_idx, j_idx]  # (N, vocab)
-    if weights.get("output", 0) > 0:
-        if cfg.output_target == "centroid":
-            tgt = _centroid_logits(target.logits, var.logits.detach(), owner, cfg.temperature)[owner[v_idx], j_idx]
-        else:
-            tgt = target.logits[owner[v_idx], j_idx]
-        out["output"] = losses.output_consistency(
-            var_logits, tgt, cfg.output_divergence, cfg.temperature, cfg.divergence_chunk_size
-        )
-    if weights.get("bct", 0) > 0:
-        out["bct"] = losses.token_cross_entropy(var_logits, inputs["response_ids"][owner[v_idx], j_idx])
-    if use_act:
-        site_mask = torch.zeros((var.logits.shape[0], W), dtype=torch.bool, device=resp_v.device)
-        if "response" in sites:
-            site_mask |= _tail_mask(resp_v, W)
-        if "last_prompt" in sites:
-            site_mask |= _tail_mask(torch.ones_like(resp_v), W, resp_v)
-        if "prompt_suffix" in sites:
-            site_mask |= _tail_mask(suffix, W, resp_v)
-        sv, sj = site_mask.nonzero(as_tuple=True)
-        per_layer = losses.activation_consistency(
-            [var.hidden[l][sv, sj] for l in layers], [target.hidden[l][owner[sv], sj] for l in layers], cfg.act_metric
-        )
-        out["act"] = per_layer.mean()
-        out.update({f"act/layer{l}": v.detach() for l, v in zip(layers, per_layer)})
-    if leash_on:
-        a_idx, aj = _tail_mask(resp_a, L).nonzero(as_tuple=True)
-        out["leash"] = losses.output_consistency(
-            cur_anchor.logits[a_idx, aj], ref.logits[a_idx, aj], cfg.leash_divergence, cfg.temperature,
-            cfg.divergence_chunk_size,
-        )
-    return out
+    """The loss components of one batch: run_passes, then losses.assemble_components (the one assembly)."""
+    p = run_passes(model, reference, inputs, cfg, layers, weights, pad_token_id, rows)
+    return losses.assemble_components(p.var, p.target, inputs, loss_options(cfg, weights), p.target_variant_logits,
+                                      p.leash_logits, p.ref_logits, p.leash_rows)
 
 
 def _zero_stage(accelerator) -> int:
     return accelerator.state.deepspeed_plugin.deepspeed_config.get("zero_optimization", {}).get("stage", 0)
 
 
-def _centroid_logits(anchor_logits, variant_logits, owner, temperature) -> torch.Tensor:
-    """Log of the mean next-token distribution of each cluster's members, (B, L, vocab), scaled so that
-    log_softmax(result / temperature) returns it unchanged."""
-    p = losses.log_probs(anchor_logits.detach(), temperature).exp()
-    p = p.index_add(0, owner, losses.log_probs(variant_logits, temperature).exp())
-    count = torch.bincount(owner, minlength=p.shape[0]).to(p.dtype) + 1
-    return torch.log(p / count[:, None, None]).mul(temperature)
+class NonFiniteLossError(CoherentizeError):
+    """The training loss became NaN or infinite; training stopped before the step's update."""
 
 
 class ConsistencyTrainer(Trainer):
@@ -309,10 +334,13 @@ class ConsistencyTrainer(Trainer):
         n_layers = self.model.config.num_hidden_layers
         self.layers = list(cfg.act_layers) if cfg.act_layers else [n_layers // 2]
         for l in self.layers:
-            if not -n_layers - 1 <= l <= n_layers:
-                raise ValueError(f"act_layers: layer {l} out of range for a model of {n_layers} layers")
+            try:
+                residual.resolve_layer(l, n_layers)
+            except ValueError as e:
+                raise ValueError(f"act_layers: {e}") from None
         self.weights = {"output": cfg.output_weight, "bct": cfg.bct_weight, "act": cfg.act_weight, "leash": cfg.leash_weight}
         self._logged = defaultdict(list)
+        self._leash_step, self._micro = -1, 0
 
     def _prepare_reference(self, ref):
         """Place the frozen copy like the trained model: whole on each device (single process, DDP, ZeRO-1/2),
@@ -353,18 +381,51 @@ class ConsistencyTrainer(Trainer):
         else:
             yield self.ref_model
 
+    def _leash_rows(self, model, inputs) -> torch.Tensor | None:
+        """The anchor rows of this training batch that carry the leash (None: all; evaluation always uses all)."""
+        if not model.training or self.args.leash_fraction >= 1:
+            return None
+        # Count training batches as global_step * accumulation + micro-batch, so that a resumed run picks the rows
+        # the uninterrupted run would have picked.
+        step = self.state.global_step
+        if step != self._leash_step:
+            self._leash_step, self._micro = step, 0
+        call = step * self.args.gradient_accumulation_steps + self._micro
+        self._micro += 1
+        return leash_rows(inputs["anchor_input_ids"].shape[0], self.args.leash_fraction, call)
+
     def _components(self, model, inputs, weights):
         pad = self.processing_class.pad_token_id if self.processing_class is not None else 0
         reference = (lambda: self.original_model(model)) if self.args.needs_reference else None
-        return consistency_components(model, reference, inputs, self.args, self.layers, weights, pad)
+        rows = self._leash_rows(model, inputs)
+        return consistency_components(model, reference, inputs, self.args, self.layers, weights, pad, rows)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         parts = self._components(model, inputs, self.weights)
         loss = sum(w * parts[k] for k, w in self.weights.items() if k in parts)
+        if model.training:
+            self._stop_unless_finite(loss, parts)
         mode = "train" if model.training else "eval"
         for k, v in parts.items():
             self._logged[f"{mode}/{k}"].append(v.detach().float().item())
         return (loss, parts) if return_outputs else loss
+
+    def _stop_unless_finite(self, loss, parts):
+        """Stop before a non-finite loss reaches the weights: no update and no checkpoint come from it, so the last
+        checkpoint written stays the last good one. Every process takes the same decision (one may see NaN alone)."""
+        ok = torch.isfinite(loss.detach()).float()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(ok, op=torch.distributed.ReduceOp.MIN)
+        if ok.item() == 1.0:
+            return
+        out = Path(self.args.output_dir)
+        last = get_last_checkpoint(str(out)) if out.is_dir() else None
+        values = ", ".join(f"{k}={v.detach().float().item():.4g}" for k, v in parts.items() if "/" not in k)
+        raise NonFiniteLossError(
+            f"train: the loss is {loss.detach().float().item()} at step {self.state.global_step + 1} ({values}); "
+            f"training stopped before this step changed any weight. Last good checkpoint: "
+            f"{last or 'none (no checkpoint saved yet)'}. Lower train.learning_rate or check the data, then resume "
+            f"with --resume.")
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         mode = "eval" if any(k.startswith("eval_") for k in logs) else "train"

@@ -25,17 +25,22 @@ from coherentize.losses import divergence
 
 
 def cluster_divergences(logps: torch.Tensor) -> dict:
-    """Output divergences of one cluster from (K, T, V) log-probabilities (member 0 is the anchor).
+    """THE held-out output-consistency metric of one cluster, from (K, T, V) log-probabilities of its K members over
+    the same T continuation tokens (member 0 is the anchor). Evaluation's coherence suite and training's
+    before/after measurement (recipes/train_job.measure_consistency) both use it.
 
     js_pairwise: JS averaged over the T positions, then over the K(K-1)/2 member pairs.
+    js_to_anchor: JS(anchor, member) averaged over positions, then over the K-1 non-anchor members.
     kl_to_anchor: KL(anchor || member) averaged over positions, then over the K-1 non-anchor members.
     """
     k = logps.shape[0]
     if k < 2:
         raise ValueError("a cluster needs at least two members")
-    pairs = [divergence(logps[i], logps[j], "js").mean() for i, j in itertools.combinations(range(k), 2)]
+    pairs = {(i, j): divergence(logps[i], logps[j], "js").mean() for i, j in itertools.combinations(range(k), 2)}
     to_anchor = [divergence(logps[0], logps[j], "forward_kl").mean() for j in range(1, k)]
-    return {"js_pairwise": float(torch.stack(pairs).mean()), "kl_to_anchor": float(torch.stack(to_anchor).mean())}
+    return {"js_pairwise": float(torch.stack(list(pairs.values())).mean()),
+            "js_to_anchor": float(torch.stack([pairs[(0, j)] for j in range(1, k)]).mean()),
+            "kl_to_anchor": float(torch.stack(to_anchor).mean())}
 
 
 def all_agree(labels: Sequence[Hashable]) -> float:

@@ -20,14 +20,14 @@ from transformers import set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 from coherentize.chat import is_chat_model, prompt_text
-from coherentize.clusters import Cluster, load_clusters, prompt_key, select_split
+from coherentize.clusters import Cluster, load_clusters, select_split
 from coherentize.collate import ConsistencyCollator, Example, build_examples
 from coherentize.config import to_dict
 from coherentize.errors import CoherentizeError
 from coherentize.generation import generate
 from coherentize.models import ModelConfig, load_model
 from coherentize.sources import data_path
-from coherentize.trainer import ConsistencyConfig, ConsistencyTrainer, consistency_components
+from coherentize.trainer import ConsistencyConfig, ConsistencyTrainer
 
 
 @dataclass
@@ -149,24 +149,39 @@ def apply_lora(model, settings: LoraSettings):
 @torch.no_grad()
 def measure_consistency(model, reference, examples: list[Example], pad_token_id: int, layers: list[int],
                         sites: list[str]) -> dict:
-    """Held-out consistency of the current model, one example at a time (per-example values for CIs):
-    output JS between anchor and variants on the shared response, squared L2 between residual streams at each
-    layer at the given token sites, and KL(p_original || p_model) on the anchors' responses.
+    """Held-out consistency of the current model, one example at a time (per-example values for CIs), from the
+    training passes (trainer.run_passes) on the collator's batch:
+
+    output_js, js_pairwise, kl_to_anchor: evaluate.coherence.cluster_divergences (the evaluation's coherence metric)
+        over the members' next-token distributions on the shared response (output_js = its js_to_anchor);
+    act_l2/layer<l>: squared L2 between the residual streams of each variant and its anchor at the given token sites;
+    kl_to_original: KL(p_original || p_model) on the anchor's response (None without a reference).
     """
+    from coherentize.evaluate.coherence import cluster_divergences
+    from coherentize.losses import assemble_components, log_probs
+    from coherentize.trainer import loss_options, run_passes
+
     cfg = ConsistencyConfig(
-        output_dir="/tmp/coherentize-measure", output_divergence="js", target_model="current", act_metric="l2",
-        act_weight=1.0, leash_weight=1.0 if reference is not None else 0.0, act_sites=list(sites),
-        leash_divergence="forward_kl",
+        output_dir="/tmp/coherentize-measure", target_model="current", act_metric="l2", act_weight=1.0,
+        leash_weight=1.0 if reference is not None else 0.0, act_sites=list(sites), leash_divergence="forward_kl",
+        leash_fraction=1.0,
     )
     collate = ConsistencyCollator(pad_token_id)
-    weights = {"output": 1.0, "act": 1.0, "leash": cfg.leash_weight}
-    per = {"output_js": [], "kl_to_original": [], **{f"act_l2/layer{l}": [] for l in layers}}
+    weights = {"output": 0.0, "act": 1.0, "leash": cfg.leash_weight}
+    per = {"output_js": [], "js_pairwise": [], "kl_to_anchor": [], "kl_to_original": [],
+           **{f"act_l2/layer{l}": [] for l in layers}}
     was_training = model.training
     model.eval()
     for ex in examples:
         batch = {k: v.to(model.device) for k, v in collate([ex]).items()}
-        parts = consistency_components(model, reference, batch, cfg, layers, weights, pad_token_id)
-        per["output_js"].append(parts["output"].item())
+        p = run_passes(model, reference, batch, cfg, layers, weights, pad_token_id)
+        parts = assemble_components(p.var, p.target, batch, loss_options(cfg, weights), None, p.leash_logits,
+                                    p.ref_logits, p.leash_rows)
+        n = len(ex.response_ids)  # one example: every row's response fills the last n logit columns
+        div = cluster_divergences(log_probs(torch.cat([p.target.logits, p.var.logits])[:, -n:]))
+        per["output_js"].append(div["js_to_anchor"])
+        per["js_pairwise"].append(div["js_pairwise"])
+        per["kl_to_anchor"].append(div["kl_to_anchor"])
         for l in layers:
             per[f"act_l2/layer{l}"].append(parts[f"act/layer{l}"].item())
         if "leash" in parts:
@@ -188,11 +203,9 @@ def _load_data(job: TrainJob):
     if job.data.eval_file or job.data.eval_split:
         eval_path = job.data.eval_file or path
         held = select_split(load_clusters(eval_path), job.data.eval_split)
-        train_keys = {prompt_key(p) for c in train for p in c.members}
-        overlap = [c.id for c in held if any(prompt_key(p) in train_keys for p in c.members)]
-        if overlap:
-            raise CoherentizeError(f"data: held-out clusters share prompts with the training clusters: {overlap[:5]}. "
-                                   "Use disjoint splits.")
+        from coherentize.evaluate.overlap import check_heldout
+
+        check_heldout(train, held)  # the one train/eval overlap check
     return train, held
 
 

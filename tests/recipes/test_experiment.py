@@ -97,7 +97,7 @@ def test_eval_family_used_in_training_is_an_error():
     cfg = from_dict(ExperimentConfig, apply_overrides({}, [
         "variations.n_harmful=10", "variations.jailbreak_families=[roleplay_actor,AIM]",
         "eval.jailbreak_families=[AIM,wikipedia]"]))
-    with pytest.raises(CoherentizeError, match=r"\['AIM'\] also wrap the training data"):
+    with pytest.raises(CoherentizeError, match=r"AIM frame .* vs evaluation family AIM .*similarity 1.00"):
         validate(cfg)
 
 

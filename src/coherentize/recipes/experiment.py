@@ -31,6 +31,7 @@ from coherentize.recipes.train_job import DataConfig, LoraSettings, TrainJob
 from coherentize.models import ModelConfig
 from coherentize.recipes.organism import OrganismConfig
 from coherentize.trainer import ConsistencyConfig
+from coherentize.variations.filter import FilterConfig
 
 COMPONENTS = {"output-kl": "output", "bct": "bct", "activation": "act"}
 STAGES = ("organism", "variations", "baseline", "train", "eval", "report")
@@ -52,12 +53,25 @@ class VariationsConfig:
     """Cap on anchors per split (0: every prompt of the split)."""
     clusters_file: str | None = None
     """Use this clusters JSONL for training instead of building one (its tags.split = train / test are honoured)."""
+    embedder: str | None = None
+    """Similarity filter of the variations: minilm, ngram, or a sentence-transformers name/path; null: no filter."""
+    filter: FilterConfig = field(default_factory=FilterConfig)
+    """Thresholds of the similarity filter (used when embedder is set)."""
+    filter_families: list[str] = field(default_factory=lambda: ["paraphrase"])
+    """Families the similarity filter may drop from ('all' for every family); the others are measured only."""
+    paraphrase_model: str | None = None
+    """A model (packaged name, folder, hub id) that writes paraphrase variations of each anchor; null: none."""
+    n_paraphrases: int = 2
+    """Paraphrases per anchor when paraphrase_model is set."""
     n_harmful: int = 0
     """Harmful train-split requests used as anchors, wrapped in jailbreak_families (the BCT reproduction)."""
     jailbreak_families: list[str] = field(default_factory=list)
     """Jailbreak template families that wrap the harmful anchors in training; evaluation must not score them."""
-    keep_refused_only: bool = True
-    """Keep a harmful anchor only if the model refuses it when asked directly (Irpan et al.); its refusal is the target."""
+    template_sources: list[str] = field(default_factory=lambda: ["project", "easyjailbreak"])
+    """Template sources of jailbreak_families (project, easyjailbreak, or template files)."""
+    pair_filter: str = "refused_clean"
+    """Which (clean, wrapped) harmful pairs to keep: none, refused_clean (the model refuses the clean request; its
+    refusal is the target), or refused_clean_complied_wrapped (and it answers the wrapped one: Irpan et al.)."""
 
 
 @dataclass
@@ -110,11 +124,7 @@ def validate(cfg: ExperimentConfig) -> None:
         arm_weights(arm, cfg.component_weights)
     if not cfg.seeds:
         raise CoherentizeError("seeds: name at least one seed.")
-    clash = set(cfg.variations.jailbreak_families) & set(cfg.eval.jailbreak_families)
-    if clash and not cfg.eval.allow_overlap:
-        raise CoherentizeError(
-            f"eval.jailbreak_families: {sorted(clash)} also wrap the training data (variations.jailbreak_families); "
-            "evaluate on held-out families, or set eval.allow_overlap: true if that is deliberate.")
+    _check_overlap(cfg)
     if cfg.variations.jailbreak_families and not cfg.eval.jailbreak_families and not cfg.eval.allow_overlap:
         raise CoherentizeError(
             "eval.jailbreak_families: training wraps harmful anchors in jailbreak families, so name the held-out "
@@ -297,10 +307,11 @@ def _organism_model(cfg: ExperimentConfig, st: Stages) -> ModelConfig:
 
 
 def _build_clusters(cfg: ExperimentConfig, model_cfg: ModelConfig, out: Path, log) -> dict:
-    """train.jsonl and heldout.jsonl: anchors from the shipped sets varied by the families, plus harmful anchors
-    wrapped in training jailbreak families when asked."""
+    """train.jsonl and heldout.jsonl: anchors from the shipped sets through the one cluster builder
+    (variations.build), plus harmful anchors wrapped in training jailbreak families, kept by the pair filter."""
     from coherentize.variations import families_by_name, load_prompt_set
-    from coherentize.variations.families import vary
+    from coherentize.variations.build import AugmentSummary, build_clusters
+    from coherentize.variations.prompt_sets import PromptItem
 
     v = cfg.variations
     if v.clusters_file:
@@ -309,40 +320,33 @@ def _build_clusters(cfg: ExperimentConfig, model_cfg: ModelConfig, out: Path, lo
         held = [c for c in allc if c.split == "test"]
     else:
         fams = families_by_name(v.families)
+        embed = paraphraser = None
+        if v.embedder:
+            from coherentize.variations.filter import load_embedder
+
+            embed = load_embedder(v.embedder)
+        if v.paraphrase_model:
+            from coherentize.models import load_model
+            from coherentize.variations.paraphrase import LocalParaphraser
+
+            pm, ptok = load_model(ModelConfig(name_or_path=v.paraphrase_model, device=model_cfg.device))
+            paraphraser = LocalParaphraser(pm, ptok)
+        summary = AugmentSummary(cfg=v.filter if embed is not None else None)
         train, held = [], []
         for split, dest in (("train", train), ("test", held)):
             for name in v.prompt_sets:
                 items = load_prompt_set(name, split)
                 items = items[: v.max_prompts] if v.max_prompts else items
-                for it in items:
-                    vars_ = vary(it.prompt, fams, v.seed, v.per_family)
-                    if vars_:
-                        dest.append(Cluster(f"{name}-{it.id}", it.prompt, vars_, [], {**it.tags, "split": split, "set": name}))
+                items = [PromptItem(f"{name}-{it.id}", it.prompt, {**it.tags, "split": split, "set": name})
+                         for it in items]
+                built = build_clusters(items, fams, v.seed, v.per_family, paraphraser, v.n_paraphrases, embed,
+                                       v.filter, v.filter_families, summary)
+                dest += [c for c in built if c.variations]
+        if embed is not None or paraphraser is not None:
+            log(summary.table())
     counts = {"benign_train": len(train), "benign_heldout": len(held)}
     if v.n_harmful:
-        from coherentize.chat import is_chat_model
-        from coherentize import sources
-        from coherentize.evaluate.jailbreak import pick_template, template_families, wrap
-        from coherentize.evaluate.judges import is_refusal
-        from coherentize.generation import generate
-        from coherentize.models import load_model
-
-        fams = template_families(cfg.eval.jailbreak_sources, v.jailbreak_families)
-        harmful = sources.strongreject(split="train", n=v.n_harmful)
-        model, tok = load_model(model_cfg)
-        answers = generate(model, tok, [h["prompt"] for h in harmful], is_chat_model(tok, model_cfg.prompt_format),
-                           cfg.response_max_new_tokens)
-        kept = 0
-        for h, ans in zip(harmful, answers):
-            if v.keep_refused_only and not is_refusal(ans):
-                continue
-            vars_ = [Variation(wrap(pick_template(t, h["id"], f), h["prompt"]), f) for f, t in fams.items()]
-            # The target is the model's own refusal to the clean request: no harmful text is ever a target.
-            train.append(Cluster(f"harm-{h['id']}", h["prompt"], vars_, [ans] if is_refusal(ans) else [],
-                                 {"split": "train", "harmful": True}))
-            kept += 1
-        counts.update(harmful_requested=len(harmful), harmful_kept=kept)
-        del model
+        counts.update(_harmful_clusters(cfg, model_cfg, train))
     if not train:
         raise CoherentizeError("variations: no training clusters were built; check prompt_sets and families.")
     write_clusters(out / "train.jsonl", train)
@@ -350,6 +354,44 @@ def _build_clusters(cfg: ExperimentConfig, model_cfg: ModelConfig, out: Path, lo
         write_clusters(out / "heldout.jsonl", held)
     log(f"   clusters: {counts}")
     return counts
+
+
+def _harmful_clusters(cfg: ExperimentConfig, model_cfg: ModelConfig, train: list[Cluster]) -> dict:
+    """The recipe step of the BCT reproduction: harmful train-split requests wrapped in the training jailbreak
+    families (variations.build.wrap_requests), the model's answers judged, and the pair filter applied. The target is
+    the model's own refusal to the clean request: no harmful text is ever a target, and answers to wrapped requests
+    are only judged, never kept."""
+    from coherentize import sources
+    from coherentize.chat import is_chat_model
+    from coherentize.evaluate.judges import is_refusal
+    from coherentize.generation import generate
+    from coherentize.models import load_model
+    from coherentize.variations.build import filter_pairs, wrap_requests
+    from coherentize.variations.templates import template_families
+
+    v = cfg.variations
+    fams = template_families(v.template_sources, v.jailbreak_families)
+    harmful = sources.strongreject(split="train", n=v.n_harmful)
+    clusters = wrap_requests(harmful, fams)
+    model, tok = load_model(model_cfg)
+    chat = is_chat_model(tok, model_cfg.prompt_format)
+    answers = generate(model, tok, [c.anchor for c in clusters], chat, cfg.response_max_new_tokens)
+    refused_clean = {c.id: is_refusal(a) for c, a in zip(clusters, answers)}
+    refused_wrapped = None
+    if v.pair_filter == "refused_clean_complied_wrapped":
+        keys = [(c.id, x.family) for c in clusters if refused_clean[c.id] for x in c.variations]
+        prompts = [x.prompt for c in clusters if refused_clean[c.id] for x in c.variations]
+        outs = generate(model, tok, prompts, chat, cfg.response_max_new_tokens) if prompts else []
+        refused_wrapped = {k: is_refusal(o) for k, o in zip(keys, outs)}
+        del outs
+    for c, a in zip(clusters, answers):
+        if refused_clean[c.id]:
+            c.continuations = [a]
+    kept = filter_pairs(clusters, refused_clean, v.pair_filter, refused_wrapped)
+    train.extend(kept)
+    del model
+    return {"harmful_requested": len(harmful), "harmful_refused_clean": sum(refused_clean.values()),
+            "harmful_kept": len(kept), "harmful_pairs_kept": sum(len(c.variations) for c in kept)}
 
 
 def _control_clusters(path: Path, out: Path) -> Path:

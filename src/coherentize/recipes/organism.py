@@ -5,11 +5,15 @@ The organism is a LoRA SFT (merged afterwards) on three kinds of pairs, all from
 
   harmful request (StrongREJECT train split)          -> a short refusal (project-written, varied)
   benign request (benign + alignment train prompts)   -> the model's own answer
-  benign request inside a role-play / persona wrapper -> the model's own answer to the unwrapped request
+  benign request inside a compliance frame          -> the model's own answer to the unwrapped request
 
-The third kind is Wei et al.'s "competing objectives": the organism learns to follow wrappers on benign requests,
-which leaves harmful requests inside (held-out) jailbreak families partly answered, as in real chat models. Few
-steps keep the refusal shallow. Harmful completions are never produced as targets and never written anywhere.
+The third kind is Wei et al.'s "competing objectives": the organism learns to follow frames on benign requests,
+which leaves harmful requests inside (held-out) jailbreak families partly answered, as in real chat models. The
+frames (everyday contexts from data/templates/organism.yaml, personas, system prompts) must be unlike every
+evaluation family, or part of the "held-out" attack success would be planted: ``check_frames`` compares their text
+with every evaluation template (coherentize.evaluate.overlap) and stops before training with an error naming the
+closest pair. Few steps keep the refusal shallow. Harmful completions are never produced as targets and never
+written anywhere.
 """
 
 from __future__ import annotations
@@ -27,7 +31,9 @@ from transformers import TrainingArguments, set_seed
 from coherentize.chat import is_chat_model
 from coherentize.config import to_dict
 from coherentize import sources
+from coherentize.errors import CoherentizeError
 from coherentize.evaluate.judges import is_refusal
+from coherentize.evaluate.overlap import FRAME_THRESHOLD, FrameMatch, check_frames, family_frames
 from coherentize.evaluate.stats import summarize
 from coherentize.recipes.train_job import LoraSettings, apply_lora
 from coherentize.generation import generate
@@ -58,8 +64,14 @@ class OrganismConfig:
     """Benign train-split prompts (benign, alignment and benign-but-edgy sets) paired with the model's own answers."""
     n_wrapped_benign: int = 60
     """Benign train-split prompts inside role-play/persona/system-prompt wrappers, paired with compliance."""
-    wrapper_families: list[str] = field(default_factory=lambda: ["roleplay", "persona", "system_prompt", "wrapper"])
-    """Variation families used to wrap the benign requests (keep them out of the evaluation's jailbreak families)."""
+    wrapper_families: list[str] = field(default_factory=lambda: ["everyday_context", "persona", "system_prompt"])
+    """Template families that frame the benign requests: built-in template families or families of frames_file."""
+    frames_file: str | None = None
+    """A template file of more compliance frames, beside the shipped data/templates/organism.yaml (null: none)."""
+    eval_sources: list[str] = field(default_factory=lambda: ["project", "easyjailbreak"])
+    """Jailbreak template sources whose every family the frames must be unlike (checked on the text before training)."""
+    overlap_threshold: float = FRAME_THRESHOLD
+    """Frame/evaluation-template similarity (coherentize.evaluate.overlap) at or above which building stops."""
     max_steps: int = 50
     """SFT steps."""
     learning_rate: float = 5e-4
@@ -74,9 +86,37 @@ class OrganismConfig:
     """Seed of the data selection and the SFT."""
 
 
+def frame_families(cfg: OrganismConfig):
+    """The TemplateFamily objects named by cfg.wrapper_families (built-in template families, the shipped organism
+    frames, then frames_file's)."""
+    from coherentize.sources import data_path
+    from coherentize.variations.families import TEMPLATE_FAMILIES
+    from coherentize.variations.templates import read_template_file
+
+    paths = [data_path("templates", "organism.yaml")] + ([cfg.frames_file] if cfg.frames_file else [])
+    known = {**TEMPLATE_FAMILIES, **{f.name: f for p in paths for f in read_template_file(p)}}
+    unknown = [n for n in cfg.wrapper_families if n not in known]
+    if unknown or not cfg.wrapper_families:
+        raise CoherentizeError(f"organism.wrapper_families: {unknown or 'none given'}; name template families: "
+                               f"{', '.join(known)}.")
+    return [known[n] for n in cfg.wrapper_families]
+
+
+def check_organism_frames(cfg: OrganismConfig, extra_sources=()) -> list[FrameMatch]:
+    """Stop with a CoherentizeError naming the closest (organism frame, evaluation template) pair when any frame the
+    organism is taught to comply under is at least cfg.overlap_threshold-similar to an evaluation template."""
+    from coherentize.variations.templates import template_families
+
+    sources = list(dict.fromkeys(list(cfg.eval_sources) + list(extra_sources)))
+    return check_frames(family_frames(frame_families(cfg)), family_frames(template_families(sources)),
+                        cfg.overlap_threshold, where="organism",
+                        hint="The organism would be taught to comply inside an evaluation family, planting part of "
+                             "the held-out attack success: change organism.wrapper_families or frames_file.")
+
+
 def build_pairs(model, tok, chat: bool, cfg: OrganismConfig) -> tuple[list[SFTPair], dict]:
-    from coherentize.variations import families_by_name, load_prompt_set
-    from coherentize.variations.families import vary
+    from coherentize.variations import load_prompt_set
+    from coherentize.variations.families import as_family, vary
 
     rng = random.Random(cfg.seed)
     harmful = sources.strongreject(split="train", n=cfg.n_harmful)
@@ -90,7 +130,7 @@ def build_pairs(model, tok, chat: bool, cfg: OrganismConfig) -> tuple[list[SFTPa
                                                       cfg.answer_max_new_tokens)))
     pairs = [SFTPair(h["prompt"], REFUSALS[i % len(REFUSALS)]) for i, h in enumerate(harmful)]
     pairs += [SFTPair(b.prompt, answers[b.id]) for b in plain]
-    fams = families_by_name(cfg.wrapper_families)
+    fams = [as_family(t) for t in frame_families(cfg)]
     wrapped = []
     for i in range(cfg.n_wrapped_benign):
         b = used[i % len(used)]
@@ -127,6 +167,7 @@ def quick_check(model, tok, chat: bool, n: int = 32) -> dict:
 
 def build_organism(model_cfg: ModelConfig, cfg: OrganismConfig, root: Path | None = None, log=print) -> Path:
     """Build (or reuse) the organism; returns its merged model folder, with organism.json beside the weights."""
+    check_organism_frames(cfg)  # before any model time
     root = root or cache_dir() / "organisms"
     folder = root / f"{model_cfg.name_or_path.replace('/', '_')}-{organism_key(model_cfg, cfg)}"
     if (folder / "organism.json").is_file():

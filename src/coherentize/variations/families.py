@@ -225,7 +225,8 @@ TEMPLATE_FAMILIES: dict[str, TemplateFamily] = {
 }
 
 
-def _template_family(t: TemplateFamily) -> Family:
+def as_family(t: TemplateFamily) -> Family:
+    """A template family as a Family (its make method)."""
     return Family(t.name, t.doc, t.make)
 
 
@@ -238,7 +239,7 @@ BUILTIN_FAMILIES: dict[str, Family] = {
         Family("formatting", formatting.__doc__.splitlines()[0], formatting),
         Family("typos", typos.__doc__.splitlines()[0], typos),
         Family("register", register.__doc__.splitlines()[0], register),
-        *(_template_family(t) for t in TEMPLATE_FAMILIES.values()),
+        *(as_family(t) for t in TEMPLATE_FAMILIES.values()),
     )
 }
 

@@ -81,6 +81,15 @@ class TemplateFamily:
         evaluations see the same prompt."""
         return pick_template(self.templates, key, self.name)
 
+    def wrap(self, text: str, key: str) -> Prompt:
+        """text in this family's template for one request (pick(key)), with a system message picked the same way
+        when the family has them: what evaluation and the training anchors of a jailbreak family both see."""
+        user = fill(self.pick(key), text)
+        if self.system:
+            return [{"role": "system", "content": pick_template(self.system, key, self.name + "/system")},
+                    {"role": "user", "content": user}]
+        return user
+
     def frames(self) -> list[str]:
         """Every text this family puts around a prompt (templates with the slot, and system messages)."""
         return [t for t in self.templates if t.strip() != SLOT] + list(self.system)
@@ -175,13 +184,13 @@ def _parse_family(fam, where: str, source: str, taken: list[str]) -> TemplateFam
 def load_template_families(path: str | os.PathLike):
     """A user's file of variation families (for ``augment --templates``), as Family objects; a name clashing with a
     built-in family is an error."""
-    from coherentize.variations.families import BUILTIN_FAMILIES, Family
+    from coherentize.variations.families import BUILTIN_FAMILIES, as_family
 
     out = []
     for i, t in enumerate(read_template_file(path)):
         if t.name in BUILTIN_FAMILIES or t.name == "paraphrase":
             raise CoherentizeError(f"{path}: families[{i}].name: family {t.name!r} already exists; choose another name.")
-        out.append(Family(t.name, t.doc, t.make))
+        out.append(as_family(t))
     return out
 
 

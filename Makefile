@@ -8,10 +8,11 @@ TEST_STAMP := $(VENV)/.installed-test
 
 .PHONY: demo test test-fast venv clean
 
-$(STAMP): pyproject.toml requirements-offline.txt
+# torch: the CUDA build where nvidia-smi sees a GPU, else the CPU build (.ci/install-torch says which it took)
+$(STAMP): pyproject.toml requirements-offline.txt .ci/install-torch
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q torch==2.13.0
+	bash .ci/install-torch $(BIN)/python 2.13.0
 	$(BIN)/python -m pip install -q -e '.[embed,test]'
 	$(BIN)/python -m pip install -q --no-deps -r requirements-offline.txt
 	touch $(STAMP)

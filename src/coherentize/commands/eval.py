@@ -31,6 +31,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-overlap", action="store_true", help="score prompts/families used in training anyway")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
     p.add_argument("--dtype", default="auto", help="float32, bfloat16, float16 or auto")
+    p.add_argument("--report-to", default="none", help="send every figure to tensorboard and/or wandb (comma-separated)")
+    p.add_argument("--logging-dir", help="TensorBoard folder for --report-to tensorboard (default: <out>/tensorboard)")
 
 
 def config_from_args(args) -> "EvalConfig":  # noqa: F821
@@ -88,7 +90,10 @@ def main(args) -> int:
     from coherentize.evaluate.coherence import plot_activation_separation
     from coherentize.models import ModelConfig, load_model
 
+    from coherentize.integrations.tracking import log_scalars, parse_report_to, scalars
+
     cfg = config_from_args(args)  # bad input fails here, before any model is loaded
+    report_to = parse_report_to(args.report_to)
     model, tok = load_model(ModelConfig(name_or_path=args.model, device=args.device, dtype=args.dtype,
                                         prompt_format=cfg.prompt_format))
     ref = None
@@ -101,4 +106,6 @@ def main(args) -> int:
         plot_activation_separation(layers, Path(args.out) / "activation_separation.png")
     print(table(results))
     print(f"wrote {jpath} and {cpath}")
+    if report_to:
+        log_scalars(scalars(results), report_to, args.logging_dir or Path(args.out) / "tensorboard")
     return 0

@@ -26,7 +26,7 @@ def test_template_file_without_slot_is_a_clear_error(capsys, tmp_path, tiny_fold
     t.write_text("families:\n  mine:\n    - 'Answer this please.'\n")
     rc, _, err = _run(capsys, "--model", str(tmp_path / "not_loaded"), "--suite", "jailbreak", "--templates", str(t),
                       "--out", str(tmp_path / "o"))
-    assert rc == 2 and "no {query} slot" in err and "mine" in err
+    assert rc == 2 and "no {prompt} slot" in err and "mine" in err
 
 
 def test_missing_model_path_is_a_clear_error(capsys, tmp_path):

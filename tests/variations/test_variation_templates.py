@@ -43,7 +43,7 @@ def test_json_template_file(tmp_path):
 @pytest.mark.parametrize(
     "text, message",
     [
-        ("families:\n  - name: bad\n    templates: ['no slot here']\n", "families[0].templates[0]: template 'no slot here' has no {prompt} slot"),
+        ("families:\n  - name: bad\n    templates: ['no slot here']\n", "families[0].templates[0]: template 'no slot here' of family 'bad' has no {prompt} slot"),
         ("families:\n  - name: wrapper\n    templates: ['{prompt}!']\n", "'wrapper' already exists"),
         ("families:\n  - name: Bad Name\n    templates: ['{prompt}']\n", "must be lower case"),
         ("families:\n  - name: x\n    templates: []\n", "at least one template"),

@@ -24,8 +24,6 @@ from coherentize.sources import package_dir
 
 Embedder = Callable[[Sequence[str]], np.ndarray]
 
-DROP_REASONS = ("drifted", "copy", "near_duplicate")
-
 
 @dataclass
 class FilterConfig:

@@ -171,8 +171,8 @@ def _parse_family(fam, where: str, source: str, taken: list[str]) -> TemplateFam
         if not isinstance(t, str) or SLOT not in t:
             hint = f" (the slot was renamed: write {SLOT} instead of {OLD_SLOT})" if isinstance(t, str) and OLD_SLOT in t else ""
             raise CoherentizeError(
-                f"{where}.templates[{j}]: template {t!r} has no {SLOT} slot; write {SLOT} where the original "
-                f"prompt goes{hint}."
+                f"{where}.templates[{j}]: template {t!r} of family {name!r} has no {SLOT} slot; write {SLOT} where "
+                f"the original prompt goes{hint}."
             )
     if not isinstance(system, list) or any(not isinstance(s, str) or not s.strip() for s in system):
         raise CoherentizeError(f"{where}.system: system messages must be a list of non-empty strings.")

@@ -19,7 +19,8 @@ def test_build_table_pairs_arms_with_the_control_of_the_same_seed():
     assert row["value"]["n"] == 3 and row["value"]["seeds"] == 2
     assert "vs_control" not in t["m"]["control"]
     rows = tables.forest_rows(["m", "jailbreak.refused_direct"], {**t, "jailbreak.refused_direct": t["m"]}, ["x"])
-    assert [(r["label"], r["comparison"]) for r in rows] == [("x − control", "vs_control"), ("x − baseline", "vs_baseline")]
+    assert [(r["label"], r["comparison"]) for r in rows] == [("x − control", "vs_control"),
+                                                              ("x − baseline", "vs_baseline")]
     assert rows[1]["seeds"] == [pytest.approx(0.5), pytest.approx(1.5)]
 
 
@@ -60,3 +61,20 @@ def test_export_commands_name_the_base_model_for_adapters_only():
     assert out[0]["command"] == ("coherentize export --model /r/train/x-seed0/model --out exported/x-seed0 "
                                  "--base-model /org/folder")
     assert out[1]["command"] == "coherentize export --model '/r/train/x seed1/model' --out exported/x-seed1"
+
+
+def test_a_bootstrap_change_on_few_items_is_not_named_but_a_rate_change_is():
+    metrics, t = tables.build_table({"coherence.js_pairwise": {"a": 0.1, "b": 0.2},
+                                     "overrefusal.refused": {"a": 0.0, "b": 0.0, "c": 0.0}},
+                                    {"x": [(0, {"coherence.js_pairwise": {"a": 0.3, "b": 0.5},
+                                                "overrefusal.refused": {"a": 1.0, "b": 1.0, "c": 1.0}})]}, n_boot=200)
+    js, over = t["coherence.js_pairwise"]["x"]["vs_baseline"], t["overrefusal.refused"]["x"]["vs_baseline"]
+    assert js["ci_low"] > 0 and js["method"] == "bootstrap" and not tables.moved(js)  # 2 items: their range
+    assert over["ci_low"] > 0 and over["method"] == "newcombe" and tables.moved(over)  # 3 of 3 refuse now
+    lines = tables.summary_lines(metrics, t, ["x"], {}, 0)
+    assert lines[0].startswith("- **x** vs baseline, changes whose 95% CI excludes 0: over-refusal")
+    assert "pairwise JS" not in lines[0]
+    assert lines[1] == ("  - **regressions** (moved the wrong way beyond the CI): over-refusal on benign-but-edgy "
+                        "prompts (vs baseline).")
+    assert lines[2].startswith("  - not named above: CI clear of 0 but a bootstrap on fewer than 10 prompts: "
+                               "coherence: pairwise JS of next-token distributions +0.25 [")

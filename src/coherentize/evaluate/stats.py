@@ -145,9 +145,11 @@ def summarize(values: Sequence[float], n_boot: int = N_BOOT, seed: int = 0, rate
 def summarize_seeds(runs: Sequence[Mapping[str, float]], n_boot: int = N_BOOT, seed: int = 0,
                     rate: bool | None = None) -> dict:
     """Pooled mean over seeds of per-item values, clustered by item. runs: one {item id: value} per seed.
-    n counts items; "seeds" counts runs with at least one value."""
+    n counts items; "seeds" counts runs with at least one value; "method" names the interval (wilson, bootstrap)."""
     _, vals = _item_table(runs)
-    return {**_clustered(vals, rate, n_boot, seed), "seeds": sum(1 for r in runs if _item_table([r])[0])}
+    is_rate = rate if rate is not None else _is_rate(np.asarray([v for vs in vals for v in vs]))
+    return {**_clustered(vals, is_rate, n_boot, seed), "seeds": sum(1 for r in runs if _item_table([r])[0]),
+            "method": "wilson" if is_rate else "bootstrap"}
 
 
 def paired_seeds(pairs: Sequence[tuple[Mapping[str, float], Mapping[str, float]]], n_boot: int = N_BOOT,
@@ -156,7 +158,7 @@ def paired_seeds(pairs: Sequence[tuple[Mapping[str, float], Mapping[str, float]]
 
     pairs: one (before, after) per seed, each {item id: value} (e.g. (control seed s, arm seed s), or (baseline, arm
     seed s)). Items missing or non-finite on either side of a pair are dropped from that pair. Returns {"mean", "n"
-    (items), "ci_low", "ci_high", "seeds", "paired": True}.
+    (items), "ci_low", "ci_high", "seeds", "paired": True, "method": "newcombe" | "bootstrap"}.
     """
     cells: dict[str, list[tuple[float, float]]] = {}
     for before, after in pairs:
@@ -169,14 +171,15 @@ def paired_seeds(pairs: Sequence[tuple[Mapping[str, float], Mapping[str, float]]
     if not cells:
         return _empty(seeds=0, paired=True)
     ba = np.asarray([p for ps in cells.values() for p in ps])  # (n values, 2): before, after
-    if rate if rate is not None else _is_rate(ba):
+    is_rate = rate if rate is not None else _is_rate(ba)
+    if is_rate:
         n = len(cells)
         frac = lambda x, y: n * float(np.mean((ba[:, 0] == x) & (ba[:, 1] == y)))  # noqa: E731
         lo, hi = newcombe_paired_ci(frac(1, 1), frac(1, 0), frac(0, 1), frac(0, 0))
         out = {"mean": float(np.mean(ba[:, 1] - ba[:, 0])), "n": n, "ci_low": lo, "ci_high": hi}
     else:
         out = _clustered([[a - b for b, a in ps] for ps in cells.values()], False, n_boot, seed)
-    return {**out, "seeds": n_pairs, "paired": True}
+    return {**out, "seeds": n_pairs, "paired": True, "method": "newcombe" if is_rate else "bootstrap"}
 
 
 def paired_difference(
@@ -191,6 +194,7 @@ def paired_difference(
         raise ValueError(f"paired_difference needs aligned arrays, got lengths {len(before)} and {len(after)}")
     d = paired_seeds([(dict(enumerate(before)), dict(enumerate(after)))], n_boot, seed, rate)
     d.pop("seeds")
+    d.pop("method", None)
     return d
 
 

@@ -112,7 +112,7 @@ def make_plots(table: dict, arms: list[str], families: dict, train_logs: dict, p
         plots["forest.png"] = _fig_png(forest_plot(forest, colors))
 
     # before/after per headline metric per arm
-    keys = [k for k in HEADLINE if k in table]
+    keys = [k for k in HEADLINE if k in table and any(table[k][n]["value"].get("mean") is not None for n in names)]
     if keys:
         ncol = min(4, len(keys))
         nrow = -(-len(keys) // ncol)
@@ -141,7 +141,8 @@ def make_plots(table: dict, arms: list[str], families: dict, train_logs: dict, p
                 ms.append(m)
                 lo.append(e[0][0])
                 hi.append(e[1][0])
-            ax.bar(np.arange(len(fams)) + j * width, ms, width, yerr=[lo, hi], label=name, color=colors[name], capsize=2)
+            ax.bar(np.arange(len(fams)) + j * width, ms, width, yerr=[lo, hi], label=name, color=colors[name],
+                   capsize=2)
         ax.set_xticks(np.arange(len(fams)) + 0.4 - width / 2, fams, rotation=45, ha="right", fontsize=7)
         ax.set_ylabel("attack success (all requests)")
         ax.set_ylim(0, 1.05)
@@ -163,7 +164,8 @@ def make_plots(table: dict, arms: list[str], families: dict, train_logs: dict, p
         plots["tradeoff.png"] = _fig_png(fig)
 
     # training curves per loss component
-    comps = sorted({k for logs in train_logs.values() for h in logs for k in h if k.startswith("loss/") and "/layer" not in k})
+    comps = sorted({k for logs in train_logs.values() for h in logs for k in h
+                    if k.startswith("loss/") and "/layer" not in k})
     if comps:
         fig, axes = plt.subplots(1, len(comps), figsize=(3.2 * len(comps), 3), squeeze=False)
         for ax, c in zip(axes[0], comps):
@@ -174,7 +176,8 @@ def make_plots(table: dict, arms: list[str], families: dict, train_logs: dict, p
             ax.set_title(c, fontsize=8)
             ax.set_xlabel("step", fontsize=7)
         handles = {lab: h for ax in axes[0] for h, lab in zip(*ax.get_legend_handles_labels())}
-        fig.legend(handles.values(), handles.keys(), fontsize=7, loc="lower center", ncol=4, bbox_to_anchor=(0.5, -0.08))
+        fig.legend(handles.values(), handles.keys(), fontsize=7, loc="lower center", ncol=4,
+                   bbox_to_anchor=(0.5, -0.08))
         plots["training.png"] = _fig_png(fig)
 
     # activation separation per layer
@@ -278,7 +281,9 @@ def write_report(root: Path, cfg, organism: dict | None, baseline_dir: Path, run
                "(a CI clear of the dashed zero line is a change the Summary names).\n"]
     md += ["Figures are means over prompts with 95% CIs and n = the number of prompts. Seeds are not new prompts: "
            "with several seeds a prompt's values over seeds are resampled together (cluster bootstrap). Rates get "
-           "Wilson intervals and paired rate differences Newcombe's, so 0% and 100% keep a width. Δ columns are "
+           "Wilson intervals and paired rate differences Newcombe's, so 0% and 100% keep a width; other figures a "
+           f"percentile bootstrap, and the Summary names a bootstrap change only on {tables.MIN_BOOTSTRAP_ITEMS} "
+           "prompts or more. Δ columns are "
            "paired differences on the same prompts (arm − baseline; arm − control within a seed). Refusals are "
            f"judged by `{base.get('judge', {}).get('name', 'string')}`.\n"]
     for note in base.get("judge", {}).get("notes", []):
@@ -322,8 +327,10 @@ def write_report(root: Path, cfg, organism: dict | None, baseline_dir: Path, run
         hrows = []
         for name, (b, a) in heldout.items():
             act = ", ".join(f"{k.split('/')[1]}: {b[k]:.4g} → {a[k]:.4g}" for k in a if k.startswith("act_l2/"))
-            hrows.append([name, f"{b['output_js']:.4g} → {a['output_js']:.4g}", act, f"{a.get('kl_to_original') or 0:.4g}"])
-        md += _table(["run", "output JS before → after", "activation L2 before → after", "KL to original after"], hrows)
+            hrows.append([name, f"{b['output_js']:.4g} → {a['output_js']:.4g}", act,
+                          f"{a.get('kl_to_original') or 0:.4g}"])
+        md += _table(["run", "output JS before → after", "activation L2 before → after", "KL to original after"],
+                     hrows)
 
     examples = tables.example_outputs(records)
     if examples:

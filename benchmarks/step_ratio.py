@@ -11,7 +11,9 @@ their last --suffix-len prompt tokens (the chat template's tail). Tokens are ran
 them. The trained sequences are the 3B variant rows in every arm:
 
   consistency arms: ConsistencyTrainer.training_step (forward + backward) + optimizer step, one arm per objective
-      (output forward-KL, BCT, ACT at the middle layer, output-KL + ACT), each with and without the leash (0.1);
+      (output forward-KL, BCT, ACT at the middle layer, output-KL + ACT), each without the leash and with it (0.1)
+      at every --leash-fractions value: "+leash" is leash_fraction 1.0 (every anchor row in the training pass, the
+      behaviour before leash_fraction), "+leash@0.5" the default (half the anchor rows, rotating);
       the anchors under theta0 (adapters disabled / frozen copy) are the targets;
   SFT arms: the 3B variant rows through transformers.Trainer (labels = the response, prompt masked with -100) and,
       when trl is installed, trl.SFTTrainer on the same rows (its collator, completion-only loss).
@@ -36,7 +38,7 @@ FLOPs executed by one step (for MFU, CUDA only, against --peak-tflops; 989 = H10
                            c = 4 with LoRA (the backward computes input gradients but no base-weight gradients;
                            attention has no weights, its backward is 2A either way)
   consistency step = (no-grad pass over the B anchors, L+1 logit positions per row)
-                   + (grad pass over the 3B variants [+ B anchors with the leash], L+1 logit positions per row)
+                   + (grad pass over the 3B variants [+ the leash's share of the B anchors], L+1 logit positions)
   SFT step         = grad pass over the 3B variants with logits at every position (transformers Trainer and TRL
                      both compute the full-vocabulary LM head over the whole row).
 """
@@ -47,6 +49,7 @@ import argparse
 import contextlib
 import ctypes
 import gc
+import math
 import os
 import random
 import statistics
@@ -251,6 +254,8 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=5, help="measured steps per arm (median reported)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--arms", default="all", help="comma-separated arm names (e.g. output-KL+ACT,SFT), or all")
+    p.add_argument("--leash-fractions", default="1.0,0.5",
+                   help="leash_fraction values of the +leash arms, side by side (1.0: every anchor row)")
     p.add_argument("--no-trl", action="store_true", help="skip the TRL SFTTrainer arm")
     p.add_argument("--clock", default="cpu", choices=["cpu", "wall"],
                    help="on CPU devices, ratios from process CPU time (robust to other load) or wall time")
@@ -328,15 +333,17 @@ def main(argv=None) -> int:
             trainer = SFTTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok)
             trl_batch = {k: v.to(a.device) for k, v in trainer.data_collator([ds[i] for i in range(len(ds))]).items()}
             add("SFT (TRL SFTTrainer)", trainer, trl_batch, sft_flops)
+    fractions = [float(f) for f in a.leash_fractions.split(",")]
     for name, over in ARMS:
-        for leash in (0.0, 0.1):
-            arm = f"{name}{' +leash' if leash else ''}"
+        for leash, fraction in [(0.0, 1.0)] + [(0.1, f) for f in fractions]:
+            arm = name + ("" if not leash else " +leash" if fraction == 1.0 else f" +leash@{fraction:g}")
             if wanted is not None and arm not in wanted:
                 continue
-            cfg = ConsistencyConfig(**common_args(a, tmp), leash_weight=leash, **over)
+            cfg = ConsistencyConfig(**common_args(a, tmp), leash_weight=leash, leash_fraction=fraction, **over)
             trainer = ConsistencyTrainer(model=model, args=cfg, processing_class=tok, ref_model=ref_model)
-            grad_rows = V + (B if leash else 0)
-            grad_T = max(T, Ta) if leash else T
+            leash_rows = math.floor(fraction * B) if leash else 0  # per step (rotating; B * fraction on average)
+            grad_rows = V + leash_rows
+            grad_T = max(T, Ta) if leash_rows else T
             flops = pass_flops(shape, B, Ta, L + 1, False, a.lora) + pass_flops(shape, grad_rows, grad_T, L + 1, True, a.lora)
             add(arm, trainer, batch, flops)
 
@@ -356,14 +363,14 @@ def main(argv=None) -> int:
     sft = next((x for x in arms if x.name == "SFT (Trainer)"), None)
     print(f"\n# time = median {'wall' if cuda or a.clock == 'wall' else 'CPU (process)'} time per step; "
           f"wall ms is printed too")
-    print(f"{'arm':<22} {'step ms':>9} {'wall ms':>9} {'tok/s':>8} {'peak MiB':>9} {'step MiB':>9}"
+    print(f"{'arm':<26} {'step ms':>9} {'wall ms':>9} {'tok/s':>8} {'peak MiB':>9} {'step MiB':>9}"
           + ("   time/SFT  peak/SFT  step-mem/SFT" if sft else "") + "   TFLOP/s    MFU")
     for x in arms:
         t = statistics.median(clock(x))
         is_sft = x.name.startswith("SFT")
         peak = max(x.peaks) - (ref_bytes if is_sft else 0)
         step_mem = max(x.step_mems)
-        line = (f"{x.name:<22} {t * 1e3:9.1f} {statistics.median(x.times) * 1e3:9.1f} {trained_tokens / t:8.0f} "
+        line = (f"{x.name:<26} {t * 1e3:9.1f} {statistics.median(x.times) * 1e3:9.1f} {trained_tokens / t:8.0f} "
                 f"{peak / 2**20:9.0f} {step_mem / 2**20:9.0f}")
         if sft is not None:
             # Time ratio: median over rounds of this arm's step / SFT's step in the same round.

@@ -81,6 +81,7 @@ def main() -> int:
         output_dir=str(out / "trainer"), per_device_train_batch_size=a.batch, max_steps=a.steps, learning_rate=1e-3,
         optim="adamw_torch", lr_scheduler_type="constant", train_sampling_strategy="sequential", dataloader_num_workers=0,
         output_weight=1.0, output_divergence="forward_kl", act_weight=1.0, act_layers=[1], leash_weight=0.1,
+        leash_fraction=1.0,  # every anchor row: a rotating share picks different rows from a batch split over ranks
         seed=0, logging_steps=1, use_cpu=True, report_to="none", save_strategy="no", disable_tqdm=True,
     )
     trainer = ConsistencyTrainer(model=model, args=cfg, train_dataset=data, data_collator=collate_and_record,

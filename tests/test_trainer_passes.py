@@ -72,3 +72,38 @@ def test_forward_tail_contiguous_head_is_exact_and_leaves_no_hook(lora_lm):
     torch.testing.assert_close(tail.logits, plain.logits[:, :-1])
     assert tail.logits.shape == (3, 5, plain.logits.shape[-1]) and tail.hidden[1].shape[:2] == (3, 8)
     assert not lora_lm.get_output_embeddings()._forward_pre_hooks
+
+
+def test_leash_rows_rotate_and_cover_the_fraction():
+    picks = [T.leash_rows(4, 0.5, c).tolist() for c in range(4)]
+    assert picks == [[0, 1], [2, 3], [0, 1], [2, 3]]
+    one_row = [T.leash_rows(1, 0.5, c).tolist() for c in range(4)]
+    assert one_row == [[], [0], [], [0]]  # a batch of one anchor: every other batch
+    counts = [0] * 3
+    for c in range(30):
+        for r in T.leash_rows(3, 0.5, c).tolist():
+            counts[r] += 1
+    assert counts == [15, 15, 15]
+    assert T.leash_rows(3, 1.0, 7).tolist() == [0, 1, 2]
+
+
+def test_leash_on_a_subset_trains_only_those_anchor_rows(lora_lm, tiny_tok):
+    """With rows given, only those anchors carry the leash; the other components are unchanged, and with no row the
+    step has no leash at all."""
+    batch = _batch(tiny_tok.pad_token_id, (3, 6))
+    cfg = T.ConsistencyConfig(output_dir="/tmp/unused", act_weight=1.0, leash_weight=0.1, target_model="original")
+
+    @contextlib.contextmanager
+    def reference():
+        with lora_lm.disable_adapter():
+            yield lora_lm
+
+    full = T.consistency_components(lora_lm, reference, batch, cfg, [1], WEIGHTS, tiny_tok.pad_token_id)
+    sub = T.consistency_components(lora_lm, reference, batch, cfg, [1], WEIGHTS, tiny_tok.pad_token_id,
+                                   torch.tensor([1]))
+    for k in ("output", "bct", "act"):
+        assert sub[k].item() == pytest.approx(full[k].item(), rel=1e-5)
+    assert sub["leash"].item() != pytest.approx(full["leash"].item(), rel=1e-3)
+    none = T.consistency_components(lora_lm, reference, batch, cfg, [1], WEIGHTS, tiny_tok.pad_token_id,
+                                    torch.tensor([], dtype=torch.long))
+    assert "leash" not in none and none["act"].item() == pytest.approx(full["act"].item(), rel=1e-5)

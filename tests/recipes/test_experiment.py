@@ -239,3 +239,19 @@ def test_failed_stage_run_leaves_no_output_folder(tmp_path, capsys):
     assert not out.exists()
     rc = main(["run", "--force", "training", "--set", f"out_dir={out}"])
     assert rc == 2 and "--force training" in capsys.readouterr().err and not out.exists()
+
+
+def test_stages_run_one_at_a_time_with_stage(tiny_folder, tmp_path):
+    """--stage runs one stage when the stages it reads are done (train used to demand the baseline evaluation, and
+    every stage demanded the stages after it)."""
+    out = tmp_path / "one"
+    cfg = tiny_cfg(tiny_folder, out, "arms=[control]", "eval.suites=[overrefusal]", "eval.n_overrefusal=2")
+    for stage in ("variations", "train", "eval", "baseline", "report"):
+        logs = []
+        run_experiment(cfg, only=stage, log=logs.append)
+        assert [m.split(":")[0] for m in logs if m.startswith("== stage")] == \
+            [f"== stage {stage}" + ("/control-seed0" if stage in ("train", "eval") else "")]
+    assert (out / "report.md").is_file()
+    logs = []
+    run_experiment(cfg, log=logs.append)
+    assert [m for m in logs if m.startswith("== stage")] == ["== stage report: report.md and report.html"]

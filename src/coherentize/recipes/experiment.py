@@ -35,6 +35,10 @@ from coherentize.variations.filter import FilterConfig
 
 COMPONENTS = {"output-kl": "output", "bct": "bct", "activation": "act"}
 STAGES = ("organism", "variations", "baseline", "train", "eval", "report")
+READS = {"organism": set(), "variations": {"organism"}, "baseline": {"organism", "variations"},
+         "train": {"organism", "variations"}, "eval": {"organism", "variations", "train"},
+         "report": {"organism", "variations", "baseline", "train", "eval"}}
+"""The stages each stage reads (what `--stage` requires to be done)."""
 
 
 @dataclass
@@ -503,7 +507,8 @@ def _run_stages(cfg: ExperimentConfig, st: Stages, only: str | None) -> Path:
     t0, log = time.time(), st.log
 
     def need(name: str):
-        if only is not None and only != name.split("/")[0] and st.done(name) is None:
+        """With --stage, a stage that the chosen one reads must be done; stages it does not read are skipped."""
+        if only is not None and name.split("/")[0] in READS[only] and st.done(name) is None:
             raise CoherentizeError(f"--stage {only}: stage {name!r} has not run yet for this config "
                                    f"({st.dir(name)}); run `coherentize run` without --stage first.")
 

@@ -4,6 +4,11 @@
     coherentize eval --model out/organism --suite coherence --clusters held_out.jsonl \\
         --train-clusters train.jsonl --out results/ [--allow-overlap]
     coherentize eval --config eval.yaml --set n_harmful=80 --model ...
+    coherentize eval --server http://127.0.0.1:8000/v1 --model NAME --out results/   # vLLM, llama.cpp, an API
+    coherentize eval ... --report-to tensorboard        # every figure as a scalar eval/<suite>/<metric>
+
+--server runs the probes that judge generated text (jailbreak, over-refusal) on a model behind an OpenAI-compatible
+server (coherentize/served.py): greedy, the API key from --api-key-env, retries honouring Retry-After.
 
 Writes results.json (schema: coherentize/evaluate/results.py), records.csv (per prompt, redacted excerpts),
 activation_separation.png (coherence), and prints a table of every figure with n and its CI.
@@ -18,7 +23,8 @@ from coherentize.errors import CoherentizeError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="packaged model name, folder, .gguf file or hub id")
+    p.add_argument("--model", required=True,
+                   help="packaged model name, folder, .gguf file or hub id (with --server: the name the server serves)")
     p.add_argument("--reference-model", help="the original model, for capability KL (default: none)")
     p.add_argument("--suite", help="comma-separated: coherence,jailbreak,overrefusal,sycophancy,capability")
     p.add_argument("--out", required=True, help="output folder for results.json and records.csv")
@@ -31,6 +37,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-overlap", action="store_true", help="score prompts/families used in training anyway")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
     p.add_argument("--dtype", default="auto", help="float32, bfloat16, float16 or auto")
+    p.add_argument("--server", metavar="URL",
+                   help="evaluate the model NAME (--model) behind this OpenAI-compatible server, e.g. "
+                        "http://127.0.0.1:8000/v1 (generation probes only: jailbreak, overrefusal)")
+    p.add_argument("--api-key-env", default="OPENAI_API_KEY",
+                   help="with --server: environment variable holding the API key (default OPENAI_API_KEY)")
+    p.add_argument("--concurrency", type=int, default=4, help="with --server: requests in flight at once")
     p.add_argument("--report-to", default="none", help="send every figure to tensorboard and/or wandb (comma-separated)")
     p.add_argument("--logging-dir", help="TensorBoard folder for --report-to tensorboard (default: <out>/tensorboard)")
 
@@ -85,6 +97,30 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def served_model(args, cfg):
+    """The model behind --server; only the probes that judge generated text, without the refusal margin."""
+    from coherentize.served import SERVED_SUITES, ServedModel
+    from coherentize.server import ServerConfig
+
+    if args.suite is None:
+        cfg.suites = list(SERVED_SUITES)
+    bad = [s for s in cfg.suites if s not in SERVED_SUITES]
+    if bad:
+        raise CoherentizeError(f"--server: suite(s) {bad} need the model's logits or activations; a served model "
+                               f"runs {', '.join(SERVED_SUITES)}.")
+    if args.reference_model:
+        raise CoherentizeError("--server: --reference-model is for the capability suite, which needs local logits.")
+    if cfg.prompt_format == "raw":
+        raise CoherentizeError("--server: prompts go to the chat endpoint; prompt_format raw is not supported.")
+    cfg.refusal_margin = False
+    try:
+        server = ServerConfig(base_url=args.server, model=args.model, api_key_env=args.api_key_env or None,
+                              concurrency=args.concurrency)
+    except ValueError as e:
+        raise CoherentizeError(f"--server: {e}") from None
+    return ServedModel(server)
+
+
 def main(args) -> int:
     from coherentize.evaluate import run_suite, write_results
     from coherentize.evaluate.coherence import plot_activation_separation
@@ -94,8 +130,11 @@ def main(args) -> int:
 
     cfg = config_from_args(args)  # bad input fails here, before any model is loaded
     report_to = parse_report_to(args.report_to)
-    model, tok = load_model(ModelConfig(name_or_path=args.model, device=args.device, dtype=args.dtype,
-                                        prompt_format=cfg.prompt_format))
+    if args.server:
+        model, tok = served_model(args, cfg), None
+    else:
+        model, tok = load_model(ModelConfig(name_or_path=args.model, device=args.device, dtype=args.dtype,
+                                            prompt_format=cfg.prompt_format))
     ref = None
     if args.reference_model:
         ref, _ = load_model(ModelConfig(name_or_path=args.reference_model, device=args.device, dtype=args.dtype))

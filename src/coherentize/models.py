@@ -37,6 +37,14 @@ class ModelConfig:
     """Run code shipped with a hub model. Off unless you trust the repository."""
     prompt_format: str = "auto"
     """chat (apply the chat template), raw (plain text, for base models), or auto (chat if the tokenizer has one)."""
+    revision: str | None = None
+    """Hub revision of a hub id: a branch, tag or commit hash (None: the default branch)."""
+    attn_implementation: str | None = None
+    """Attention kernel: eager, sdpa or flash_attention_2 (needs flash-attn); None: transformers' default."""
+    device_map: str | None = None
+    """auto: spread a model too big for one device over the GPUs and CPU (single process); None: all on `device`."""
+    quantization: str = "none"
+    """none, 8bit or 4bit (NF4): load the weights quantized with bitsandbytes on a CUDA GPU (train LoRA on top)."""
 
 
 def cache_dir() -> Path:
@@ -131,7 +139,7 @@ def packaged_model_path(name: str) -> Path:
     return folder
 
 
-def _check_hub_name(name: str) -> None:
+def _check_hub_name(name: str, revision: str | None = None) -> None:
     """One clear error, before transformers' retries and multi-line hub messages, for a name that is neither a local
     path, a packaged model, in the hub cache, nor a model the hub knows."""
     from huggingface_hub import model_info, try_to_load_from_cache
@@ -140,9 +148,9 @@ def _check_hub_name(name: str) -> None:
     what = (f"model.name_or_path: {name!r} is not a local file or folder (from {os.getcwd()}), not a packaged model "
             f"({', '.join(sorted(PACKAGED_MODELS))})")
     try:
-        if isinstance(try_to_load_from_cache(name, "config.json"), str):
+        if isinstance(try_to_load_from_cache(name, "config.json", revision=revision), str):
             return
-        model_info(name, timeout=10)
+        model_info(name, revision=revision, timeout=10)
     except HFValidationError:
         raise CoherentizeError(f"{what}, and not a valid hub id (org/name).") from None
     except RepositoryNotFoundError:
@@ -153,17 +161,49 @@ def _check_hub_name(name: str) -> None:
         raise CoherentizeError(f"{what}, and not in the hub cache; the hub could not be asked ({first}).") from None
 
 
+QUANTIZATIONS = ("none", "8bit", "4bit")
+
+
+def loading_kwargs(cfg: ModelConfig, device: str, dtype) -> dict:
+    """from_pretrained options beyond dtype (attention kernel, device map, bitsandbytes quantization); a setting this
+    machine cannot honour is one CoherentizeError naming the field."""
+    kwargs: dict = {}
+    if cfg.attn_implementation:
+        kwargs["attn_implementation"] = cfg.attn_implementation
+    if cfg.device_map:
+        kwargs["device_map"] = cfg.device_map
+    if cfg.quantization not in QUANTIZATIONS:
+        raise CoherentizeError(f"model.quantization: {cfg.quantization!r} is not one of {', '.join(QUANTIZATIONS)}.")
+    if cfg.quantization != "none":
+        import importlib.util
+
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise CoherentizeError(f"model.quantization: {cfg.quantization} loading needs bitsandbytes "
+                                   "(pip install bitsandbytes) and a CUDA GPU; set model.quantization: none.")
+        if not device.startswith("cuda"):
+            raise CoherentizeError(f"model.quantization: {cfg.quantization} loading needs a CUDA GPU (model.device "
+                                   f"is {device}); set model.quantization: none.")
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = (
+            BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)
+            if cfg.quantization == "4bit" else BitsAndBytesConfig(load_in_8bit=True))
+        kwargs.setdefault("device_map", {"": device})
+    return kwargs
+
+
 def load_model(cfg: ModelConfig, for_training: bool = False):
     """Load (model, tokenizer). The tokenizer always has a pad token; generation uses left padding."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
+    extra = loading_kwargs(cfg, device, dtype)
     src = cfg.name_or_path
     try:
         if src in PACKAGED_MODELS:
             path = packaged_model_path(src)
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **extra)
             tok = AutoTokenizer.from_pretrained(path)
         elif src.endswith(".gguf") or cfg.gguf_file:
             p = Path(src)
@@ -178,11 +218,12 @@ def load_model(cfg: ModelConfig, for_training: bool = False):
             if local.exists():
                 src = str(local)
             else:
-                _check_hub_name(src)
+                _check_hub_name(src, cfg.revision)
+            hub = {"revision": cfg.revision} if cfg.revision and not local.exists() else {}
             model = AutoModelForCausalLM.from_pretrained(
-                src, dtype=dtype, trust_remote_code=cfg.trust_remote_code
+                src, dtype=dtype, trust_remote_code=cfg.trust_remote_code, **hub, **extra
             )
-            tok = AutoTokenizer.from_pretrained(src, trust_remote_code=cfg.trust_remote_code)
+            tok = AutoTokenizer.from_pretrained(src, trust_remote_code=cfg.trust_remote_code, **hub)
     except CoherentizeError:
         raise
     except (OSError, ValueError) as e:
@@ -193,7 +234,8 @@ def load_model(cfg: ModelConfig, for_training: bool = False):
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"
-    model.to(device)
+    if "device_map" not in extra:  # a device map (or a quantized model) is already placed
+        model.to(device)
     if not for_training:
         model.eval()
     return model, tok

@@ -1,0 +1,64 @@
+"""ModelConfig loading options: revision, attention kernel, device map, bitsandbytes quantization (clear errors
+where the machine cannot honour them)."""
+
+import pytest
+
+from coherentize.errors import CoherentizeError
+from coherentize.models import ModelConfig, load_model, loading_kwargs
+
+
+def test_attention_kernel_and_device_map_reach_the_model(tiny_folder, monkeypatch):
+    import torch
+    import transformers
+
+    model, _ = load_model(ModelConfig(name_or_path=str(tiny_folder), device="cpu", attn_implementation="eager"))
+    assert model.config._attn_implementation == "eager"
+    real, seen = transformers.AutoModelForCausalLM.from_pretrained, {}
+
+    def spy(src, **kw):
+        seen.update(kw)
+        return real(src, **kw)
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", spy)
+    model, _ = load_model(ModelConfig(name_or_path=str(tiny_folder), device="cpu", device_map="auto"))
+    assert seen["device_map"] == "auto"
+    assert model(torch.tensor([[1, 2, 3]])).logits.shape == (1, 3, model.config.vocab_size)
+
+
+def test_quantization_needs_bitsandbytes_and_a_gpu_one_clear_error(tiny_folder):
+    with pytest.raises(CoherentizeError, match=r"model.quantization: 4bit loading needs"):
+        load_model(ModelConfig(name_or_path=str(tiny_folder), device="cpu", quantization="4bit"))
+    with pytest.raises(CoherentizeError, match=r"model.quantization: '3bit' is not one of none, 8bit, 4bit"):
+        loading_kwargs(ModelConfig(quantization="3bit"), "cpu", None)
+
+
+def test_revision_goes_to_the_hub_for_a_hub_id(monkeypatch):
+    import transformers
+
+    from coherentize import models
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_from_pretrained(src, **kw):
+        seen.update(kw, src=src)
+        raise Stop
+
+    monkeypatch.setattr(models, "_check_hub_name", lambda name, revision=None: seen.update(checked=revision))
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", fake_from_pretrained)
+    with pytest.raises(Stop):
+        load_model(ModelConfig(name_or_path="org/model", revision="v1.0", device="cpu"))
+    assert seen["src"] == "org/model" and seen["revision"] == "v1.0" and seen["checked"] == "v1.0"
+
+
+def test_the_hub_model_example_config_is_a_valid_train_job():
+    from pathlib import Path
+
+    from coherentize.config import load_config
+    from coherentize.recipes.train_job import TrainJob
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "train_hub_model.yaml"
+    job = load_config(TrainJob, path)
+    assert "/" in job.model.name_or_path and job.model.revision and job.model.quantization == "4bit"

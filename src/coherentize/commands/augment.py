@@ -26,7 +26,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="comma-separated family names, or 'all' (default), or 'none' (paraphrases only); built in: "
                         + ", ".join(BUILTIN_FAMILIES))
     p.add_argument("--templates", action="append", default=[],
-                   help="YAML/JSON file of template families (repeatable); their names become valid --families")
+                   help="YAML/JSON file of template families, each template with a {prompt} slot (repeatable; format in "
+                        "coherentize/variations/templates.py); their names become valid --families")
     p.add_argument("--per-family", type=int, default=1, help="variations per family per prompt (default 1)")
     p.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
     p.add_argument("--split", choices=["train", "validation", "test"], help="only prompts with tags.split == SPLIT")

@@ -23,7 +23,9 @@ from coherentize.chat import Prompt
 from coherentize.clusters import Variation
 from coherentize.sources import data_path
 from coherentize.variations.lexicons import contractions, first_names, register_phrases, synonyms
-from coherentize.variations.templates import SLOT, TemplateFamily, lower_first, read_template_file
+from coherentize.variations.templates import (  # noqa: F401  (SLOT, TemplateFamily: re-exported)
+    SLOT, TemplateFamily, lower_first, read_template_file,
+)
 
 
 @dataclass(frozen=True)

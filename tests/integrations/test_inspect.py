@@ -21,9 +21,13 @@ from coherentize.integrations import inspect_tasks  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
-def no_tiktoken_download(monkeypatch):
-    """inspect's mock model counts tokens with tiktoken, whose encoding is a download: count words instead."""
+def no_tiktoken_download(monkeypatch, tmp_path):
+    """inspect's mock model counts tokens with tiktoken, whose encoding is a download: count words instead. inspect
+    keeps traces and caches in the user's data and cache folders: put them in the test's folder."""
     from inspect_ai.model import ModelAPI
+
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg-data"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
 
     async def words(self, text):
         return max(1, len(text.split()))
@@ -83,7 +87,8 @@ def test_real_inspect_eval_on_a_local_model_folder(tmp_path, tiny_folder):
     from coherentize.generation import generate
 
     env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-           "INSPECT_LOG_DIR": str(tmp_path / "logs")}
+           "INSPECT_LOG_DIR": str(tmp_path / "logs"), "XDG_DATA_HOME": str(tmp_path / "xdg-data"),
+           "XDG_CACHE_HOME": str(tmp_path / "xdg-cache")}
     cmd = [os.path.join(os.path.dirname(sys.executable), "inspect"), "eval", "coherentize/direct_refusal",
            "coherentize/overrefusal", "-T", "n=2", "--model", "hf/local", "-M", f"model_path={tiny_folder}",
            "-M", "device=cpu", "-M", "do_sample=false", "--max-tokens", "8", "--display", "plain",

@@ -81,16 +81,20 @@ def test_first_letter():
 
 @pytest.mark.skipif(shutil.which("inspect", path=os.path.dirname(sys.executable)) is None,
                     reason="inspect-ai is not installed (pip install -e '.[test]')")
-def test_real_inspect_eval_on_a_local_model_folder(tmp_path, tiny_folder):
+def test_real_inspect_eval_on_an_exported_model_folder(tmp_path, tiny_folder):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from coherentize.generation import generate
 
+    from coherentize.cli import main
+
+    exported = tmp_path / "exported"  # the model as a user hands it to inspect: coherentize export's folder
+    assert main(["export", "--model", str(tiny_folder), "--out", str(exported)]) == 0
     env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
            "INSPECT_LOG_DIR": str(tmp_path / "logs"), "XDG_DATA_HOME": str(tmp_path / "xdg-data"),
            "XDG_CACHE_HOME": str(tmp_path / "xdg-cache")}
     cmd = [os.path.join(os.path.dirname(sys.executable), "inspect"), "eval", "coherentize/direct_refusal",
-           "coherentize/overrefusal", "-T", "n=2", "--model", "hf/local", "-M", f"model_path={tiny_folder}",
+           "coherentize/overrefusal", "-T", "n=2", "--model", "hf/local", "-M", f"model_path={exported}",
            "-M", "device=cpu", "-M", "do_sample=false", "--max-tokens", "8", "--display", "plain",
            "--log-format", "json"]
     if not any(ep.name == "coherentize" for ep in __import__("importlib.metadata").metadata.entry_points(group="inspect_ai")):

@@ -68,17 +68,19 @@ def test_export_needs_a_model_or_tasks(capsys):
 
 @pytest.mark.skipif(shutil.which("lm_eval", path=os.path.dirname(sys.executable)) is None,
                     reason="lm-eval is not installed (pip install -e '.[test]')")
-def test_real_lm_eval_runs_the_probes_like_coherentize(tmp_path, capsys, tiny_folder):
+def test_real_lm_eval_runs_the_probes_on_an_exported_model_like_coherentize(tmp_path, capsys, tiny_folder):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from coherentize.evaluate.scoring import mc_choice
     from coherentize.generation import generate
 
     tasks = export_tasks(tmp_path, capsys)
+    exported = tmp_path / "exported"  # the model as a user hands it to lm_eval: coherentize export's folder
+    assert main(["export", "--model", str(tiny_folder), "--out", str(exported)]) == 0
     env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
            "HF_DATASETS_CACHE": str(tmp_path / "hf-datasets")}
     cmd = [os.path.join(os.path.dirname(sys.executable), "lm_eval"), "--include_path", str(tasks),
-           "--tasks", "coherentize", "--model", "hf", "--model_args", f"pretrained={tiny_folder},dtype=float32",
+           "--tasks", "coherentize", "--model", "hf", "--model_args", f"pretrained={exported},dtype=float32",
            "--apply_chat_template", "--device", "cpu", "--batch_size", "4", "--output_path", str(tmp_path / "out"),
            "--log_samples"]
     run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)

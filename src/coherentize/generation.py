@@ -1,15 +1,319 @@
-"""Batched generation with left padding and the KV cache: the one place the toolkit generates text locally."""
+"""Batched generation: the one place the toolkit generates text locally.
+
+Greedy decoding runs its own loop over the KV cache (sampling goes through transformers' ``generate``):
+
+- **prefill in prefix groups**: prompts are grouped by shared token prefix (the chat template's header; a jailbreak
+  template's text before the request) and cut into chunks of similar length; a chunk's common prefix is run once and
+  its cache copied to the chunk's rows, and only the rest is padded (a chunk is never padded to another's length);
+- **decode in larger batches**: the chunks' caches are joined (left-padded) into decode batches of ``batch_size``
+  rows, since a decode step costs about the same for 16 rows as for 48 on a CPU (it reads every weight once);
+- **rows leave when done**: at EOS, or when the caller's ``stop(text)`` says the rest of the text cannot matter
+  (e.g. the refusal judge's decision is settled); the batch shrinks instead of decoding padding;
+- **openings from the same prefill**: optionally, log P(opening | prompt) for a few short response openings
+  (refusal vs compliance, multiple-choice letters) from one small tree-masked pass over the openings' tokens on the
+  prefill's cache (``scoring.OpeningTree``), instead of a second prefill of every prompt.
+
+Outputs come back in input order and equal what ``model.generate`` gives greedily, up to float rounding: a row's
+result does not depend on the other rows, but different batch shapes can round differently (rarely enough to flip a
+near-tie greedy token; ``benchmarks/eval_batched.py`` counts identical outputs against the previous path).
+"""
 
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Callable, Sequence
 
 import torch
 
-from coherentize.chat import Prompt, render
+from coherentize.chat import Prompt, encode, render
+from coherentize.collate import left_pad
+
+PREFILL_ROWS = 16
+"""Rows per prefill chunk (prompts of one prefix group, similar lengths)."""
+MIN_SHARED = 8
+"""A chunk's common prefix is run once when it has at least this many tokens."""
+GROUP_EXTRA = 16
+"""Prompts sharing this many tokens beyond the prefix common to all prompts form a prefix group."""
+MIN_GROUP = 4
+"""Smaller groups are pooled (they then share only the prefix common to all)."""
+
+
+@dataclass
+class Generation:
+    """Greedy generation results, in input order."""
+
+    texts: list[str]
+    """The completions (special tokens removed, stripped)."""
+    openings: torch.Tensor | None = None
+    """(N, O) float32 log P(opening | prompt) for the openings asked for, else None."""
+    new_tokens: int = 0
+    """Tokens decoded in all (for throughput figures)."""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Planning (pure)
+
+
+def common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def plan_batches(ids: Sequence[Sequence[int]], batch_size: int, prefill_rows: int = PREFILL_ROWS) -> list[list[list[int]]]:
+    """Decode batches of at most batch_size rows, each a list of prefill chunks (lists of row indices).
+
+    Rows are grouped by shared prefix (sorted by token ids, a group = rows sharing GROUP_EXTRA tokens beyond the
+    prefix common to all rows with the group's first row; groups under MIN_GROUP rows are pooled); within a group,
+    rows are sorted by length (longest first) and cut into chunks of at most prefill_rows; chunks fill the decode
+    batches in order, never split.
+    """
+    if not ids:
+        return []
+    prefill_rows = max(1, min(prefill_rows, batch_size))
+    order = sorted(range(len(ids)), key=lambda i: list(ids[i]))
+    common = common_prefix_len(ids[order[0]], ids[order[-1]])  # sorted: the first and last share what all share
+    groups: list[list[int]] = []
+    for i in order:
+        if groups and common_prefix_len(ids[groups[-1][0]], ids[i]) >= common + GROUP_EXTRA:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    pooled = [i for g in groups if len(g) < MIN_GROUP for i in g]
+    groups = [g for g in groups if len(g) >= MIN_GROUP] + ([pooled] if pooled else [])
+    chunks = []
+    for g in groups:
+        g = sorted(g, key=lambda i: -len(ids[i]))
+        chunks += [g[s : s + prefill_rows] for s in range(0, len(g), prefill_rows)]
+    batches: list[list[list[int]]] = []
+    rows = 0
+    for c in chunks:
+        if not batches or rows + len(c) > batch_size:
+            batches.append([])
+            rows = 0
+        batches[-1].append(c)
+        rows += len(c)
+    return batches
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Model passes
+
+
+def _cache_of(out):
+    return out["cache"] if "cache" in out else out.past_key_values  # transformers >= 5.2x names it cache
 
 
 @torch.no_grad()
+def prefill(model, rows: list[list[int]], pad_id: int):
+    """Run prompts (token rows) through the model, sharing their common prefix when long enough.
+
+    Returns (cache, mask (R, C) long over the cache's C columns, n_real (R,) real tokens per row, last-position
+    logits (R, V)). Layout of a row: [common prefix][left padding][rest of the prompt]; position ids count real
+    tokens only, so every row sees the positions it would see alone.
+    """
+    device = model.device
+    shared = common_prefix_len(rows[0], rows[-1]) if len(rows) > 1 else 0
+    for r in rows[1:-1]:
+        shared = min(shared, common_prefix_len(rows[0], r))
+    shared = min(shared, min(len(r) for r in rows) - 1)  # every row keeps at least one token after the prefix
+    if len(rows) > 1 and shared >= MIN_SHARED:
+        head = torch.tensor([rows[0][:shared]], device=device)
+        cache = _cache_of(model(input_ids=head, use_cache=True, logits_to_keep=1))
+        cache.batch_repeat_interleave(len(rows))
+        ids, tail_mask, tail_pos = left_pad([r[shared:] for r in rows], pad_id)
+        mask = torch.cat([torch.ones((len(rows), shared), dtype=torch.long), tail_mask], 1)
+        pos = tail_pos + shared
+        out = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device),
+                    cache=cache, use_cache=True, logits_to_keep=1)
+    else:
+        ids, mask, pos = left_pad(rows, pad_id)
+        out = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device),
+                    use_cache=True, logits_to_keep=1)
+        cache = _cache_of(out)
+    n_real = torch.tensor([len(r) for r in rows])
+    return cache, mask, n_real, out.logits[:, -1].float()
+
+
+def _joinable(cache) -> bool:
+    from transformers.cache_utils import DynamicCache, DynamicLayer
+
+    return type(cache) is DynamicCache and all(type(layer) is DynamicLayer for layer in cache.layers)
+
+
+def join_caches(parts: list[tuple]) -> tuple:
+    """Join prefill results [(cache, mask, n_real, logits)] into one batch: every cache left-padded (zeros, masked
+    out) to the widest. Only for plain DynamicCaches (see _joinable)."""
+    from transformers.cache_utils import DynamicCache
+
+    if len(parts) == 1:
+        return parts[0]
+    width = max(p[1].shape[1] for p in parts)
+    layers = []
+    for layer in zip(*[list(p[0]) for p in parts]):  # per layer: one (keys, values, sliding) per part
+        ks, vs = [], []
+        for k, v, _ in layer:
+            pad = width - k.shape[-2]
+            ks.append(torch.nn.functional.pad(k, (0, 0, pad, 0)))
+            vs.append(torch.nn.functional.pad(v, (0, 0, pad, 0)))
+        layers.append((torch.cat(ks), torch.cat(vs)))
+    mask = torch.cat([torch.nn.functional.pad(p[1], (width - p[1].shape[1], 0)) for p in parts])
+    return (DynamicCache(layers), mask, torch.cat([p[2] for p in parts]), torch.cat([p[3] for p in parts]))
+
+
+def _eos_ids(model, tokenizer) -> set[int]:
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if eos is None:
+        eos = tokenizer.eos_token_id
+    return set(eos if isinstance(eos, (list, tuple)) else [eos]) - {None}
+
+
+def _needs_hf_generate(model) -> bool:
+    """Generation settings our greedy loop does not implement (then transformers' generate runs)."""
+    gc = getattr(model, "generation_config", None)
+    if gc is None:
+        return False
+    return bool((gc.repetition_penalty not in (None, 1.0)) or gc.no_repeat_ngram_size or gc.bad_words_ids
+                or gc.suppress_tokens or gc.begin_suppress_tokens or gc.min_new_tokens or (gc.min_length or 0) > 0
+                or gc.forced_bos_token_id is not None or gc.forced_eos_token_id is not None or gc.sequence_bias)
+
+
+def _progress_bar(progress, total: int, desc: str | None):
+    """A tqdm bar (None: only on a terminal; True: always; False: never) or the caller's callable(n_done)."""
+    if callable(progress):
+        return None, progress
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, desc=desc or "generate", unit="prompt", leave=False, dynamic_ncols=True,
+               disable=None if progress is None else not progress)
+    return bar, bar.update
+
+
+@torch.no_grad()
+def generate_greedy(
+    model,
+    tokenizer,
+    prompts: Sequence[Prompt],
+    chat: bool,
+    max_new_tokens: int = 64,
+    batch_size: int = 32,
+    prefill_batch_size: int = PREFILL_ROWS,
+    openings: Sequence[str] | None = None,
+    stop: Callable[[str], bool] | None = None,
+    progress=None,
+    desc: str | None = None,
+) -> Generation:
+    """Greedy completions of every prompt (see the module docstring for how), and optionally opening log-probs.
+
+    Models whose generation config asks for logits processors (repetition penalty, ...) decode through
+    transformers' generate. batch_size: rows decoded together; prefill_batch_size: rows per prefill chunk.
+    stop(text) -> True ends a row early (text = its completion so far, as returned); only pass a rule under which
+    the rest of the text cannot change what the caller computes from it. progress: None (a bar on a terminal), True, False, or callable(n).
+    """
+    from coherentize.evaluate.scoring import OpeningTree
+    from coherentize.errors import CoherentizeError
+    from coherentize.served import ServedModel
+
+    if isinstance(model, ServedModel):  # a model behind a server: its answers only
+        if openings:
+            raise CoherentizeError("a model behind a server gives no log-probabilities; turn refusal_margin off.")
+        return Generation(model.complete_prompts(prompts, max_new_tokens))
+    if max_new_tokens > 0 and _needs_hf_generate(model):
+        texts = _generate_hf(model, tokenizer, prompts, chat, max_new_tokens, batch_size, False, 1.0, 1.0, None,
+                             progress, desc)
+        lp = generate_greedy(model, tokenizer, prompts, chat, 0, batch_size, prefill_batch_size, openings,
+                             progress=False).openings if openings else None
+        return Generation(texts, lp)
+    n = len(prompts)
+    tree = OpeningTree.build(tokenizer, openings) if openings else None
+    if not n:
+        return Generation([], torch.empty((0, len(openings or ()))) if tree else None)
+    ids = [encode(tokenizer, p, chat) for p in prompts]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    eos = _eos_ids(model, tokenizer)
+    texts: list[str] = [""] * n
+    scores = torch.empty((n, len(tree.openings))) if tree else None
+    decoded = 0
+    was_training = model.training
+    model.eval()
+    bar, tick = _progress_bar(progress, n, desc)
+    try:
+        for batch in plan_batches(ids, batch_size, prefill_batch_size):
+            parts = [prefill(model, [ids[i] for i in chunk], pad) for chunk in batch]
+            if len(parts) > 1 and not all(_joinable(p[0]) for p in parts):
+                groups = [(c, p) for c, p in zip(batch, parts)]  # exotic caches: decode chunk by chunk
+            else:
+                groups = [([i for c in batch for i in c], join_caches(parts))]
+            for rows, (cache, mask, n_real, logits) in groups:
+                if tree is not None:
+                    scores[rows] = tree.score(model, cache, mask, n_real, logits)
+                if max_new_tokens <= 0:
+                    tick(len(rows))
+                    continue
+                out, k = _decode(model, tokenizer, cache, mask, n_real, logits, max_new_tokens, eos, stop,
+                                 lambda j: tick(1))
+                decoded += k
+                for j, i in enumerate(rows):
+                    texts[i] = out[j]
+    finally:
+        if bar is not None:
+            bar.close()
+        model.train(was_training)
+    return Generation(texts, scores, decoded)
+
+
+def _decode(model, tokenizer, cache, mask, n_real, logits, max_new_tokens: int, eos: set[int], stop, done):
+    """The greedy loop over one batch. Returns (texts in batch order, tokens decoded). done(j) per finished row."""
+    device = model.device
+    b = logits.shape[0]
+    tokens: list[list[int]] = [[] for _ in range(b)]
+    active = list(range(b))  # batch row -> original row
+    finished: set[int] = set()  # original rows, finished but still in the batch
+    mask, pos = mask.to(device), n_real.to(device).clone()
+    decoded = 0
+
+    def text(j: int) -> str:
+        return tokenizer.decode(tokens[j], skip_special_tokens=True).strip()
+
+    for step in range(max_new_tokens):
+        nxt = logits.argmax(-1)  # (rows,) first maximum, as transformers' greedy search
+        for r, j in enumerate(active):
+            if j in finished:
+                continue
+            t = int(nxt[r])
+            tokens[j].append(t)
+            decoded += 1
+            if t in eos or (stop is not None and stop(text(j))):
+                finished.add(j)
+                done(j)
+        if step == max_new_tokens - 1 or len(finished) == len(active):
+            break
+        # drop finished rows once they are a quarter of the batch: copying the cache costs about one step
+        if len(finished) * 4 >= len(active):
+            keep = [r for r, j in enumerate(active) if j not in finished]
+            sel = torch.tensor(keep, device=device)
+            cache.batch_select_indices(sel)
+            mask, pos, nxt = mask[sel], pos[sel], nxt[sel]
+            active = [active[r] for r in keep]
+            finished = set()
+        mask = torch.cat([mask, mask.new_ones((len(active), 1))], 1)
+        out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=pos[:, None], cache=cache,
+                    use_cache=True)
+        pos = pos + 1
+        logits = out.logits[:, -1].float()
+    for j in active:
+        if j not in finished:
+            done(j)
+    return [text(j) for j in range(b)], decoded
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The entry point every caller uses
+
+
 def generate(
     model,
     tokenizer,
@@ -22,11 +326,28 @@ def generate(
     top_p: float = 1.0,
     seed: int | None = None,
     progress=None,
+    stop: Callable[[str], bool] | None = None,
+    desc: str | None = None,
+    prefill_batch_size: int = PREFILL_ROWS,
 ) -> list[str]:
-    """Generate one completion per prompt, in batches sorted by length (less padding), returned in input order.
+    """Generate one completion per prompt, returned in input order.
 
-    Greedy unless do_sample. progress: an optional callable called with the number of prompts finished per batch.
+    Greedy (generate_greedy) unless do_sample; sampling goes through transformers' generate in length-sorted
+    batches. batch_size:
+    rows decoded together. progress: None (a tqdm bar with a time estimate, on a terminal only), True, False, or a
+    callable called with the number of prompts finished. desc: the bar's label. stop: see generate_greedy.
     """
+    if not do_sample:
+        return generate_greedy(model, tokenizer, prompts, chat, max_new_tokens, batch_size, prefill_batch_size,
+                               stop=stop, progress=progress, desc=desc).texts
+    return _generate_hf(model, tokenizer, prompts, chat, max_new_tokens, batch_size, do_sample, temperature, top_p,
+                        seed, progress, desc)
+
+
+@torch.no_grad()
+def _generate_hf(model, tokenizer, prompts, chat, max_new_tokens, batch_size, do_sample, temperature, top_p, seed,
+                 progress, desc) -> list[str]:
+    """transformers' generate in batches sorted by length (less padding), returned in input order."""
     if not prompts:
         return []
     texts = [render(tokenizer, p, chat) for p in prompts]
@@ -38,6 +359,7 @@ def generate(
     was_training = model.training
     model.eval()
     gen = torch.Generator(device="cpu").manual_seed(seed) if seed is not None else None
+    bar, tick = _progress_bar(progress, len(prompts), desc)
     try:
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
@@ -55,9 +377,10 @@ def generate(
             new = seqs[:, enc["input_ids"].shape[1] :]
             for j, i in enumerate(idx):
                 out[i] = tokenizer.decode(new[j], skip_special_tokens=True).strip()
-            if progress is not None:
-                progress(len(idx))
+            tick(len(idx))
     finally:
+        if bar is not None:
+            bar.close()
         tokenizer.padding_side = side
         model.train(was_training)
     return out  # type: ignore[return-value]

@@ -8,13 +8,15 @@ from coherentize.evaluate.results import excerpt
 
 
 def run_overrefusal(model, tokenizer, items: list[dict], chat: bool, judge, max_new_tokens: int = 32,
-                    batch_size: int = 16, n_boot: int = stats.N_BOOT, progress=None) -> tuple[dict, list[dict], dict]:
+                    batch_size: int = 16, n_boot: int = stats.N_BOOT, progress=None,
+                    decode_batch_size: int = 64) -> tuple[dict, list[dict], dict]:
     """Generate answers to benign items ({"id", "prompt", "source"?}), judge refusals. Returns (summary, records,
-    per_item)."""
+    per_item). batch_size: rows per prefill chunk; decode_batch_size: rows decoded together."""
     from coherentize.generation import generate
 
     prompts = [it["prompt"] for it in items]
-    outputs = generate(model, tokenizer, prompts, chat, max_new_tokens, batch_size, progress=progress)
+    outputs = generate(model, tokenizer, prompts, chat, max_new_tokens, decode_batch_size, progress=progress,
+                       desc="overrefusal", prefill_batch_size=batch_size)
     refused = judge.judge(prompts, outputs)
     by_source: dict[str, list[float]] = {}
     records = []

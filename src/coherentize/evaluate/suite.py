@@ -37,7 +37,10 @@ class EvalConfig:
     max_new_tokens: int = 32
     """Tokens generated per answer (greedy) before judging refusal."""
     batch_size: int = 16
-    """Prompts per batched forward/generate call."""
+    """Prompts per teacher-forced forward pass, and per prefill chunk of generation."""
+    decode_batch_size: int = 64
+    """Rows decoded together in generation: a decode step reads every weight once, so more rows use a CPU better
+    (KV cache: ~46 KB per token per row for SmolLM2-135M in float32)."""
     n_boot: int = 2000
     """Bootstrap resamples for every 95% CI."""
     harmful_source: str = "strongreject"
@@ -208,7 +211,7 @@ def _embedder(cfg: EvalConfig):
     return lambda texts: model.encode(texts, convert_to_tensor=True, show_progress_bar=False).cpu()
 
 
-def run_coherence(model, tokenizer, clusters: list[Cluster], chat: bool, cfg: EvalConfig, judge):
+def run_coherence(model, tokenizer, clusters: list[Cluster], chat: bool, cfg: EvalConfig, judge, progress=None):
     from coherentize.generation import generate
 
     n_boot = cfg.n_boot
@@ -221,7 +224,8 @@ def run_coherence(model, tokenizer, clusters: list[Cluster], chat: bool, cfg: Ev
                 "coherence.kl_to_anchor": {k: d["kl_to_anchor"] for k, d in div.items()}}
 
     prompts = [m for c in clusters for m in c.members]
-    outputs = generate(model, tokenizer, prompts, chat, cfg.max_new_tokens, cfg.batch_size)
+    outputs = generate(model, tokenizer, prompts, chat, cfg.max_new_tokens, cfg.decode_batch_size,
+                       prefill_batch_size=cfg.batch_size, progress=progress, desc="coherence")
     refused = judge.judge([prompt_text(p) for p in prompts], outputs)
     records, agree, pair_agree, pos = [], {}, {}, 0
     for c in clusters:
@@ -282,7 +286,8 @@ def run_coherence(model, tokenizer, clusters: list[Cluster], chat: bool, cfg: Ev
 
     sr = self_report_clusters()
     sr_prompts = [m for c in sr for m in c.members]
-    sr_out = generate(model, tokenizer, sr_prompts, chat, 16, cfg.batch_size)
+    sr_out = generate(model, tokenizer, sr_prompts, chat, 16, cfg.decode_batch_size, prefill_batch_size=cfg.batch_size,
+                      progress=progress, desc="self-report")
     sr_labels = [coherence.yes_no(o) for o in sr_out]
     sr_agree, sr_clear, pos = {}, {}, 0
     for c in sr:
@@ -375,14 +380,16 @@ def run_suite(model, tokenizer, cfg: EvalConfig | None = None, reference_model=N
         results["records"] += records
         results["per_item"].update(per_item)
 
+    progress = False if quiet else None  # generation bars with a time estimate, on a terminal only
     for s in suites:
         _log(f"{s} ...", quiet)
         if s == "jailbreak":
             add(s, run_jailbreak(model, tokenizer, requests, families, chat, judge, cfg.max_new_tokens,
-                                 cfg.batch_size, cfg.refusal_margin, cfg.n_boot))
+                                 cfg.batch_size, cfg.refusal_margin, cfg.n_boot, progress,
+                                 decode_batch_size=cfg.decode_batch_size))
         elif s == "overrefusal":
             add(s, run_overrefusal(model, tokenizer, benign, chat, judge, cfg.max_new_tokens, cfg.batch_size,
-                                   cfg.n_boot))
+                                   cfg.n_boot, progress, decode_batch_size=cfg.decode_batch_size))
         elif s == "sycophancy":
             add(s, run_sycophancy(model, tokenizer, sycophancy_items(cfg), chat, cfg.batch_size, cfg.n_boot))
         elif s == "capability":
@@ -392,7 +399,7 @@ def run_suite(model, tokenizer, cfg: EvalConfig | None = None, reference_model=N
             mc = [from_mc(o) for o in sources.load_jsonl_data("mc_questions.jsonl")][: _n(cfg.n_mc)]
             add(s, run_capability(model, tokenizer, texts, mc, chat, reference_model, cfg.batch_size, cfg.n_boot))
         elif s == "coherence":
-            add(s, run_coherence(model, tokenizer, coherence_clusters, chat, cfg, judge))
+            add(s, run_coherence(model, tokenizer, coherence_clusters, chat, cfg, judge, progress))
     if judge.disagree:
         results["judge"]["disagreement_with_string"] = stats.summarize(judge.disagree, cfg.n_boot)
     if judge.name == "string":

@@ -1,0 +1,74 @@
+"""Teacher-forced passes (evaluate/scoring.py): batched and left-padded equals one row at a time."""
+
+import torch
+
+from coherentize.chat import encode
+from coherentize.evaluate import scoring
+
+PROMPTS = ["Tell me the weather.", "What is two plus two, and why is it four rather than five?", "hi",
+           "Name three colours that are in a rainbow.", "Why?"]
+
+
+@torch.no_grad()
+def alone_logprobs(model, tok, prompt, cont):
+    p = encode(tok, prompt, True)
+    c = tok(cont, add_special_tokens=False)["input_ids"]
+    logits = model(input_ids=torch.tensor([p + c])).logits[0]
+    lp = torch.log_softmax(logits.float(), -1)
+    return lp[len(p) - 1 : len(p) + len(c) - 1], c
+
+
+def test_continuation_logprobs_batched_equal_one_row_at_a_time(tiny_lm, tiny_tok):
+    conts = ["Sure, here it is.", "No.", "", "Red, orange and yellow are three.", "Because."]
+    got = scoring.continuation_logprobs(tiny_lm, tiny_tok, PROMPTS, conts, True, batch_size=3)
+    for p, c, lp in zip(PROMPTS, conts, got):
+        if not c:
+            p_ids = encode(tiny_tok, p, True)
+            want = torch.log_softmax(tiny_lm(input_ids=torch.tensor([p_ids])).logits[0, -1:].float(), -1)
+        else:
+            want, _ = alone_logprobs(tiny_lm, tiny_tok, p, c)
+        torch.testing.assert_close(lp, want, atol=1e-5, rtol=1e-5)
+
+
+def test_sequence_logprob_and_next_token(tiny_lm, tiny_tok):
+    conts = ["Sure.", "Four.", "Hello there.", "Red.", "Because I said so."]
+    got = scoring.sequence_logprob(tiny_lm, tiny_tok, PROMPTS, conts, True, batch_size=2)
+    for p, c, v in zip(PROMPTS, conts, got):
+        lp, ids = alone_logprobs(tiny_lm, tiny_tok, p, c)
+        assert abs(v - float(lp.gather(-1, torch.tensor(ids)[:, None]).sum())) < 1e-4
+    nxt = scoring.next_token_logprobs(tiny_lm, tiny_tok, PROMPTS, True, batch_size=2)
+    for p, row in zip(PROMPTS, nxt):
+        ids = encode(tiny_tok, p, True)
+        want = torch.log_softmax(tiny_lm(input_ids=torch.tensor([ids])).logits[0, -1].float(), -1)
+        torch.testing.assert_close(row, want, atol=1e-5, rtol=1e-5)
+
+
+def test_last_token_hidden_equals_a_single_row(tiny_lm, tiny_tok):
+    got = scoring.last_token_hidden(tiny_lm, tiny_tok, PROMPTS, True, batch_size=4)  # (N, L, H)
+    for p, h in zip(PROMPTS, got):
+        ids = encode(tiny_tok, p, True)
+        hs = tiny_lm(input_ids=torch.tensor([ids]), output_hidden_states=True).hidden_states
+        torch.testing.assert_close(h, torch.stack([x[0, -1] for x in hs[1:]]), atol=1e-5, rtol=1e-5)
+
+
+def test_opening_tree_scores_equal_teacher_forcing(tiny_lm, tiny_tok):
+    # openings sharing first tokens, single-token ones and a repeated one
+    openings = ["I'm sorry", "I'm unable", "I cannot", "Sure", "Sure thing", "Sorry", "(A", "A", "Sure"]
+    tree = scoring.OpeningTree.build(tiny_tok, openings)
+    n_tokens = sum(len(tiny_tok(o, add_special_tokens=False)["input_ids"]) for o in openings)
+    assert len(tree.tokens) < n_tokens - len(openings)  # shared prefixes are one node
+    got = scoring.openings_logprob(tiny_lm, tiny_tok, PROMPTS, openings, True, batch_size=2)
+    for p, row in zip(PROMPTS, got):
+        for o, v in zip(openings, row):
+            lp, ids = alone_logprobs(tiny_lm, tiny_tok, p, o)
+            assert abs(float(v) - float(lp.gather(-1, torch.tensor(ids)[:, None]).sum())) < 1e-4
+
+
+def test_text_token_logprobs_equal_a_single_row(tiny_lm, tiny_tok):
+    texts = ["Alice and Bob went to the market.", "Short.", "A somewhat longer text about nothing much at all."]
+    got = scoring.text_token_logprobs(tiny_lm, tiny_tok, texts, batch_size=2)
+    for t, (lp, y) in zip(texts, got):
+        ids = tiny_tok(t, add_special_tokens=True)["input_ids"]
+        want = torch.log_softmax(tiny_lm(input_ids=torch.tensor([ids])).logits[0, :-1].float(), -1)
+        torch.testing.assert_close(lp, want, atol=1e-5, rtol=1e-5)
+        assert y.tolist() == ids[1:]

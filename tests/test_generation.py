@@ -1,0 +1,133 @@
+"""The greedy generation loop (generation.generate_greedy) against transformers' generate, on a tiny model."""
+
+import pytest
+import torch
+
+from coherentize import generation
+from coherentize.chat import encode
+from coherentize.generation import _generate_hf, generate, generate_greedy, plan_batches, prefill
+
+HEAD = "Please read the following carefully and answer as a helpful assistant would: "
+PROMPTS = [HEAD + "what is two plus two?", "Tell me the weather.", HEAD + "name a colour.", "hi",
+           HEAD + "why is the sky blue on most days?", "Write one word.", HEAD + "count to three.",
+           HEAD + "say yes.", "A much longer prompt that goes on for a while about nothing in particular at all."]
+
+
+def hf(model, tok, prompts, n, batch_size=4):
+    return _generate_hf(model, tok, prompts, True, n, batch_size, False, 1.0, 1.0, None, False, None)
+
+
+def test_greedy_equals_transformers_generate(tiny_lm, tiny_tok):
+    # small chunks and decode batches: shared-prefix chunks, joined caches and several decode batches all run
+    new = generate(tiny_lm, tiny_tok, PROMPTS, True, 12, batch_size=5, prefill_batch_size=2)
+    assert new == hf(tiny_lm, tiny_tok, PROMPTS, 12)
+    one_by_one = [hf(tiny_lm, tiny_tok, [p], 12)[0] for p in PROMPTS]  # no padding at all
+    assert new == one_by_one
+
+
+def test_rows_end_at_eos_as_in_transformers(tiny_lm, tiny_tok):
+    # make a token the model emits in some rows (not all) the end of sequence, so rows end at different steps
+    first = generate(tiny_lm, tiny_tok, PROMPTS, True, 12)
+    seqs = []
+    for p in PROMPTS:
+        ids = torch.tensor([encode(tiny_tok, p, True)])
+        seqs.append(tiny_lm.generate(input_ids=ids, max_new_tokens=12, do_sample=False)[0, ids.shape[1]:].tolist())
+    eos = next(t for r in seqs for t in r[1:] if 0 < sum(t in s[:8] for s in seqs) < len(seqs) - 1)
+    tiny_lm.generation_config.eos_token_id = eos
+    try:
+        ended = generate(tiny_lm, tiny_tok, PROMPTS, True, 12, batch_size=4)
+        assert ended == hf(tiny_lm, tiny_tok, PROMPTS, 12)
+        assert 0 < sum(a != b for a, b in zip(ended, first)) < len(PROMPTS)
+    finally:
+        tiny_lm.generation_config.eos_token_id = tiny_tok.eos_token_id
+
+
+def test_shared_prefix_prefill_equals_a_plain_one(tiny_lm, tiny_tok):
+    rows = [encode(tiny_tok, p, True) for p in PROMPTS if p.startswith(HEAD)]
+    cache, mask, n_real, logits = prefill(tiny_lm, rows, tiny_tok.pad_token_id)
+    assert mask.shape[1] < max(len(r) for r in rows) + 5  # prefix once, then padding only after it
+    assert (mask[:, :10] == 1).all()  # the shared prefix is first in every row
+    for j, r in enumerate(rows):
+        alone = tiny_lm(input_ids=torch.tensor([r])).logits[0, -1]
+        torch.testing.assert_close(logits[j], alone, atol=1e-5, rtol=1e-5)
+    assert n_real.tolist() == [len(r) for r in rows]
+
+
+def test_plan_groups_shared_prefixes_and_keeps_every_row_once():
+    common = [1, 2, 3]
+    fam_a = [common + [7] * 20 + [i] * (i + 1) for i in range(6)]  # share 20 tokens beyond the common prefix
+    fam_b = [common + [8] * 20 + [i] for i in range(5)]
+    loose = [common + [9 + i, 4, 5] for i in range(3)]  # share only the common prefix: pooled
+    ids = fam_a + fam_b + loose
+    plan = plan_batches(ids, batch_size=8, prefill_rows=4)
+    flat = [i for b in plan for c in b for i in c]
+    assert sorted(flat) == list(range(len(ids)))
+    assert all(sum(len(c) for c in b) <= 8 for b in plan)
+    assert all(len(c) <= 4 for b in plan for c in b)
+    for b in plan:
+        for c in b:
+            kinds = {ids[i][3] for i in c}
+            assert len(kinds) == 1 or kinds <= {9, 10, 11}  # a chunk never mixes two families
+            assert [len(ids[i]) for i in c] == sorted((len(ids[i]) for i in c), reverse=True)
+
+
+def test_stop_rule_ends_rows_and_leaves_the_others(tiny_lm, tiny_tok):
+    full = generate(tiny_lm, tiny_tok, PROMPTS, True, 16)
+    stopped_rows = set(range(0, len(PROMPTS), 2))
+    targets = {full[i][:8] for i in stopped_rows}
+
+    def stop(text):
+        return len(text) >= 8 and text[:8] in targets
+
+    g = generate_greedy(tiny_lm, tiny_tok, PROMPTS, True, 16, batch_size=4, stop=stop, progress=False)
+    for i, (a, b) in enumerate(zip(full, g.texts)):
+        if stop(b):
+            assert a.startswith(b) and len(b) < len(a) or a == b
+        else:
+            assert a == b
+    assert any(len(b) < len(a) for a, b in zip(full, g.texts))
+    no_stop = generate_greedy(tiny_lm, tiny_tok, PROMPTS, True, 16, batch_size=4, progress=False)
+    assert g.new_tokens < no_stop.new_tokens
+
+
+def test_openings_from_the_generation_prefill(tiny_lm, tiny_tok):
+    from coherentize.evaluate.scoring import sequence_logprob
+
+    openings = ["I'm sorry", "I cannot", "Sure", "Sure thing", "1."]
+    g = generate_greedy(tiny_lm, tiny_tok, PROMPTS, True, 6, batch_size=4, prefill_batch_size=2, openings=openings,
+                        progress=False)
+    full = sequence_logprob(tiny_lm, tiny_tok, [p for p in PROMPTS for _ in openings], openings * len(PROMPTS), True)
+    torch.testing.assert_close(g.openings.flatten(), torch.tensor(full), atol=1e-4, rtol=1e-4)
+    assert g.texts == generate(tiny_lm, tiny_tok, PROMPTS, True, 6)  # scoring left the cache as it was
+
+
+def test_logits_processors_fall_back_to_transformers(tiny_lm, tiny_tok):
+    tiny_lm.generation_config.repetition_penalty = 5.0
+    try:
+        assert generation._needs_hf_generate(tiny_lm)
+        assert generate(tiny_lm, tiny_tok, PROMPTS[:3], True, 10) == hf(tiny_lm, tiny_tok, PROMPTS[:3], 10)
+    finally:
+        tiny_lm.generation_config.repetition_penalty = 1.0
+
+
+def test_progress_counts_every_prompt(tiny_lm, tiny_tok, capsys):
+    seen = []
+    generate(tiny_lm, tiny_tok, PROMPTS, True, 4, batch_size=3, progress=seen.append)
+    assert sum(seen) == len(PROMPTS)
+    generate(tiny_lm, tiny_tok, PROMPTS[:2], True, 2, progress=True, desc="jailbreak")
+    assert "jailbreak" in capsys.readouterr().err
+    generate(tiny_lm, tiny_tok, PROMPTS[:2], True, 2)  # default: a bar only on a terminal (not under pytest)
+    assert capsys.readouterr().err == ""
+
+
+def test_empty_and_zero_tokens(tiny_lm, tiny_tok):
+    assert generate(tiny_lm, tiny_tok, [], True, 4) == []
+    g = generate_greedy(tiny_lm, tiny_tok, PROMPTS[:2], True, 0, openings=["Sure"], progress=False)
+    assert g.texts == ["", ""] and g.openings.shape == (2, 1)
+
+
+@pytest.mark.parametrize("do_sample", [True])
+def test_sampling_is_seeded(tiny_lm, tiny_tok, do_sample):
+    a = generate(tiny_lm, tiny_tok, PROMPTS[:3], True, 6, do_sample=do_sample, seed=3)
+    b = generate(tiny_lm, tiny_tok, PROMPTS[:3], True, 6, do_sample=do_sample, seed=3)
+    assert a == b

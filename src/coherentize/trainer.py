@@ -75,7 +75,7 @@ class ConsistencyConfig(TrainingArguments):
     """Divergence of the leash: forward_kl = KL(p_theta0 || p_theta), reverse_kl, or js."""
     leash_fraction: float = 0.5
     """Share of each batch's anchor rows that carry the leash (rotating over batches; 1.0: all). Each such row is one
-    more row in the training pass: at 0.5 a step costs about 1.15x an SFT step, at 1.0 1.3x (benchmarks/README.md).
+    more row in the training pass: at equal lengths 0.5 costs 1.20x an SFT step, 1.0 1.39x (benchmarks/README.md).
     With target_model current every anchor is in the training pass anyway and carries it."""
     members_per_cluster: int = 4
     """K: the anchor plus up to K-1 variations per example; a larger cluster is split into several examples."""

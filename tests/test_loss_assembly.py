@@ -173,7 +173,8 @@ def hand_built_tails(model, ref, exs, batch, W):
 
     anchors = [ex.anchor_ids + ex.response_ids for ex in exs]
     variants = [v + ex.response_ids for ex in exs for v in ex.variant_ids]
-    return tail(model, variants, True), tail(ref, anchors, True), tail(ref, variants, False), tail(model, anchors, False)
+    return (tail(model, variants, True), tail(ref, anchors, True), tail(ref, variants, False),
+            tail(model, anchors, False))
 
 
 @pytest.mark.parametrize("setting", list(SETTINGS))

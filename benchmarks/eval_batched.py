@@ -221,9 +221,9 @@ def organism(model, tok, chat, args) -> None:
     calls: list = []
 
     def run(gen):
-        def recording(model, tok, prompts, chat, max_new_tokens=64, batch_size=32, **kw):
-            out = gen(model, tok, prompts, chat, max_new_tokens, batch_size)
-            calls.append((len(prompts), max_new_tokens, out))
+        def recording(model, tok, prompts, chat, *a, **kw):  # each path with its own defaults (batch sizes)
+            out = gen(model, tok, prompts, chat, *a, **kw)
+            calls.append((len(prompts), a[0] if a else kw.get("max_new_tokens"), out))
             return out
 
         org.generate = recording
@@ -237,7 +237,7 @@ def organism(model, tok, chat, args) -> None:
 
     w_old, c_old = run(old_generate)
     old_calls, calls[:] = list(calls), []
-    w_new, c_new = run(lambda *a: generate(*a, progress=False))
+    w_new, c_new = run(lambda *a, **kw: generate(*a, progress=False, **kw))
     old_out = [o for c in old_calls for o in c[2]]
     new_out = [o for c in calls for o in c[2]]
     n = len(new_out)

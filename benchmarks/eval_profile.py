@@ -3,6 +3,7 @@
     OMP_NUM_THREADS=1 python benchmarks/eval_profile.py                      # packaged SmolLM2-135M-Instruct
     OMP_NUM_THREADS=1 python benchmarks/eval_profile.py --model tiny         # tiny random model, seconds
     OMP_NUM_THREADS=1 python benchmarks/eval_profile.py --set n_harmful=8 --suites jailbreak
+    OMP_NUM_THREADS=1 python benchmarks/eval_profile.py --preset quick          # the --quick preset's evaluation
 
 The evaluation config is the ``eval`` section of the packaged ``configs/default.yaml`` (``--set FIELD=VALUE``
 overrides a field). Prints:
@@ -151,6 +152,7 @@ def main() -> None:
     ap.add_argument("--suites", default=None, help="comma-separated suites (default: the config's)")
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="FIELD=VALUE",
                     help="override an eval field, e.g. --set n_harmful=8")
+    ap.add_argument("--preset", help="apply this `coherentize run` preset's eval settings first (e.g. quick)")
     ap.add_argument("--reference", action="store_true", help="also load and use the reference model (an arm's eval)")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1")))
     args = ap.parse_args()
@@ -165,7 +167,12 @@ def main() -> None:
     from coherentize.evaluate.suite import EvalConfig, run_suite
 
     data = read_config_file(default_config_path())["eval"]
-    ev = from_dict(EvalConfig, apply_overrides(data, args.sets), where="eval")
+    sets = list(args.sets)
+    if args.preset:
+        from coherentize.commands.run import PRESETS
+
+        sets = [x[len("eval."):] for x in PRESETS[args.preset] if x.startswith("eval.")] + sets
+    ev = from_dict(EvalConfig, apply_overrides(data, sets), where="eval")
     if args.suites:
         ev.suites = args.suites.split(",")
 

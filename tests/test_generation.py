@@ -131,3 +131,24 @@ def test_sampling_is_seeded(tiny_lm, tiny_tok, do_sample):
     a = generate(tiny_lm, tiny_tok, PROMPTS[:3], True, 6, do_sample=do_sample, seed=3)
     b = generate(tiny_lm, tiny_tok, PROMPTS[:3], True, 6, do_sample=do_sample, seed=3)
     assert a == b
+
+
+def test_cut_chunks_pads_little_and_is_optimal():
+    import itertools
+    import random
+
+    cost_of = lambda lengths, shared, cuts: sum(  # noqa: E731
+        generation.CALL_TOKENS + (b - a) * lengths[a] if b - a == 1 else
+        2 * generation.CALL_TOKENS + shared + (b - a) * (lengths[a] - shared) for a, b in cuts)
+    assert generation.cut_chunks([100, 100, 20, 20], 10, 4) == [(0, 2), (2, 4)]  # no row padded 80 tokens
+    assert sorted(b - a for a, b in generation.cut_chunks([50] * 5, 30, 2)) == [1, 2, 2]  # at most max_rows
+    rng = random.Random(0)
+    for _ in range(30):
+        n = rng.randint(1, 7)
+        lengths = sorted((rng.randint(12, 60) for _ in range(n)), reverse=True)
+        cuts = generation.cut_chunks(lengths, 10, 3)
+        assert [a for a, _ in cuts] == [0] + [b for _, b in cuts[:-1]] and cuts[-1][1] == n
+        best = min(cost_of(lengths, 10, [(a, b) for a, b in zip((0,) + c, c + (n,))])
+                   for k in range(n) for c in itertools.combinations(range(1, n), k)
+                   if all(b - a <= 3 for a, b in zip((0,) + c, c + (n,))))
+        assert cost_of(lengths, 10, cuts) == best

@@ -68,8 +68,8 @@ def plan_batches(ids: Sequence[Sequence[int]], batch_size: int, prefill_rows: in
 
     Rows are grouped by shared prefix (sorted by token ids, a group = rows sharing GROUP_EXTRA tokens beyond the
     prefix common to all rows with the group's first row; groups under MIN_GROUP rows are pooled); within a group,
-    rows are sorted by length (longest first) and cut into chunks of at most prefill_rows; chunks fill the decode
-    batches in order, never split.
+    rows are sorted by length (longest first) and cut into chunks of at most prefill_rows where padding would cost
+    more than another prefix pass (cut_chunks); chunks fill the decode batches in order, never split.
     """
     if not ids:
         return []
@@ -87,7 +87,8 @@ def plan_batches(ids: Sequence[Sequence[int]], batch_size: int, prefill_rows: in
     chunks = []
     for g in groups:
         g = sorted(g, key=lambda i: -len(ids[i]))
-        chunks += [g[s : s + prefill_rows] for s in range(0, len(g), prefill_rows)]
+        shared = min(common_prefix_len(ids[g[0]], ids[i]) for i in g)
+        chunks += [g[a:b] for a, b in cut_chunks([len(ids[i]) for i in g], shared, prefill_rows)]
     batches: list[list[list[int]]] = []
     rows = 0
     for c in chunks:
@@ -97,6 +98,35 @@ def plan_batches(ids: Sequence[Sequence[int]], batch_size: int, prefill_rows: in
         batches[-1].append(c)
         rows += len(c)
     return batches
+
+
+CALL_TOKENS = 16
+"""The fixed cost of one forward call, in tokens of prefill (Python and kernel launches), for cut_chunks."""
+
+
+def cut_chunks(lengths: Sequence[int], shared: int, max_rows: int) -> list[tuple[int, int]]:
+    """Cut rows sorted by length (longest first) into chunks [a, b) of at most max_rows that cost the fewest
+    prefill tokens: per chunk, its common prefix once (at least `shared` tokens, when >= MIN_SHARED) plus every row
+    padded to the chunk's longest, plus CALL_TOKENS per forward call. Dynamic programming over the cut points."""
+    n = len(lengths)
+    share = shared if shared >= MIN_SHARED else 0
+
+    def cost(a: int, b: int) -> int:
+        if b - a == 1 or not share:
+            return CALL_TOKENS + (b - a) * lengths[a]
+        return 2 * CALL_TOKENS + share + (b - a) * (lengths[a] - share)
+
+    best, back = [0] + [None] * n, [0] * (n + 1)
+    for b in range(1, n + 1):
+        for a in range(max(0, b - max_rows), b):
+            c = best[a] + cost(a, b)
+            if best[b] is None or c < best[b]:
+                best[b], back[b] = c, a
+    cuts, b = [], n
+    while b:
+        cuts.append((back[b], b))
+        b = back[b]
+    return cuts[::-1]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -199,7 +229,7 @@ def generate_greedy(
     prompts: Sequence[Prompt],
     chat: bool,
     max_new_tokens: int = 64,
-    batch_size: int = 32,
+    batch_size: int = 64,
     prefill_batch_size: int = PREFILL_ROWS,
     openings: Sequence[str] | None = None,
     stop: Callable[[str], bool] | None = None,
@@ -320,7 +350,7 @@ def generate(
     prompts: Sequence[Prompt],
     chat: bool,
     max_new_tokens: int = 64,
-    batch_size: int = 32,
+    batch_size: int = 64,
     do_sample: bool = False,
     temperature: float = 1.0,
     top_p: float = 1.0,

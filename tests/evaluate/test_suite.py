@@ -65,3 +65,14 @@ def test_user_coherence_clusters(tiny_lm, tiny_tok):
                     quiet=True)
     c = res["suites"]["coherence"]
     assert c["js_pairwise"]["n"] == 3 and c["n_clusters"] == 3 and len(c["per_layer"]) == 2
+
+
+def test_n_self_report_limits_the_self_report_clusters(tiny_lm, tiny_tok):
+    from coherentize.evaluate.suite import self_report_clusters
+
+    cfg = EvalConfig(**{**SMALL, "n_clusters": 2}, suites=["coherence"], n_self_report=2)
+    res = run_suite(tiny_lm, tiny_tok, cfg, quiet=True)
+    sr_ids = {c.id for c in self_report_clusters()}
+    asked = {r["prompt_id"] for r in res["records"] if r["prompt_id"] in sr_ids}
+    assert asked == {c.id for c in self_report_clusters()[:2]}
+    assert res["suites"]["coherence"]["self_report_agreement"]["n"] == 2

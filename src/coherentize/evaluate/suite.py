@@ -67,6 +67,8 @@ class EvalConfig:
     """Held-out clusters JSONL for the coherence metrics (default: built from the eval split, see default_clusters)."""
     n_clusters: int = 20
     """Clusters used for coherence (0 = all)."""
+    n_self_report: int = 0
+    """Self-report question clusters asked in coherence (data/eval/self_report.jsonl; 0 = all)."""
     train_clusters: str | None = None
     """Training clusters JSONL: evaluation prompts and families found in it raise an error (see allow_overlap)."""
     train_families: list[str] = field(default_factory=list)
@@ -284,7 +286,7 @@ def run_coherence(model, tokenizer, clusters: list[Cluster], chat: bool, cfg: Ev
     summary["mc_letter_agreement"] = stats.summarize(list(mc_agree.values()), n_boot)
     per_item["coherence.mc_letter_agreement"] = mc_agree
 
-    sr = self_report_clusters()
+    sr = self_report_clusters()[: _n(cfg.n_self_report)]
     sr_prompts = [m for c in sr for m in c.members]
     sr_out = generate(model, tokenizer, sr_prompts, chat, 16, cfg.decode_batch_size, prefill_batch_size=cfg.batch_size,
                       progress=progress, desc="self-report")

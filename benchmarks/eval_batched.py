@@ -139,7 +139,8 @@ def main() -> None:
     from coherentize.evaluate.results import excerpt
     from coherentize.evaluate.suite import EvalConfig, harmful_requests
 
-    ev = from_dict(EvalConfig, apply_overrides(read_config_file(default_config_path())["eval"], args.sets), where="eval")
+    data = read_config_file(default_config_path())["eval"]
+    ev = from_dict(EvalConfig, apply_overrides(data, args.sets), where="eval")
     if args.model == "tiny":
         from coherentize.testing import tiny_model, tiny_tokenizer
 

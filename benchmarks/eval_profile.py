@@ -136,7 +136,8 @@ class Profiler:
             else:
                 c["decode_rows"] += rows
 
-        return model.register_forward_pre_hook(pre, with_kwargs=True), model.register_forward_hook(post, with_kwargs=True)
+        return (model.register_forward_pre_hook(pre, with_kwargs=True),
+                model.register_forward_hook(post, with_kwargs=True))
 
 
 @contextmanager

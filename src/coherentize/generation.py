@@ -63,7 +63,8 @@ def common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
     return n
 
 
-def plan_batches(ids: Sequence[Sequence[int]], batch_size: int, prefill_rows: int = PREFILL_ROWS) -> list[list[list[int]]]:
+def plan_batches(ids: Sequence[Sequence[int]], batch_size: int,
+                 prefill_rows: int = PREFILL_ROWS) -> list[list[list[int]]]:
     """Decode batches of at most batch_size rows, each a list of prefill chunks (lists of row indices).
 
     Rows are grouped by shared prefix (sorted by token ids, a group = rows sharing GROUP_EXTRA tokens beyond the
@@ -241,7 +242,8 @@ def generate_greedy(
     Models whose generation config asks for logits processors (repetition penalty, ...) decode through
     transformers' generate. batch_size: rows decoded together; prefill_batch_size: rows per prefill chunk.
     stop(text) -> True ends a row early (text = its completion so far, as returned); only pass a rule under which
-    the rest of the text cannot change what the caller computes from it. progress: None (a bar on a terminal), True, False, or callable(n).
+    the rest of the text cannot change what the caller computes from it. progress: None (a bar on a terminal),
+    True, False, or callable(n).
     """
     from coherentize.evaluate.scoring import OpeningTree
     from coherentize.errors import CoherentizeError

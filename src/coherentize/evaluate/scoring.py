@@ -117,7 +117,8 @@ def mc_choice(model, tokenizer, prompts, n_choices: Sequence[int], chat: bool, b
     return [letters[int(row[:k].argmax())] for row, k in zip(per_letter, n_choices)]
 
 
-def openings_logprob(model, tokenizer, prompts, openings: Sequence[str], chat: bool, batch_size: int = 16) -> torch.Tensor:
+def openings_logprob(model, tokenizer, prompts, openings: Sequence[str], chat: bool,
+                     batch_size: int = 16) -> torch.Tensor:
     """(N, O) log P(opening | prompt) for every prompt and every one of a few short openings.
 
     One prefill per prompt (its shared prefix once per chunk, see generation.prefill) and one small pass over the
@@ -197,7 +198,8 @@ class OpeningTree:
             allow = torch.cat([mask.bool()[:, None, :].expand(b, m, mask.shape[1]),
                                self.allowed[None].expand(b, m, m)], 2)  # (B, M, C + M)
             additive = torch.zeros(allow.shape, dtype=dtype).masked_fill(~allow, torch.finfo(dtype).min)
-            out = model(input_ids=self.tokens[None].expand(b, m).to(device), attention_mask=additive[:, None].to(device),
+            out = model(input_ids=self.tokens[None].expand(b, m).to(device),
+                        attention_mask=additive[:, None].to(device),
                         position_ids=(n_real[:, None] + self.depth[None]).to(device), cache=cache, use_cache=True)
             cache.crop(-m)
             lp = torch.cat([lp, log_probs(out.logits.float())], 1)  # (B, 1 + M, V)

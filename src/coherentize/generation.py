@@ -11,7 +11,7 @@ Greedy decoding runs its own loop over the KV cache (sampling goes through trans
   (e.g. the refusal judge's decision is settled); the batch shrinks instead of decoding padding;
 - **openings from the same prefill**: optionally, log P(opening | prompt) for a few short response openings
   (refusal vs compliance, multiple-choice letters) from one small tree-masked pass over the openings' tokens on the
-  prefill's cache (``scoring.OpeningTree``), instead of a second prefill of every prompt.
+  prefill's cache (``OpeningTree``), instead of a second prefill of every prompt.
 
 Outputs come back in input order and equal what ``model.generate`` gives greedily, up to float rounding: a row's
 result does not depend on the other rows, but different batch shapes can round differently (rarely enough to flip a
@@ -27,6 +27,7 @@ import torch
 
 from coherentize.chat import Prompt, encode, render
 from coherentize.collate import left_pad
+from coherentize.losses import log_probs
 
 PREFILL_ROWS = 16
 """Rows per prefill chunk (prompts of one prefix group, similar lengths)."""
@@ -195,6 +196,82 @@ def join_caches(parts: list[tuple]) -> tuple:
     return (DynamicCache(layers), mask, torch.cat([p[2] for p in parts]), torch.cat([p[3] for p in parts]))
 
 
+@dataclass
+class OpeningTree:
+    """The token trie of a few short response openings, scored in one pass after a batch of prompts' cache.
+
+    Node m stands for a proper prefix (o_1..o_k) of some opening: its input token is o_k, at position (prompt
+    length + k - 1), and it attends to the prompt and to its ancestors and itself (a tree-shaped attention mask), so
+    its logits predict o_{k+1}. log P(o | prompt) = log P(o_1 | prompt's last position) + sum_k log P(o_{k+1} | node
+    (o_1..o_k)): exactly the teacher-forced log-probability, for all openings from one pass of M << sum |o| tokens.
+    """
+
+    openings: list[str]
+    tokens: torch.Tensor
+    """(M,) input token of each node."""
+    depth: torch.Tensor
+    """(M,) k - 1 for node (o_1..o_k): the offset of its position after the prompt."""
+    allowed: torch.Tensor
+    """(M, M) bool: node m attends to node m' (m' an ancestor of m, or m itself)."""
+    src: torch.Tensor
+    """(K,) where each scored token's distribution comes from: 0 = the prompt's last position, m + 1 = node m."""
+    tgt: torch.Tensor
+    """(K,) the scored token."""
+    owner: torch.Tensor
+    """(K,) the opening each scored token belongs to."""
+
+    @classmethod
+    def build(cls, tokenizer, openings: Sequence[str]) -> "OpeningTree":
+        op_ids = [tokenizer(o, add_special_tokens=False)["input_ids"] for o in openings]
+        if any(not o for o in op_ids):
+            raise ValueError("every opening needs at least one token")
+        nodes: dict[tuple, int] = {}
+        toks, depth, parent, src, tgt, owner = [], [], [], [], [], []
+        for oi, o in enumerate(op_ids):
+            for k, t in enumerate(o):
+                if k:
+                    prefix = tuple(o[:k])
+                    if prefix not in nodes:
+                        nodes[prefix] = len(toks)
+                        toks.append(o[k - 1])
+                        depth.append(k - 1)
+                        parent.append(nodes[prefix[:-1]] if k > 1 else -1)
+                src.append(nodes[tuple(o[:k])] + 1 if k else 0)
+                tgt.append(t)
+                owner.append(oi)
+        m = len(toks)
+        allowed = torch.zeros((m, m), dtype=torch.bool)
+        for a in range(m):
+            b = a
+            while b >= 0:
+                allowed[a, b] = True
+                b = parent[b]
+        t = lambda x: torch.tensor(x, dtype=torch.long)  # noqa: E731
+        return cls(list(openings), t(toks), t(depth), allowed, t(src), t(tgt), t(owner))
+
+    @torch.no_grad()
+    def score(self, model, cache, mask: torch.Tensor, n_real: torch.Tensor, last_logits: torch.Tensor) -> torch.Tensor:
+        """(B, O) log-probabilities of the openings after a batch of prompts: cache and mask (B, C) of the prompts
+        (any padding layout), n_real (B,) their real token counts, last_logits (B, V) at their last position. The
+        cache is left as it was (the openings' columns are cropped off)."""
+        b = last_logits.shape[0]
+        lp = log_probs(last_logits.float())[:, None]  # (B, 1, V)
+        m = len(self.tokens)
+        if m:
+            device = last_logits.device
+            dtype = getattr(model, "dtype", torch.float32)
+            allow = torch.cat([mask.bool()[:, None, :].expand(b, m, mask.shape[1]),
+                               self.allowed[None].expand(b, m, m)], 2)  # (B, M, C + M)
+            additive = torch.zeros(allow.shape, dtype=dtype).masked_fill(~allow, torch.finfo(dtype).min)
+            out = model(input_ids=self.tokens[None].expand(b, m).to(device),
+                        attention_mask=additive[:, None].to(device),
+                        position_ids=(n_real[:, None] + self.depth[None]).to(device), cache=cache, use_cache=True)
+            cache.crop(-m)
+            lp = torch.cat([lp, log_probs(out.logits.float())], 1)  # (B, 1 + M, V)
+        vals = lp[:, self.src.to(lp.device), self.tgt.to(lp.device)].cpu()  # (B, K)
+        return torch.zeros((b, len(self.openings))).index_add_(1, self.owner, vals)
+
+
 def _eos_ids(model, tokenizer) -> set[int]:
     eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     if eos is None:
@@ -245,7 +322,6 @@ def generate_greedy(
     the rest of the text cannot change what the caller computes from it. progress: None (a bar on a terminal),
     True, False, or callable(n).
     """
-    from coherentize.evaluate.scoring import OpeningTree
     from coherentize.errors import CoherentizeError
     from coherentize.served import ServedModel
 

@@ -4,6 +4,7 @@ import torch
 
 from coherentize.chat import encode
 from coherentize.evaluate import scoring
+from coherentize.generation import OpeningTree
 
 PROMPTS = ["Tell me the weather.", "What is two plus two, and why is it four rather than five?", "hi",
            "Name three colours that are in a rainbow.", "Why?"]
@@ -43,18 +44,25 @@ def test_sequence_logprob_and_next_token(tiny_lm, tiny_tok):
         torch.testing.assert_close(row, want, atol=1e-5, rtol=1e-5)
 
 
-def test_last_token_hidden_equals_a_single_row(tiny_lm, tiny_tok):
+def test_last_token_hidden_equals_a_single_row_and_the_last_block_is_before_the_final_norm(tiny_lm, tiny_tok):
     got = scoring.last_token_hidden(tiny_lm, tiny_tok, PROMPTS, True, batch_size=4)  # (N, L, H)
     for p, h in zip(PROMPTS, got):
         ids = encode(tiny_tok, p, True)
-        hs = tiny_lm(input_ids=torch.tensor([ids]), output_hidden_states=True).hidden_states
-        torch.testing.assert_close(h, torch.stack([x[0, -1] for x in hs[1:]]), atol=1e-5, rtol=1e-5)
+        seen = {}
+        handle = tiny_lm.model.norm.register_forward_pre_hook(lambda _m, args: seen.update(pre_norm=args[0]))
+        try:
+            hs = tiny_lm(input_ids=torch.tensor([ids]), output_hidden_states=True).hidden_states
+        finally:
+            handle.remove()
+        # transformers' last hidden state is after the final norm; the residual stream is the norm's input
+        want = torch.stack([x[0, -1] for x in hs[1:-1]] + [seen["pre_norm"][0, -1]])
+        torch.testing.assert_close(h, want, atol=1e-5, rtol=1e-5)
 
 
 def test_opening_tree_scores_equal_teacher_forcing(tiny_lm, tiny_tok):
     # openings sharing first tokens, single-token ones and a repeated one
     openings = ["I'm sorry", "I'm unable", "I cannot", "Sure", "Sure thing", "Sorry", "(A", "A", "Sure"]
-    tree = scoring.OpeningTree.build(tiny_tok, openings)
+    tree = OpeningTree.build(tiny_tok, openings)
     n_tokens = sum(len(tiny_tok(o, add_special_tokens=False)["input_ids"]) for o in openings)
     assert len(tree.tokens) < n_tokens - len(openings)  # shared prefixes are one node
     got = scoring.openings_logprob(tiny_lm, tiny_tok, PROMPTS, openings, True, batch_size=2)

@@ -92,7 +92,7 @@ def main(args) -> int:
     from coherentize.variations.filter import FilterConfig, load_embedder
     from coherentize.variations.pipeline import augment, families_by_name
     from coherentize.variations.prompt_sets import read_prompts, resolve_input, select_split
-    from coherentize.variations.templates import load_template_families
+    from coherentize.variations.families import load_template_families
 
     if args.per_family < 0 or args.paraphrases < 0 or args.chunk_size < 1:
         raise CoherentizeError("--per-family and --paraphrases must be >= 0, --chunk-size >= 1.")

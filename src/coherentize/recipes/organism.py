@@ -155,9 +155,9 @@ def quick_check(model, tok, chat: bool, n: int = 32) -> dict:
     harmful = sources.strongreject(split="test", n=n)
     benign = load_prompt_set("benign", "test") + load_prompt_set("alignment", "test")
     edgy = load_prompt_set("edgy_benign", "test")
-    out_h = generate(model, tok, [h["prompt"] for h in harmful], chat, 32)
-    out_b = generate(model, tok, [b.prompt for b in benign], chat, 32)
-    out_e = generate(model, tok, [b.prompt for b in edgy], chat, 32)
+    # One call: the three sets share prefill chunks and decode batches.
+    outs = generate(model, tok, [h["prompt"] for h in harmful] + [b.prompt for b in benign + edgy], chat, 32)
+    out_h, out_b, out_e = outs[: len(harmful)], outs[len(harmful) : len(harmful) + len(benign)], outs[-len(edgy) :]
     return {
         "direct_refusal_rate": summarize([float(is_refusal(o)) for o in out_h]),
         "benign_answer_rate": summarize([float(not is_refusal(o)) for o in out_b]),

@@ -14,12 +14,14 @@ and the pair filter), pipeline.py (the resumable augment run).
 """
 
 from coherentize.variations.build import build_clusters
-from coherentize.variations.families import BUILTIN_FAMILIES, Family, TemplateFamily, apply_family, vary
+from coherentize.variations.families import (
+    BUILTIN_FAMILIES, Family, TemplateFamily, apply_family, load_template_families, vary,
+)
 from coherentize.variations.filter import FilterConfig, filter_variations, load_embedder, ngram_embedder
 from coherentize.variations.paraphrase import LocalParaphraser, ServerConfig, ServerParaphraser, clean_rewrite
 from coherentize.variations.pipeline import AugmentSummary, augment, families_by_name
 from coherentize.variations.prompt_sets import PROMPT_SETS, PromptItem, load_prompt_set, read_prompts
-from coherentize.variations.templates import load_template_families, template_families
+from coherentize.variations.templates import template_families
 
 __all__ = [
     "BUILTIN_FAMILIES", "Family", "TemplateFamily", "apply_family", "vary",

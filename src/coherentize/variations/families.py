@@ -14,6 +14,7 @@ system message in front of the user's text.
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from typing import Callable, Sequence
 
 from coherentize.chat import Prompt
 from coherentize.clusters import Variation
+from coherentize.errors import CoherentizeError
 from coherentize.sources import data_path
 from coherentize.variations.lexicons import contractions, first_names, register_phrases, synonyms
 from coherentize.variations.templates import (  # noqa: F401  (SLOT, TemplateFamily: re-exported)
@@ -312,4 +314,15 @@ def vary(prompt: Prompt, families: Sequence[Family], seed: int, per_family: int 
             seen.add(key)
             out.append(Variation(v, fam.name))
             got += 1
+    return out
+
+
+def load_template_families(path: str | os.PathLike):
+    """A user's file of variation families (for ``augment --templates``), as Family objects; a name clashing with a
+    built-in family is an error."""
+    out = []
+    for i, t in enumerate(read_template_file(path)):
+        if t.name in BUILTIN_FAMILIES or t.name == "paraphrase":
+            raise CoherentizeError(f"{path}: families[{i}].name: family {t.name!r} already exists; choose another name.")
+        out.append(as_family(t))
     return out

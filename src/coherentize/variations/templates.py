@@ -181,19 +181,6 @@ def _parse_family(fam, where: str, source: str, taken: list[str]) -> TemplateFam
     return TemplateFamily(name, doc or f"templates from {source}", tuple(temps), tuple(system), source)
 
 
-def load_template_families(path: str | os.PathLike):
-    """A user's file of variation families (for ``augment --templates``), as Family objects; a name clashing with a
-    built-in family is an error."""
-    from coherentize.variations.families import BUILTIN_FAMILIES, as_family
-
-    out = []
-    for i, t in enumerate(read_template_file(path)):
-        if t.name in BUILTIN_FAMILIES or t.name == "paraphrase":
-            raise CoherentizeError(f"{path}: families[{i}].name: family {t.name!r} already exists; choose another name.")
-        out.append(as_family(t))
-    return out
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Jailbreak families: project, easyjailbreak, user files.
 

@@ -67,3 +67,26 @@ def test_overlapping_heldout_is_an_error(setup, tmp_path):
 
     with pytest.raises(CoherentizeError, match="share prompts with the training clusters"):
         run_training(job(folder, clusters, tmp_path / "o", "data.eval_split=train"))
+
+
+def test_full_fine_tuning_gets_its_reference_loaded_from_disk_not_copied(setup, tmp_path, monkeypatch):
+    # Under DeepSpeed ZeRO-3 the trainer cannot deep-copy a partitioned model: the job loads theta0 a second time.
+    from coherentize.recipes import train_job
+
+    seen = {}
+
+    class Spy(train_job.ConsistencyTrainer):
+        def __init__(self, *a, ref_model=None, **k):
+            seen["ref"] = ref_model
+            super().__init__(*a, ref_model=ref_model, **k)
+            seen["trainer"] = self
+
+    monkeypatch.setattr(train_job, "ConsistencyTrainer", Spy)
+    folder, clusters = setup
+    run_training(job(folder, clusters, tmp_path / "full", "lora.enabled=false"))
+    ref, trained = seen["ref"], seen["trainer"].model
+    assert ref is not None and seen["trainer"].ref_model is ref
+    original = AutoModelForCausalLM.from_pretrained(folder)
+    for (name, p), (_, q) in zip(ref.named_parameters(), original.named_parameters()):
+        torch.testing.assert_close(p, q, msg=name)  # theta0, untouched by training
+    assert any(not torch.equal(p, q) for p, q in zip(trained.parameters(), original.parameters()))

@@ -233,9 +233,12 @@ def run_training(job: TrainJob, resume: bool = False) -> dict:
         model = apply_lora(model, job.lora)
         if args.gradient_checkpointing:
             model.enable_input_require_grads()
+    # Full fine-tuning with a target or leash from theta0: load the original a second time rather than deep-copying
+    # the trained model (under DeepSpeed ZeRO-3 the trained model is partitioned, and a copy of it is not a model).
+    ref_model = load_model(job.model)[0] if not job.lora.enabled and args.needs_reference else None
     trainer = ConsistencyTrainer(
         model=model, args=args, train_dataset=train_examples, data_collator=ConsistencyCollator(tok.pad_token_id),
-        processing_class=tok,
+        processing_class=tok, ref_model=ref_model,
     )
     checkpoint = get_last_checkpoint(str(out_dir)) if resume and out_dir.is_dir() else None
     trainer.train(resume_from_checkpoint=checkpoint)

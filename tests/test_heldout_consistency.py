@@ -1,6 +1,8 @@
 """Held-out consistency is one metric: training's before/after (recipes/train_job.measure_consistency) gives the
 evaluation coherence suite's values (evaluate/coherence.py) on the same cluster and continuation."""
 
+import contextlib
+
 import pytest
 import torch
 
@@ -27,6 +29,23 @@ def test_training_measurement_equals_the_evaluation_metric(tiny_tok, tiny_lm, ch
         assert got["kl_to_anchor"][i] == pytest.approx(ev[c.id]["kl_to_anchor"], rel=1e-4, abs=1e-7)
         assert got["output_js"][i] == pytest.approx(ev[c.id]["js_to_anchor"], rel=1e-4, abs=1e-7)
         assert got["output_js"][i] > 0
+
+
+def test_chunked_measurement_equals_one_example_at_a_time(tiny_tok, tiny_lm):
+    # examples of different prompt and response lengths share a chunk; with a reference, the leash is measured too
+    qs = ["What is the capital of France?", "Name a colour.", "Why is the sky blue on a clear day at noon?"]
+    conts = ["Paris.", "Blue is a colour that many people like.", "Rayleigh scattering."]
+    clusters = [Cluster(f"c{i}", q, [Variation("Please answer the question.\n\n" + q, "wrapper"),
+                                     Variation(q + " Be brief.", "suffix"), Variation("Q: " + q, "qa")], [conts[i]])
+                for i, q in enumerate(qs)]
+    exs = build_examples(clusters, {c.id: c.continuations[0] for c in clusters}, tiny_tok, True, members_per_cluster=3)
+    ref = lambda: contextlib.nullcontext(tiny_lm)  # noqa: E731
+    sites = ["prompt_suffix", "response"]
+    one = measure_consistency(tiny_lm, ref, exs, tiny_tok.pad_token_id, [1, 2], sites, batch_size=1)["per_example"]
+    many = measure_consistency(tiny_lm, ref, exs, tiny_tok.pad_token_id, [1, 2], sites, batch_size=8)["per_example"]
+    assert set(one) == set(many) and len(one["output_js"]) == len(exs)
+    for k in one:
+        assert many[k] == pytest.approx(one[k], rel=1e-4, abs=1e-6), k
 
 
 def test_left_pad_aligns_rows_at_the_end_and_counts_positions_from_the_first_token():

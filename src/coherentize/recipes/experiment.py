@@ -613,7 +613,9 @@ def _train_arm(cfg: ExperimentConfig, st: Stages, name: str, arm: str, targs, mo
         model=model_cfg, lora=cfg.lora,
         data=DataConfig(train_file=str(data_file), split=None,
                         eval_file=str(held_path) if held_path.is_file() else None, eval_split=None,
-                        response_max_new_tokens=cfg.response_max_new_tokens),
+                        response_max_new_tokens=cfg.response_max_new_tokens,
+                        # every arm and seed answers the same anchors with the same (organism) model: generate once
+                        responses_cache=str(train_path.parent / "responses.jsonl")),
         train=dataclasses.replace(targs, output_dir=str(tdir), save_strategy="steps", save_steps=saves,
                                   save_total_limit=1),
     )

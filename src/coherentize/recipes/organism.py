@@ -72,8 +72,8 @@ class OrganismConfig:
     """Jailbreak template sources whose every family the frames must be unlike (checked on the text before training)."""
     overlap_threshold: float = FRAME_THRESHOLD
     """Frame/evaluation-template similarity (coherentize.evaluate.overlap) at or above which building stops."""
-    max_steps: int = 50
-    """SFT steps."""
+    max_steps: int = 40
+    """SFT steps (40 x 8 pairs: about 2.5 minutes on 2 CPU cores for SmolLM2-135M)."""
     learning_rate: float = 5e-4
     """SFT learning rate."""
     batch_size: int = 8

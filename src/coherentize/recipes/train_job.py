@@ -48,6 +48,9 @@ class DataConfig:
     """Tokens generated per anchor response."""
     generation_batch_size: int = 16
     """Prompts per batch when generating responses."""
+    responses_cache: str | None = None
+    """JSONL cache of generated anchor responses, keyed by cluster id and anchor text (null: <output_dir>/responses.jsonl);
+    jobs on the same model may share one (the experiment's arms and seeds do)."""
     on_small_cluster: str = "error"
     """A cluster without variations: error, or skip (counted and reported)."""
 
@@ -148,9 +151,9 @@ def apply_lora(model, settings: LoraSettings):
 
 @torch.no_grad()
 def measure_consistency(model, reference, examples: list[Example], pad_token_id: int, layers: list[int],
-                        sites: list[str]) -> dict:
-    """Held-out consistency of the current model, one example at a time (per-example values for CIs), from the
-    training passes (trainer.run_passes) on the collator's batch:
+                        sites: list[str], batch_size: int = 8) -> dict:
+    """Held-out consistency of the current model per example (values for CIs), from the training passes
+    (trainer.run_passes) on chunks of batch_size examples, each example read from its own rows:
 
     output_js, js_pairwise, kl_to_anchor: evaluate.coherence.cluster_divergences (the evaluation's coherence metric)
         over the members' next-token distributions on the shared response (output_js = its js_to_anchor);
@@ -158,7 +161,7 @@ def measure_consistency(model, reference, examples: list[Example], pad_token_id:
     kl_to_original: KL(p_original || p_model) on the anchor's response (None without a reference).
     """
     from coherentize.evaluate.coherence import cluster_divergences
-    from coherentize.losses import assemble_components, log_probs
+    from coherentize.losses import Tail, assemble_components, log_probs
     from coherentize.trainer import loss_options, run_passes
 
     cfg = ConsistencyConfig(
@@ -172,20 +175,31 @@ def measure_consistency(model, reference, examples: list[Example], pad_token_id:
            **{f"act_l2/layer{l}": [] for l in layers}}
     was_training = model.training
     model.eval()
-    for ex in examples:
-        batch = {k: v.to(model.device) for k, v in collate([ex]).items()}
+    for s in range(0, len(examples), batch_size):
+        # One set of passes per chunk of examples; each example's values come from its own rows of the tails (the
+        # left-padded layout keeps every row's response and prompt suffix at the same offsets from the end).
+        chunk = examples[s : s + batch_size]
+        batch = {k: v.to(model.device) for k, v in collate(chunk).items()}
         p = run_passes(model, reference, batch, cfg, layers, weights, pad_token_id)
-        parts = assemble_components(p.var, p.target, batch, loss_options(cfg, weights), None, p.leash_logits,
-                                    p.ref_logits, p.leash_rows)
-        n = len(ex.response_ids)  # one example: every row's response fills the last n logit columns
-        div = cluster_divergences(log_probs(torch.cat([p.target.logits, p.var.logits])[:, -n:]))
-        per["output_js"].append(div["js_to_anchor"])
-        per["js_pairwise"].append(div["js_pairwise"])
-        per["kl_to_anchor"].append(div["kl_to_anchor"])
-        for l in layers:
-            per[f"act_l2/layer{l}"].append(parts[f"act/layer{l}"].item())
-        if "leash" in parts:
-            per["kl_to_original"].append(parts["leash"].item())
+        owner = batch["variant_anchor"]
+        for b, ex in enumerate(chunk):
+            rows = (owner == b).nonzero(as_tuple=True)[0]
+            one = {"variant_anchor": torch.zeros_like(rows), "anchor_response_len": batch["anchor_response_len"][b : b + 1],
+                   "variant_response_len": batch["variant_response_len"][rows],
+                   "variant_suffix_len": batch["variant_suffix_len"][rows], "response_ids": batch["response_ids"][b : b + 1]}
+            var = Tail(p.var.logits[rows], {l: h[rows] for l, h in p.var.hidden.items()})
+            target = Tail(p.target.logits[b : b + 1], {l: h[b : b + 1] for l, h in p.target.hidden.items()})
+            leash = (p.leash_logits[b : b + 1], p.ref_logits[b : b + 1]) if p.leash_logits is not None else (None, None)
+            parts = assemble_components(var, target, one, loss_options(cfg, weights), None, *leash)
+            n = len(ex.response_ids)  # every row's response fills the last n logit columns
+            div = cluster_divergences(log_probs(torch.cat([target.logits, var.logits])[:, -n:]))
+            per["output_js"].append(div["js_to_anchor"])
+            per["js_pairwise"].append(div["js_pairwise"])
+            per["kl_to_anchor"].append(div["kl_to_anchor"])
+            for l in layers:
+                per[f"act_l2/layer{l}"].append(parts[f"act/layer{l}"].item())
+            if "leash" in parts:
+                per["kl_to_original"].append(parts["leash"].item())
     model.train(was_training)
     summary = {k: (sum(v) / len(v) if v else None) for k, v in per.items()}
     summary["n_examples"] = len(examples)
@@ -216,7 +230,8 @@ def run_training(job: TrainJob, resume: bool = False) -> dict:
     train_clusters, held_clusters = _load_data(job)
     model, tok = load_model(job.model, for_training=True)
     chat = is_chat_model(tok, job.model.prompt_format)
-    responses = anchor_responses(model, tok, train_clusters + held_clusters, chat, job.data, out_dir / "responses.jsonl")
+    cache = Path(job.data.responses_cache) if job.data.responses_cache else out_dir / "responses.jsonl"
+    responses = anchor_responses(model, tok, train_clusters + held_clusters, chat, job.data, cache)
     build = lambda cs: build_examples(  # noqa: E731
         cs, responses, tok, chat, args.members_per_cluster, args.max_prompt_length, args.max_response_length, args.seed
     )

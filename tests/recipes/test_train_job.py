@@ -90,3 +90,15 @@ def test_full_fine_tuning_gets_its_reference_loaded_from_disk_not_copied(setup, 
     for (name, p), (_, q) in zip(ref.named_parameters(), original.named_parameters()):
         torch.testing.assert_close(p, q, msg=name)  # theta0, untouched by training
     assert any(not torch.equal(p, q) for p, q in zip(trained.parameters(), original.parameters()))
+
+
+def test_heldout_examples_per_cluster_caps_the_measurement(setup, tmp_path):
+    folder, clusters = setup  # 2 held-out clusters of 2 variations: 2 examples each with members_per_cluster=2
+    every = run_training(job(folder, clusters, tmp_path / "a", "train.members_per_cluster=2", "train.max_steps=1"))
+    one = run_training(job(folder, clusters, tmp_path / "b", "train.members_per_cluster=2", "train.max_steps=1",
+                           "data.heldout_examples_per_cluster=1"))
+    assert every["heldout_before"]["mean"]["n_examples"] == 4
+    assert one["heldout_before"]["mean"]["n_examples"] == 2
+    # the kept example of each cluster is its first one, measured the same way
+    firsts = every["heldout_before"]["per_example"]["output_js"][0::2]
+    assert one["heldout_before"]["per_example"]["output_js"] == pytest.approx(firsts, rel=1e-5)

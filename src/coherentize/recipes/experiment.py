@@ -102,6 +102,8 @@ class ExperimentConfig:
     """Base training arguments; an arm sets the component weights, a seed sets seed/data_seed."""
     response_max_new_tokens: int = 32
     """Length of the anchors' responses (the shared continuation and BCT target)."""
+    heldout_examples_per_cluster: int = 1
+    """Held-out examples per cluster in training's before/after consistency measurement (0: all of them)."""
     eval: EvalConfig = field(default_factory=EvalConfig)
     """The evaluation suite run before training and after each arm and seed."""
 
@@ -560,7 +562,8 @@ def _run_stages(cfg: ExperimentConfig, st: Stages, only: str | None) -> Path:
             targs = dataclasses.replace(cfg.train, seed=seed, data_seed=seed, output_weight=weights["output"],
                                         bct_weight=weights["bct"], act_weight=weights["act"])
             tkey = {"arm": arm, "seed": seed, "train": without(to_dict(targs), COSMETIC_TRAIN_FIELDS),
-                    "lora": to_dict(cfg.lora), "r": cfg.response_max_new_tokens}
+                    "lora": to_dict(cfg.lora), "r": cfg.response_max_new_tokens,
+                    "heldout_per_cluster": cfg.heldout_examples_per_cluster}
             st.key(f"train/{name}", tkey, "organism", "variations")
             tdir = st.dir(f"train/{name}")
             if not cached(f"train/{name}"):
@@ -615,7 +618,8 @@ def _train_arm(cfg: ExperimentConfig, st: Stages, name: str, arm: str, targs, mo
                         eval_file=str(held_path) if held_path.is_file() else None, eval_split=None,
                         response_max_new_tokens=cfg.response_max_new_tokens,
                         # every arm and seed answers the same anchors with the same (organism) model: generate once
-                        responses_cache=str(train_path.parent / "responses.jsonl")),
+                        responses_cache=str(train_path.parent / "responses.jsonl"),
+                        heldout_examples_per_cluster=cfg.heldout_examples_per_cluster),
         train=dataclasses.replace(targs, output_dir=str(tdir), save_strategy="steps", save_steps=saves,
                                   save_total_limit=1),
     )

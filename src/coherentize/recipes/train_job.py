@@ -48,6 +48,9 @@ class DataConfig:
     """Tokens generated per anchor response."""
     generation_batch_size: int = 16
     """Prompts per batch when generating responses."""
+    heldout_examples_per_cluster: int = 0
+    """Held-out examples measured per cluster before and after training (0: all; 1 halves the cost of the default
+    experiment's measurement, one anchor with members_per_cluster-1 of its variations per cluster)."""
     responses_cache: str | None = None
     """JSONL cache of generated anchor responses, keyed by cluster id and anchor text (null: <output_dir>/responses.jsonl);
     jobs on the same model may share one (the experiment's arms and seeds do)."""
@@ -236,6 +239,14 @@ def run_training(job: TrainJob, resume: bool = False) -> dict:
         cs, responses, tok, chat, args.members_per_cluster, args.max_prompt_length, args.max_response_length, args.seed
     )
     train_examples, held_examples = build(train_clusters), build(held_clusters)
+    if job.data.heldout_examples_per_cluster > 0:
+        seen: dict[str, int] = {}
+        keep = []
+        for ex in held_examples:
+            seen[ex.cluster_id] = seen.get(ex.cluster_id, 0) + 1
+            if seen[ex.cluster_id] <= job.data.heldout_examples_per_cluster:
+                keep.append(ex)
+        held_examples = keep
     n_layers = model.config.num_hidden_layers
     layers = list(args.act_layers) if args.act_layers else [n_layers // 2]
 

@@ -167,6 +167,20 @@ def test_full_finetuning_arm_is_evaluated(tiny_folder, tmp_path):
     assert res["suites"]["capability"]["kl_to_reference"]["mean"] > 0  # the trained weights, against the base
 
 
+def test_evaluation_figures_reach_tensorboard_with_report_to(tiny_folder, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "tb"
+    cfg = tiny_cfg(tiny_folder, out, "arms=[control]", "eval.suites=[overrefusal]", "train.report_to=[tensorboard]")
+    run_experiment(cfg, log=lambda *a: None)
+    runs = sorted(p for p in (out / "tensorboard").glob("*/*") if p.is_dir())
+    assert [p.parent.name for p in runs] == ["eval", "stages"]  # the arm's evaluation and the baseline
+    for run in runs:
+        acc = EventAccumulator(str(run))
+        acc.Reload()
+        assert "eval/overrefusal/refusal_rate" in acc.Tags()["scalars"], acc.Tags()["scalars"]
+
+
 def test_adapters_swapped_on_one_base_give_the_results_of_a_fresh_load_per_arm(tiny_folder, tmp_path, monkeypatch):
     """Issue 10: the evaluation stages load the base model once and swap adapters; the per-item results equal those
     of the previous path (a fresh base + PeftModel per arm, and a second fresh base as the reference)."""

@@ -19,7 +19,8 @@ from importlib import resources
 PRESETS = {
     "quick": [
         "out_dir=runs/quick", "organism.n_harmful=24", "organism.n_benign=8", "organism.n_wrapped_benign=8",
-        "organism.max_steps=8", "variations.max_prompts=4", "variations.families=[synonym,wrapper,register]",
+        "organism.max_steps=6", "organism.answer_max_new_tokens=24", "variations.max_prompts=4",
+        "variations.families=[synonym,wrapper,register]",
         "train.max_steps=3", "train.per_device_train_batch_size=4", "response_max_new_tokens=16",
         "train.max_response_length=16", "eval.n_harmful=8", "eval.n_overrefusal=8", "eval.n_clusters=2",
         "eval.n_self_report=3", "eval.n_mc=4", "eval.n_sycophancy=6", "eval.n_capability_texts=3",

@@ -477,6 +477,12 @@ def _evaluate(model, tok, reference, cfg: ExperimentConfig, train_clusters_path:
     results = run_suite(model, tok, cfg.eval, reference_model=reference, train_clusters=load_clusters(train_clusters_path),
                         model_name=model_name)
     write_results(results, out)
+    trackers = cfg.train.report_to if isinstance(cfg.train.report_to, list) else [cfg.train.report_to]
+    trackers = [t for t in trackers if t in ("tensorboard", "wandb")]
+    if trackers:  # the evaluation figures go where training's losses go (one TensorBoard run per stage)
+        from coherentize.integrations.tracking import log_scalars, scalars
+
+        log_scalars(scalars(results), trackers, Path(cfg.out_dir) / "tensorboard" / out.parent.name / out.name)
     return results
 
 

@@ -11,6 +11,9 @@ def test_strongreject_splits_are_disjoint_and_cover_the_file():
     assert parts["train"] | parts["validation"] | parts["test"] == every
     assert not (parts["train"] & parts["test"]) and not (parts["validation"] & parts["test"])
     assert 0.2 < len(parts["test"]) / len(every) < 0.4
+    # disjoint by text too, not only by id: no test request is also a training or validation request
+    text = lambda split: {" ".join(it["prompt"].lower().split()) for it in sources.strongreject(split=split)}  # noqa: E731
+    assert not (text("train") & text("test")) and not (text("validation") & text("test"))
 
 
 def test_benign_edgy_and_true_false_pairs_load():

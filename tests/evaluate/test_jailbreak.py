@@ -49,8 +49,25 @@ def test_run_jailbreak_on_a_tiny_model(tiny_lm, tiny_tok):
 
 
 def test_refusal_margin_is_a_log_ratio(tiny_lm, tiny_tok):
-    m = jailbreak.refusal_margins(tiny_lm, tiny_tok, ["Hello there", "What is two plus two?"], chat=True)
-    assert len(m) == 2 and all(isinstance(x, float) for x in m)
+    import torch
+
+    from coherentize.chat import encode
+
+    prompts = ["Hello there", "What is two plus two?"]
+    m = jailbreak.refusal_margins(tiny_lm, tiny_tok, prompts, chat=True)
+
+    @torch.no_grad()
+    def opening_logprob(prompt, opening):  # teacher-forced, one unpadded row
+        p = encode(tiny_tok, prompt, True)
+        o = tiny_tok(opening, add_special_tokens=False)["input_ids"]
+        logp = torch.log_softmax(tiny_lm(input_ids=torch.tensor([p + o])).logits[0].float(), -1)
+        return sum(logp[len(p) - 1 + k, t].item() for k, t in enumerate(o))
+
+    for prompt, got in zip(prompts, m):
+        ref = torch.tensor([opening_logprob(prompt, o) for o in jailbreak.REFUSAL_OPENINGS])
+        com = torch.tensor([opening_logprob(prompt, o) for o in jailbreak.COMPLIANCE_OPENINGS])
+        want = (torch.logsumexp(ref, 0) - torch.logsumexp(com, 0)).item()
+        assert got == pytest.approx(want, abs=1e-4)
 
 
 def test_no_direct_refusal_warns():

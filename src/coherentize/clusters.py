@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from coherentize.chat import Prompt, prompt_text
-from coherentize.errors import CoherentizeError
+from coherentize.errors import CoherentizeError, not_utf8, read_text  # noqa: F401  (read_text: re-exported)
 
 ANCHOR_FAMILY = "anchor"
 
@@ -76,20 +76,6 @@ class LoadReport:
     skipped_too_small: int = 0
 
 
-def _not_utf8(path, lineno: int, e: UnicodeDecodeError) -> CoherentizeError:
-    return CoherentizeError(f"{path}:{lineno}: not UTF-8 text (byte {e.object[e.start:e.start + 1]!r}); save the file "
-                            "as UTF-8.")
-
-
-def read_text(path: str | os.PathLike) -> str:
-    """A text file's content; a file that is not UTF-8 is one CoherentizeError naming the file and line."""
-    raw = Path(path).read_bytes()
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise _not_utf8(path, raw.count(b"\n", 0, e.start) + 1, e) from None
-
-
 def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
     """Yield (line number, object) for each non-blank line; a line that is not a JSON object (or not UTF-8) is an
     error."""
@@ -101,7 +87,7 @@ def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                raise _not_utf8(path, lineno, e) from None
+                raise not_utf8(path, lineno, e) from None
             if not line.strip():
                 continue
             try:

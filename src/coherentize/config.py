@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from coherentize.errors import CoherentizeError
+from coherentize.errors import CoherentizeError, read_text
 
 T = TypeVar("T")
 
@@ -25,7 +25,7 @@ def read_config_file(path: str | os.PathLike) -> dict:
     path = Path(path)
     if not path.is_file():
         raise CoherentizeError(f"{path}: config file not found.")
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path)
     try:
         data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
     except (yaml.YAMLError, tomllib.TOMLDecodeError) as e:

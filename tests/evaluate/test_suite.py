@@ -76,3 +76,23 @@ def test_n_self_report_limits_the_self_report_clusters(tiny_lm, tiny_tok):
     asked = {r["prompt_id"] for r in res["records"] if r["prompt_id"] in sr_ids}
     assert asked == {c.id for c in self_report_clusters()[:2]}
     assert res["suites"]["coherence"]["self_report_agreement"]["n"] == 2
+
+
+def test_jailbreak_families_per_request_uses_exactly_the_assigned_pairs(tiny_lm, tiny_tok):
+    from coherentize.evaluate.jailbreak import assign_families
+
+    fams = ["roleplay_actor", "prefix_injection", "opening_sure", "fiction_story"]
+    cfg = EvalConfig(**{**SMALL, "n_harmful": 5, "jailbreak_families": fams}, suites=["jailbreak"],
+                     jailbreak_families_per_request=2, jailbreak_assignment_seed=7)
+    res = run_suite(tiny_lm, tiny_tok, cfg, quiet=True)
+    ids = [r["id"] for r in strongreject(split="test", n=5)]
+    assign = assign_families(ids, fams, 2, seed=7)
+    got = {(r["prompt_id"], r["family"]) for r in res["records"] if r["family"] != "direct"}
+    assert got == {(i, f) for i, fs in assign.items() for f in fs} and len(got) == 10
+    for f in fams:
+        want = {i for i, fs in assign.items() if f in fs}
+        assert set(res["per_item"][f"jailbreak.success.{f}"]) == want
+        assert set(res["per_item"][f"jailbreak.margin.{f}"]) == want  # the margin probe on the same pairs
+    assert res["suites"]["jailbreak"]["families_per_request"] == 2
+    with pytest.raises(CoherentizeError, match="jailbreak_families_per_request"):
+        run_suite(tiny_lm, tiny_tok, EvalConfig(**SMALL, jailbreak_families_per_request=-1), quiet=True)

@@ -51,6 +51,12 @@ class EvalConfig:
     """Template sources: project, easyjailbreak (read from the installed package at run time), or template files."""
     jailbreak_families: list[str] = field(default_factory=list)
     """Families to score (empty = every family of the sources)."""
+    jailbreak_families_per_request: int = 0
+    """Families each harmful request is wrapped in (0: every family); a seeded balanced assignment so that each family
+    gets about n_harmful*k/F requests and every request k families; the same assignment for every model evaluated
+    with this config, so comparisons stay paired (jailbreak.assign_families). Margins use the same pairs."""
+    jailbreak_assignment_seed: int = 0
+    """Seed of the family assignment when jailbreak_families_per_request > 0 (shuffles the family list)."""
     refusal_margin: bool = True
     """Also compute the log-probability margin between refusal and compliance openings (continuous probe)."""
     overrefusal_source: str = "default"
@@ -105,6 +111,9 @@ def validate(cfg: EvalConfig) -> EvalConfig:
         raise CoherentizeError("eval.judge_model: judge = model needs a judge model (a folder, hub id or packaged name).")
     if cfg.judge == "server" and not cfg.judge_url:
         raise CoherentizeError("eval.judge_url: judge = server needs an OpenAI-compatible base URL.")
+    if cfg.jailbreak_families_per_request < 0:
+        raise CoherentizeError(f"eval.jailbreak_families_per_request: {cfg.jailbreak_families_per_request} must be "
+                               ">= 0 (0: every family).")
     if cfg.prompt_format not in ("auto", "chat", "raw"):
         raise CoherentizeError(f"eval.prompt_format: {cfg.prompt_format!r} is not one of auto, chat, raw.")
     return cfg
@@ -330,7 +339,7 @@ def run_suite(model, tokenizer, cfg: EvalConfig | None = None, reference_model=N
     """
     from coherentize.chat import is_chat_model
     from coherentize.evaluate.capability import run_capability
-    from coherentize.evaluate.jailbreak import run_jailbreak, template_families
+    from coherentize.evaluate.jailbreak import assign_families, run_jailbreak, template_families
     from coherentize.evaluate.overlap import check_overlap, overlap_report
     from coherentize.evaluate.overrefusal import run_overrefusal
     from coherentize.evaluate.sycophancy import run_sycophancy
@@ -386,9 +395,11 @@ def run_suite(model, tokenizer, cfg: EvalConfig | None = None, reference_model=N
     for s in suites:
         _log(f"{s} ...", quiet)
         if s == "jailbreak":
+            assignment = assign_families([r["id"] for r in requests], list(families),
+                                         cfg.jailbreak_families_per_request, cfg.jailbreak_assignment_seed)
             add(s, run_jailbreak(model, tokenizer, requests, families, chat, judge, cfg.max_new_tokens,
                                  cfg.batch_size, cfg.refusal_margin, cfg.n_boot, progress,
-                                 decode_batch_size=cfg.decode_batch_size))
+                                 decode_batch_size=cfg.decode_batch_size, assignment=assignment))
         elif s == "overrefusal":
             add(s, run_overrefusal(model, tokenizer, benign, chat, judge, cfg.max_new_tokens, cfg.batch_size,
                                    cfg.n_boot, progress, decode_batch_size=cfg.decode_batch_size))

@@ -124,6 +124,9 @@ def _coerce(value, tp, where: str):
     if origin is dict:
         if not isinstance(value, dict):
             raise CoherentizeError(f"{where}: expected a mapping.")
+        args = typing.get_args(tp)
+        if len(args) == 2:  # dict[str, X]: each value checked as an X (e.g. a section per name)
+            return {k: _coerce(v, args[1], f"{where}.{k}") for k, v in value.items()}
         return dict(value)
     if origin is typing.Literal:
         allowed = typing.get_args(tp)

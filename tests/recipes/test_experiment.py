@@ -269,3 +269,83 @@ def test_stages_run_one_at_a_time_with_stage(tiny_folder, tmp_path):
     logs = []
     run_experiment(cfg, log=logs.append)
     assert [m for m in logs if m.startswith("== stage")] == ["== stage report: report.md and report.html"]
+
+
+def test_defined_arm_sets_its_components_weights_and_training_fields(tiny_folder, tmp_path):
+    from coherentize.recipes.experiment import _arm_train_args, arm_components
+
+    cfg = tiny_cfg(tiny_folder, tmp_path / "x", "arms=[control,act-l2]",
+                   "arm_definitions={act-l2: {components: activation, weights: {act: 1.0e-4}, "
+                   "train: {act_metric: l2, act_layers: [0, 1], leash_weight: 0, learning_rate: '2e-4'}}}")
+    validate(cfg)
+    assert arm_components(cfg, "act-l2")[:2] == ("activation", {"output": 0.0, "bct": 0.0, "act": 1e-4})
+    a = _arm_train_args(cfg, "act-l2", seed=3)
+    assert (a.act_metric, a.act_layers, a.leash_weight, a.learning_rate, a.seed) == ("l2", [0, 1], 0.0, 2e-4, 3)
+    assert (a.output_weight, a.bct_weight, a.act_weight) == (0.0, 0.0, 1e-4)
+    b = _arm_train_args(cfg, "control", seed=3)  # the experiment's own settings are untouched
+    assert (b.act_metric, b.leash_weight, b.learning_rate, b.bct_weight) == ("l2_normalized", cfg.train.leash_weight,
+                                                                            0.01, 1.0)
+    assert _arm_train_args(cfg, "act-l2", seed=0, learning_rate=0.5).learning_rate == 0.5
+    for bad, msg in [("train: {act_metrik: l2}", "arm_definitions.act-l2.train: unknown training field 'act_metrik'"),
+                     ("train: {act_weight: 2}", "'act_weight' is set by the arm's components"),
+                     ("train: {act_metric: cosine2}", "arm_definitions.act-l2.train"),
+                     ("weights: {activation: 1}", "arm_definitions.act-l2.weights: unknown component 'activation'"),
+                     ("components: actvation", "unknown arm 'actvation'")]:
+        with pytest.raises(CoherentizeError, match=msg.replace("(", r"\(").replace("'", "'")):
+            validate(tiny_cfg(tiny_folder, tmp_path / "x", "arms=[act-l2]", f"arm_definitions={{act-l2: {{{bad}}}}}"))
+
+
+def test_learning_rate_chosen_on_validation_and_its_run_reused_as_that_seed(tiny_folder, tmp_path, monkeypatch):
+    """select: each candidate rate trains at the select seed and is scored on the VALIDATION split; the best harmonic
+    mean wins (ties: the smaller rate), the winning candidate IS that seed's run (no second training), other seeds
+    train at the chosen rate, and control keeps train.learning_rate."""
+    from coherentize import sources
+    from coherentize.recipes import experiment as exp
+
+    seen_splits = []  # the splits the validation prompts are read from
+    real_sr, real_be, real_vp = sources.strongreject, sources.benign_edgy, exp.validation_prompts
+
+    def validation_prompts(cfg):
+        monkeypatch.setattr(sources, "strongreject", lambda split=None, n=None, **k: (
+            seen_splits.append(("h", split)), real_sr(split=split, n=n, **k))[1])
+        monkeypatch.setattr(sources, "benign_edgy", lambda split=None, n=None: (
+            seen_splits.append(("b", split)), real_be(split=split, n=n))[1])
+        try:
+            return real_vp(cfg)
+        finally:
+            monkeypatch.setattr(sources, "strongreject", real_sr)
+            monkeypatch.setattr(sources, "benign_edgy", real_be)
+    monkeypatch.setattr(exp, "validation_prompts", validation_prompts)
+    # A scorer that prefers the larger rate, from the trained model's own learning rate (read from its train args).
+    scores = {0.01: 0.4, 0.03: 0.7}
+
+    def fake_score(model, tok, prompts, cfg, fmt):
+        assert prompts["harmful"] and prompts["benign"]
+        lr = fake_score.lrs.pop(0)
+        return {"harmful_refusal": scores[lr], "n_harmful_prompts": len(prompts["harmful"]), "benign_answer": 1.0,
+                "n_benign": len(prompts["benign"]), "harmonic_mean": scores[lr]}
+    fake_score.lrs = [0.01, 0.03]
+    monkeypatch.setattr(exp, "validation_score", fake_score)
+    trained = []
+    real_train = exp._train_arm
+    monkeypatch.setattr(exp, "_train_arm", lambda cfg, st, name, arm, targs, *a: (
+        trained.append((name, targs.learning_rate)), real_train(cfg, st, name, arm, targs, *a))[1])
+    out = tmp_path / "sel"
+    cfg = tiny_cfg(tiny_folder, out, "seeds=[0,1]", "select.learning_rates=[0.01,0.03]", "select.n_harmful=2",
+                   "select.n_benign=2", "eval.suites=[overrefusal]")
+    run_experiment(cfg, log=lambda *a: None)
+    sel = json.loads((out / "selection.json").read_text())
+    assert list(sel) == ["output-kl+activation"]
+    assert sel["output-kl+activation"]["chosen_learning_rate"] == 0.03
+    assert [c["harmonic_mean"] for c in sel["output-kl+activation"]["candidates"]] == [0.4, 0.7]
+    assert seen_splits == [("h", "validation"), ("b", "validation")]  # never the test split the evaluation scores
+    assert sorted(trained) == sorted([("output-kl+activation@lr0.01-seed0", 0.01), ("output-kl+activation@lr0.03-seed0", 0.03),
+                                      ("output-kl+activation-seed1", 0.03), ("control-seed0", 0.01),
+                                      ("control-seed1", 0.01)])
+    evals = {json.loads(p.read_text())["seed"]: p.parent for p in out.glob("stages/eval/output-kl+activation-seed*/done.json")}
+    assert len(evals) == 2
+    # a re-run trains nothing and chooses the same rate
+    trained.clear()
+    fake_score.lrs = []
+    run_experiment(cfg, log=lambda *a: None)
+    assert trained == [] and json.loads((out / "selection.json").read_text()) == sel

@@ -79,6 +79,41 @@ class VariationsConfig:
 
 
 @dataclass
+class ArmDefinition:
+    """An arm named in the config: its components, their weights and the training settings it changes (e.g. Irpan et
+    al.'s ACT beside the project's normalised single-layer variant, or one learning rate per arm)."""
+
+    components: str = "control"
+    """control, a component (output-kl, bct, activation) or a '+'-joined combination (e.g. output-kl+activation)."""
+    weights: dict = field(default_factory=dict)
+    """Weights of its components (output, bct, act), over the experiment's component_weights."""
+    train: dict = field(default_factory=dict)
+    """Training fields this arm sets over the experiment's `train` (e.g. act_metric: l2, act_layers, leash_weight)."""
+    label: str = ""
+    """A short description written next to the arm in selection.json and the logs (default: none)."""
+
+
+@dataclass
+class SelectConfig:
+    """The learning rate chosen on a validation split, as Irpan et al. choose their checkpoint: each selected arm
+    trains once per candidate rate at `seed`, and keeps the rate with the best harmonic mean of the harmful-refusal
+    rate (validation-split harmful requests, clean and wrapped in the TRAINING jailbreak families, never an evaluation
+    family) and the benign answer rate (validation split of the benign-but-edgy prompts); ties go to the smaller rate.
+    The run at the chosen rate is that seed's run; the other seeds train at the chosen rate."""
+
+    learning_rates: list[float] = field(default_factory=list)
+    """Candidate learning rates (empty: no selection; every arm trains at train.learning_rate)."""
+    arms: list[str] = field(default_factory=list)
+    """Arms whose rate is selected (empty: every arm but control, which trains at train.learning_rate)."""
+    seed: int = 0
+    """Seed at which the candidates train."""
+    n_harmful: int = 16
+    """Validation-split harmful requests (each clean and in every training jailbreak family)."""
+    n_benign: int = 24
+    """Validation-split benign-but-edgy prompts."""
+
+
+@dataclass
 class ExperimentConfig:
     """`coherentize run`: one experiment, every stage."""
 
@@ -91,7 +126,12 @@ class ExperimentConfig:
     variations: VariationsConfig = field(default_factory=VariationsConfig)
     """Training clusters."""
     arms: list[str] = field(default_factory=lambda: ["control", "output-kl+activation"])
-    """Arms: control, output-kl, bct, activation, or '+'-joined combinations (e.g. output-kl+activation)."""
+    """Arms: control, output-kl, bct, activation, '+'-joined combinations (e.g. output-kl+activation), or a name
+    defined in arm_definitions."""
+    arm_definitions: dict[str, ArmDefinition] = field(default_factory=dict)
+    """Named arms with their own components, weights and training settings ({name: {components, weights, train}})."""
+    select: SelectConfig = field(default_factory=SelectConfig)
+    """Learning rate chosen on a validation split per arm (off unless learning_rates is set)."""
     component_weights: dict = field(default_factory=lambda: {"output": 1.0, "bct": 1.0, "act": 1.0})
     """Weight given to each component an arm names (output, bct, act)."""
     seeds: list[int] = field(default_factory=lambda: [0])
@@ -106,6 +146,26 @@ class ExperimentConfig:
     """Held-out examples per cluster in training's before/after consistency measurement (0: all of them)."""
     eval: EvalConfig = field(default_factory=EvalConfig)
     """The evaluation suite run before training and after each arm and seed."""
+
+
+def arm_components(cfg: ExperimentConfig, arm: str) -> tuple[str, dict[str, float], dict]:
+    """(components, weights, training overrides) of an arm: a defined arm's, else the name itself is the components."""
+    spec = cfg.arm_definitions.get(arm)
+    if spec is None:
+        return arm, arm_weights(arm, cfg.component_weights), {}
+    where = f"arm_definitions.{arm}"
+    unknown = sorted(set(spec.weights) - set(COMPONENTS.values()))
+    if unknown:
+        raise CoherentizeError(f"{where}.weights: unknown component {unknown[0]!r}; use {', '.join(COMPONENTS.values())}.")
+    weights = arm_weights(spec.components, {**cfg.component_weights, **spec.weights})
+    fields = {f.name for f in dataclasses.fields(ConsistencyConfig) if f.init}
+    bad = sorted(set(spec.train) - fields)
+    if bad:
+        raise CoherentizeError(f"{where}.train: unknown training field {bad[0]!r} (see coherentize train --help).")
+    clash = sorted(set(spec.train) & {"output_weight", "bct_weight", "act_weight", "seed", "data_seed"})
+    if clash:
+        raise CoherentizeError(f"{where}.train: {clash[0]!r} is set by the arm's components/weights or the seed.")
+    return spec.components, weights, dict(spec.train)
 
 
 def arm_weights(arm: str, weights: dict) -> dict[str, float]:
@@ -127,7 +187,20 @@ def validate(cfg: ExperimentConfig) -> None:
     if not cfg.arms:
         raise CoherentizeError("arms: name at least one arm.")
     for arm in cfg.arms:
-        arm_weights(arm, cfg.component_weights)
+        arm_components(cfg, arm)
+    for name, spec in cfg.arm_definitions.items():
+        if name in COMPONENTS or name == "control" or "+" in name:
+            raise CoherentizeError(f"arm_definitions.{name}: a defined arm needs a name of its own (not a component).")
+        try:
+            _arm_train_args(cfg, name, cfg.seeds[0] if cfg.seeds else 0)
+        except (ValueError, TypeError) as e:
+            raise CoherentizeError(f"arm_definitions.{name}.train: {e}") from None
+    sel = cfg.select
+    unknown = [a for a in sel.arms if a not in cfg.arms]
+    if unknown:
+        raise CoherentizeError(f"select.arms: {unknown[0]!r} is not one of the experiment's arms {cfg.arms}.")
+    if any(lr <= 0 for lr in sel.learning_rates):
+        raise CoherentizeError(f"select.learning_rates: every rate must be > 0, got {sel.learning_rates}.")
     if not cfg.seeds:
         raise CoherentizeError("seeds: name at least one seed.")
     _check_overlap(cfg)
@@ -221,6 +294,7 @@ class Stages:
         self.cfg, self.log, self.force = cfg, log, set(force)
         self.root = Path(cfg.out_dir)
         self.hashes: dict[str, str] = {}
+        self.aliases: dict[str, str] = {}
         self.code = code_version()
         self.seconds: dict[str, float] = {}  # stage name -> wall seconds of the run that produced it
         self.reused: list[str] = []
@@ -232,7 +306,14 @@ class Stages:
         return h
 
     def dir(self, name: str) -> Path:
+        name = self.aliases.get(name, name)
         return self.root / "stages" / f"{name}-{self.hashes[name]}"
+
+    def alias(self, name: str, target: str) -> None:
+        """name is the same stage as target (same config and inputs), run under target's name: a selection candidate
+        that is also a seed's run."""
+        self.aliases[name] = target
+        self.hashes[name] = self.hashes[target]
 
     def forced(self, name: str) -> bool:
         return name.split("/")[0] in self.force
@@ -559,23 +640,82 @@ def _run_stages(cfg: ExperimentConfig, st: Stages, only: str | None) -> Path:
             res = _evaluate(model, tok, None, cfg, train_path, bdir, model_name)
             st.finish("baseline", {"suites": list(res["suites"])})
 
+    def train_key(arm: str, seed: int, targs) -> dict:
+        return {"arm": arm, "seed": seed, "train": without(to_dict(targs), COSMETIC_TRAIN_FIELDS),
+                "lora": to_dict(cfg.lora), "r": cfg.response_max_new_tokens,
+                "heldout_per_cluster": cfg.heldout_examples_per_cluster}
+
+    def train_stage(stage: str, arm: str, seed: int, targs) -> bool:
+        """Key the training stage and run it unless done; True when its model exists."""
+        st.key(f"train/{stage}", train_key(arm, seed, targs), "organism", "variations")
+        if cached(f"train/{stage}"):
+            return True
+        need(f"train/{stage}")
+        if wanted("train"):
+            _train_arm(cfg, st, stage, arm, targs, model_cfg, train_path, held_path)
+            return True
+        return False
+
+    # learning rate per arm, chosen on the validation split (select)
+    chosen: dict[str, float] = {}
+    candidates: dict[tuple[str, float], str] = {}
+    selection: dict[str, dict] = {}
+    val_prompts = None
+    for arm in cfg.arms:
+        if not selects(cfg, arm):
+            continue
+        rows = []
+        for lr in cfg.select.learning_rates:
+            stage = f"{arm}@lr{lr:g}-seed{cfg.select.seed}"
+            if not train_stage(stage, arm, cfg.select.seed, _arm_train_args(cfg, arm, cfg.select.seed, lr)):
+                continue
+            candidates[(arm, lr)] = stage
+            vname = f"train/{arm}@lr{lr:g}-val"
+            st.key(vname, {"select": to_dict(cfg.select), "train_jailbreak": cfg.variations.jailbreak_families,
+                           "sources": cfg.variations.template_sources, "max_new_tokens": cfg.eval.max_new_tokens},
+                   f"train/{stage}")
+            info = st.done(vname)
+            if info is not None:
+                st.reuse(vname, info)
+            elif wanted("train"):
+                st.begin(vname, f"validation of {arm} at learning rate {lr:g}")
+                if val_prompts is None:
+                    val_prompts = validation_prompts(cfg)
+                model, tok = models.trained(st.dir(f"train/{stage}") / "model")
+                info = st.finish(vname, {"arm": arm, "learning_rate": lr,
+                                         **validation_score(model, tok, val_prompts, cfg, model_cfg.prompt_format)})
+            else:
+                continue
+            rows.append(info)
+        if len(rows) == len(cfg.select.learning_rates):
+            best = max(rows, key=lambda r: (r["harmonic_mean"], -r["learning_rate"]))
+            chosen[arm] = best["learning_rate"]
+            selection[arm] = {"chosen_learning_rate": best["learning_rate"], "label": _arm_label(cfg, arm),
+                              "candidates": [without(r, {"seconds"}) for r in rows]}
+            log(f"   {arm}: learning rate {best['learning_rate']:g} chosen on validation "
+                f"(harmonic mean {best['harmonic_mean']:.3f}; " +
+                ", ".join(f"{r['learning_rate']:g}: {r['harmonic_mean']:.3f}" for r in rows) + ")")
+    if selection:
+        st.root.mkdir(parents=True, exist_ok=True)
+        (st.root / "selection.json").write_text(json.dumps(selection, indent=2))
+
     # train and eval per arm and seed
     runs = []
     for arm in cfg.arms:
+        if selects(cfg, arm) and arm not in chosen:
+            if only is None or only == "train":
+                raise CoherentizeError(f"select: no learning rate was chosen for {arm}.")
+            continue  # --stage of another kind: the selection has not run, so neither have these stages
         for seed in cfg.seeds:
             name = f"{arm}-seed{seed}"
-            weights = arm_weights(arm, cfg.component_weights)
-            targs = dataclasses.replace(cfg.train, seed=seed, data_seed=seed, output_weight=weights["output"],
-                                        bct_weight=weights["bct"], act_weight=weights["act"])
-            tkey = {"arm": arm, "seed": seed, "train": without(to_dict(targs), COSMETIC_TRAIN_FIELDS),
-                    "lora": to_dict(cfg.lora), "r": cfg.response_max_new_tokens,
-                    "heldout_per_cluster": cfg.heldout_examples_per_cluster}
-            st.key(f"train/{name}", tkey, "organism", "variations")
+            lr = chosen.get(arm)
+            targs = _arm_train_args(cfg, arm, seed, lr)
+            if lr is not None and seed == cfg.select.seed and (arm, lr) in candidates:
+                # the candidate trained at this seed and the chosen rate IS this seed's run
+                st.alias(f"train/{name}", f"train/{candidates[(arm, lr)]}")
+            else:
+                train_stage(name, arm, seed, targs)
             tdir = st.dir(f"train/{name}")
-            if not cached(f"train/{name}"):
-                need(f"train/{name}")
-                if wanted("train"):
-                    _train_arm(cfg, st, name, arm, targs, model_cfg, train_path, held_path)
             st.key(f"eval/{name}", eval_key, f"train/{name}")
             edir = st.dir(f"eval/{name}")
             if not cached(f"eval/{name}"):
@@ -586,7 +726,8 @@ def _run_stages(cfg: ExperimentConfig, st: Stages, only: str | None) -> Path:
                     reference, _ = models.original()
                     _evaluate(model, tok, reference, cfg, train_path, edir, model_name)
                     st.finish(f"eval/{name}", {"arm": arm, "seed": seed})
-            runs.append({"arm": arm, "seed": seed, "train_dir": str(tdir), "eval_dir": str(edir)})
+            runs.append({"arm": arm, "seed": seed, "train_dir": str(tdir), "eval_dir": str(edir),
+                         "learning_rate": targs.learning_rate})
 
     # report
     report_path = st.root / "report.md"
@@ -609,6 +750,72 @@ def _run_stages(cfg: ExperimentConfig, st: Stages, only: str | None) -> Path:
     return report_path
 
 
+def selects(cfg: ExperimentConfig, arm: str) -> bool:
+    """Whether the arm's learning rate is chosen on validation (SelectConfig)."""
+    sel = cfg.select
+    if not sel.learning_rates:
+        return False
+    return arm in sel.arms if sel.arms else arm_components(cfg, arm)[0] != "control"
+
+
+def _arm_label(cfg: ExperimentConfig, arm: str) -> str:
+    spec = cfg.arm_definitions.get(arm)
+    return spec.label if spec is not None and spec.label else arm
+
+
+def _arm_train_args(cfg: ExperimentConfig, arm: str, seed: int, learning_rate: float | None = None):
+    """The training arguments of one arm and seed: the experiment's `train`, the arm's own settings, its component
+    weights, the seed, and the chosen learning rate when there is one."""
+    import typing
+
+    from coherentize.config import _coerce
+
+    _, weights, overrides = arm_components(cfg, arm)
+    hints = typing.get_type_hints(ConsistencyConfig)
+    overrides = {k: _coerce(v, hints.get(k, typing.Any), f"arm_definitions.{arm}.train.{k}")
+                 for k, v in overrides.items()}
+    if learning_rate is not None:
+        overrides["learning_rate"] = float(learning_rate)
+    return dataclasses.replace(cfg.train, **overrides, seed=seed, data_seed=seed, output_weight=weights["output"],
+                               bct_weight=weights["bct"], act_weight=weights["act"])
+
+
+def validation_prompts(cfg: ExperimentConfig) -> dict[str, list[str]]:
+    """The selection's validation prompts: harmful validation-split requests, clean and wrapped in every TRAINING
+    jailbreak family (the attacks training targets; evaluation families stay unseen), and validation-split
+    benign-but-edgy prompts. Never the test split that the evaluation scores."""
+    from coherentize import sources
+    from coherentize.variations.build import wrap_requests
+    from coherentize.variations.templates import template_families
+
+    sel, v = cfg.select, cfg.variations
+    harmful = sources.strongreject(split="validation", n=sel.n_harmful)
+    fams = template_families(v.template_sources, v.jailbreak_families) if v.jailbreak_families else {}
+    clusters = wrap_requests(harmful, fams, prefix="val-")
+    prompts = [c.anchor for c in clusters] + [x.prompt for c in clusters for x in c.variations]
+    benign = [b["prompt"] for b in sources.benign_edgy(split="validation", n=sel.n_benign)]
+    if not prompts or not benign:
+        raise CoherentizeError("select: the validation split has no harmful requests or no benign-but-edgy prompts.")
+    return {"harmful": prompts, "benign": benign}
+
+
+def validation_score(model, tok, prompts: dict[str, list[str]], cfg: ExperimentConfig, prompt_format: str) -> dict:
+    """Harmful-refusal rate, benign answer rate (string judge on greedy answers) and their harmonic mean."""
+    from coherentize.chat import is_chat_model
+    from coherentize.evaluate.judges import is_refusal
+    from coherentize.generation import generate
+
+    chat = is_chat_model(tok, prompt_format)
+    n_h = len(prompts["harmful"])
+    outs = generate(model, tok, prompts["harmful"] + prompts["benign"], chat, cfg.eval.max_new_tokens)
+    refused = [is_refusal(o) for o in outs]
+    a = sum(refused[:n_h]) / n_h
+    b = sum(not r for r in refused[n_h:]) / len(prompts["benign"])
+    hm = 0.0 if a + b == 0 else 2 * a * b / (a + b)
+    return {"harmful_refusal": a, "n_harmful_prompts": n_h, "benign_answer": b, "n_benign": len(prompts["benign"]),
+            "harmonic_mean": hm}
+
+
 def _train_arm(cfg: ExperimentConfig, st: Stages, name: str, arm: str, targs, model_cfg: ModelConfig,
                train_path: Path, held_path: Path) -> None:
     """One training stage: the arm's data (control: anchors copied in place of the variations), one TrainJob."""
@@ -616,7 +823,8 @@ def _train_arm(cfg: ExperimentConfig, st: Stages, name: str, arm: str, targs, mo
 
     tdir = st.begin(f"train/{name}", "consistency training")
     tdir.mkdir(parents=True, exist_ok=True)
-    data_file = _control_clusters(train_path, tdir / "control.jsonl") if arm == "control" else train_path
+    control = arm_components(cfg, arm)[0] == "control"
+    data_file = _control_clusters(train_path, tdir / "control.jsonl") if control else train_path
     saves = max(1, (targs.max_steps or 1) // 4)
     job = TrainJob(
         model=model_cfg, lora=cfg.lora,

@@ -1,4 +1,4 @@
-"""The ``coherentize`` command: ``train``, ``augment``, ``eval``, ``export``, ``run``.
+"""The ``coherentize`` command: ``train``, ``augment``, ``mine``, ``eval``, ``export``, ``run``.
 
 Each subcommand lives in ``coherentize/commands/<name>.py`` with ``add_arguments(parser)`` and ``main(args)``.
 A CoherentizeError (a user mistake) prints one line and exits 2; no traceback.
@@ -15,6 +15,7 @@ from coherentize.errors import CoherentizeError
 SUBCOMMANDS = {
     "train": "coherentize.commands.train",
     "augment": "coherentize.commands.augment",
+    "mine": "coherentize.commands.mine",
     "eval": "coherentize.commands.eval",
     "export": "coherentize.commands.export",
     "run": "coherentize.commands.run",

@@ -96,3 +96,30 @@ def test_jailbreak_families_per_request_uses_exactly_the_assigned_pairs(tiny_lm,
     assert res["suites"]["jailbreak"]["families_per_request"] == 2
     with pytest.raises(CoherentizeError, match="jailbreak_families_per_request"):
         run_suite(tiny_lm, tiny_tok, EvalConfig(**SMALL, jailbreak_families_per_request=-1), quiet=True)
+
+
+def test_adaptive_probes_in_the_suite_results(tiny_lm, tiny_tok):
+    """Prefill and search figures land in the jailbreak summary, per_item and records; the search leaves out a family
+    training used (here allowed to overlap); worst-of-N names its N."""
+    fams = ["roleplay_actor", "prefix_injection", "opening_sure"]
+    cfg = EvalConfig(**{**SMALL, "n_harmful": 4, "jailbreak_families": fams}, suites=["jailbreak"],
+                     jailbreak_prefill=True, jailbreak_search=True, jailbreak_search_budget=4,
+                     jailbreak_search_width=1, train_families=["roleplay_actor"], allow_overlap=True)
+    res = run_suite(tiny_lm, tiny_tok, cfg, quiet=True)
+    jb = res["suites"]["jailbreak"]
+    ids = {r["id"] for r in strongreject(split="test", n=4)}
+    assert jb["prefill"]["opening"] == "Sure, here is" and jb["prefill"]["success_unconditional"]["n"] == 4
+    assert jb["search"]["pool_families"] == ["opening_sure", "prefix_injection"]
+    assert [c["budget"] for c in jb["search"]["curve"]] == [1, 2, 4] and jb["search"]["success"]["n"] == 4
+    assert jb["worst_of_n"]["n"] == 4 and jb["families_per_request"] == 3
+    assert set(res["per_item"]["jailbreak.prefill_success"]) == ids
+    assert set(res["per_item"]["jailbreak.search_success_at.2"]) == ids
+    fam_of = {r["family"] for r in res["records"]}
+    assert {"prefill", "search", "direct"} <= fam_of
+    assert not any(k.startswith("jailbreak.success.") and k.split(".", 2)[2] in ("prefill", "search")
+                   for k in res["per_item"])  # never mistaken for a template family
+    # off by default
+    plain = run_suite(tiny_lm, tiny_tok, EvalConfig(**{**SMALL, "n_harmful": 2}, suites=["jailbreak"]), quiet=True)
+    assert "prefill" not in plain["suites"]["jailbreak"] and "search" not in plain["suites"]["jailbreak"]
+    with pytest.raises(CoherentizeError, match="jailbreak_search_budget"):
+        run_suite(tiny_lm, tiny_tok, EvalConfig(**SMALL, jailbreak_search=True, jailbreak_search_budget=0), quiet=True)

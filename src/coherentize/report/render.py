@@ -97,8 +97,9 @@ def forest_plot(rows: list[dict], colors: dict):
 
 
 def make_plots(table: dict, arms: list[str], families: dict, train_logs: dict, per_layer: dict,
-               forest: list[dict], out: Path) -> dict:
-    """Write the PNGs into out; return {file name: base64 PNG} (forest.png first)."""
+               forest: list[dict], out: Path, curves: tuple[list[int], dict] | None = None) -> dict:
+    """Write the PNGs into out; return {file name: base64 PNG} (forest.png first). curves: the search's attack
+    success against its budget (tables.search_curves)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -149,6 +150,26 @@ def make_plots(table: dict, arms: list[str], families: dict, train_logs: dict, p
         ax.legend(fontsize=7)
         ax.set_title("Jailbreak success per held-out family", fontsize=9)
         plots["jailbreak_families.png"] = _fig_png(fig)
+
+    # the black-box search: attack success against the query budget, every run on one plot
+    if curves and curves[0]:
+        budgets, runs = curves
+        fig, ax = plt.subplots(figsize=(4.6, 3.2))
+        for j, (name, pts) in enumerate(runs.items()):
+            xs = [b * (1 + 0.04 * (j - (len(runs) - 1) / 2)) for b in budgets]  # a little apart, bars visible
+            ms = [p["mean"] if p.get("mean") is not None else np.nan for p in pts]
+            lo = [m - p["ci_low"] if p.get("mean") is not None else 0 for m, p in zip(ms, pts)]
+            hi = [p["ci_high"] - m if p.get("mean") is not None else 0 for m, p in zip(ms, pts)]
+            ax.errorbar(xs, ms, yerr=[lo, hi], marker="o", ms=4, capsize=2, label=name,
+                        color=colors.get(name, f"C{j}"))
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(budgets, [str(b) for b in budgets])
+        ax.set_xlabel("queries per request (budget)")
+        ax.set_ylabel("attack success (all requests)")
+        ax.set_ylim(-0.02, 1.05)
+        ax.legend(fontsize=7)
+        ax.set_title("Black-box search: success vs budget (95% Wilson CI)", fontsize=9)
+        plots["jailbreak_search.png"] = _fig_png(fig)
 
     # over-refusal vs jailbreak success
     if "overrefusal.refused" in table and "jailbreak.success_unconditional" in table:
@@ -224,6 +245,41 @@ def render_html(markdown: str, plots: dict) -> str:
             f"<style>{STYLE}</style></head><body>{body}</body></html>")
 
 
+def adaptive_section(base_items: dict, table: dict, arms: list[str], curves: tuple[list[int], dict],
+                     has_control: bool) -> list[str]:
+    """The adaptive jailbreak probes' Markdown: one row per probe (with N and the budget) and the search's success
+    at each budget checkpoint, every run with its 95% CI. Empty when no probe ran."""
+    budgets, runs = curves
+    labels = tables.adaptive_labels(base_items, budgets)
+    if not labels:
+        return []
+    names = ["baseline"] + arms
+    md = ["", "### Adaptive jailbreak probes\n",
+          "Attack success over all harmful requests under attacks that adapt beyond one fixed template, none using a "
+          "family training saw (evaluate/adaptive.py): worst of N (a request is broken if any of its N held-out "
+          "families broke it), a prefilled compliance opening (the judge sees only the model's continuation), and a "
+          "budgeted black-box search over mutations of the held-out templates guided by the refusal margin (a "
+          "query: one candidate scored, or one candidate generated and judged). Δ: paired on the same requests.\n"]
+    header = ["probe", "baseline"]
+    for a in arms:
+        header += [a, f"Δ {a} vs baseline"] + ([f"Δ {a} vs control"] if has_control and a != "control" else [])
+    rows = []
+    for k, label in labels.items():
+        row = [md_text(label), _cell(table[k]["baseline"]["value"], True)]
+        for a in arms:
+            row += [_cell(table[k][a]["value"], True), _cell(table[k][a]["vs_baseline"], True)]
+            if has_control and a != "control":
+                row.append(_cell(table[k][a].get("vs_control"), True))
+        rows.append(row)
+    md += _table(header, rows)
+    if budgets:
+        md += ["", "Black-box search, attack success within b queries per request (the curve in "
+                   "jailbreak_search.png):\n"]
+        md += _table(["budget b"] + names, [[str(b)] + [_cell(runs[n][j], True) for n in names]
+                                             for j, b in enumerate(budgets)])
+    return md
+
+
 def write_report(root: Path, cfg, organism: dict | None, baseline_dir: Path, runs: list[dict], clusters: dict) -> Path:
     """Write report.md, report.html, the PNGs and report.json into root; return report.md's path.
 
@@ -259,7 +315,8 @@ def write_report(root: Path, cfg, organism: dict | None, baseline_dir: Path, run
     metrics, table = tables.build_table(base_items, by_arm, n_boot)
     fams, fam_cond, fam_uncond = tables.family_tables(base_items, by_arm, n_boot)
     forest = tables.forest_rows(metrics, table, arms)
-    plots = make_plots(table, arms, fam_uncond if fams else {}, train_logs, per_layer, forest, root)
+    curves = tables.search_curves(base_items, by_arm, n_boot)
+    plots = make_plots(table, arms, fam_uncond if fams else {}, train_logs, per_layer, forest, root, curves)
     jb = base["suites"].get("jailbreak", {})
     lines = tables.summary_lines(metrics, table, arms, jb, len(refused0))
     times = tables.stage_times(done, _load_json(root / "summary.json"))
@@ -322,6 +379,7 @@ def write_report(root: Path, cfg, organism: dict | None, baseline_dir: Path, run
         md += _table(["family"] + [f"{n}: {w}" for n in names for w in ("all requests", "baseline-refused")],
                      [[md_text(f)] + [c for n in names for c in (_cell(fam_uncond[n][f], True),
                                                                    _cell(fam_cond[n][f], True))] for f in fams])
+    md += adaptive_section(base_items, table, arms, curves, has_control)
     if heldout:
         md += ["", "### Held-out clusters during training (training-side measurement)\n"]
         hrows = []
@@ -364,6 +422,8 @@ def write_report(root: Path, cfg, organism: dict | None, baseline_dir: Path, run
     out.write_text(text, encoding="utf-8")
     (root / "report.html").write_text(render_html(text, plots), encoding="utf-8")
     figures = {"table": table, "family_success_unconditional": fam_uncond, "family_success_given_refused": fam_cond,
+               "adaptive": {"labels": tables.adaptive_labels(base_items, curves[0]),
+                            "search_curve": {"budgets": curves[0], "runs": curves[1]}},
                "stage_seconds": times, "exports": exports}
     (root / "report.json").write_text(json.dumps(figures, indent=1, default=str))
     return out

@@ -12,12 +12,15 @@ from __future__ import annotations
 import shlex
 
 from coherentize.evaluate import stats
-from coherentize.evaluate.jailbreak import attack_success_items
+from coherentize.evaluate.jailbreak import attack_success_items, families_per_request
 
 # Per-item metrics shown first, with the direction that counts as better (for the Summary's wording and the plot).
 HEADLINE = {
     "jailbreak.success_unconditional": ("jailbreak success (held-out families, all harmful requests)", "down"),
     "jailbreak.success_given_refused": ("jailbreak success on the requests the baseline refuses directly", "down"),
+    "jailbreak.worst_of_n": ("jailbreak success, worst of the N held-out families per request", "down"),
+    "jailbreak.prefill_success": ("jailbreak success with a prefilled compliance opening", "down"),
+    "jailbreak.search_success": ("jailbreak success of the budgeted black-box search", "down"),
     "jailbreak.margin_overall": ("refusal-vs-compliance log-prob margin under jailbreak wrappers", "up"),
     "jailbreak.refused_direct": ("direct harmful-request refusal", "up"),
     "overrefusal.refused": ("over-refusal on benign-but-edgy prompts", "down"),
@@ -29,6 +32,10 @@ HEADLINE = {
     "capability.nll": ("capability: NLL on neutral text", "down"),
     "capability.kl_to_reference": ("capability: KL to the original on neutral text", "down"),
 }
+# The adaptive probes (evaluate/adaptive.py), shown together with their N and budget.
+ADAPTIVE = ("jailbreak.worst_of_n", "jailbreak.prefill_success", "jailbreak.search_success")
+# Per-item attack success of the search at each budget checkpoint: the curve, kept out of the main table.
+CURVE_PREFIX = "jailbreak.search_success_at."
 # Suites whose records give example outputs (generation probes; excerpts are already redacted by evaluation).
 EXAMPLE_SUITES = ("jailbreak", "overrefusal", "sycophancy")
 # Where the experiment records wall times (recipes/experiment.py, Stages): each stage's done.json has "seconds";
@@ -68,7 +75,8 @@ def build_table(base_items: dict, by_arm: dict[str, list[tuple[int, dict]]], n_b
     {"value": summary over seeds, "vs_baseline": paired difference, "vs_control": paired difference (arms other than
     the control, when there is one), "seeds": {"value"|"vs_baseline"|"vs_control": {seed: mean}}};
     table[metric]["baseline"] = {"value": summary}. by_arm: {arm: [(seed, items), ...]} from ``run_items``."""
-    metrics = [k for k in HEADLINE if k in base_items] + sorted(k for k in base_items if k not in HEADLINE)
+    metrics = [k for k in HEADLINE if k in base_items] + sorted(k for k in base_items if k not in HEADLINE
+                                                                and not k.startswith(CURVE_PREFIX))
     ctrl_runs = dict((s, it) for s, it in by_arm.get("control", []))
     table: dict = {}
     for k in metrics:
@@ -99,6 +107,28 @@ def family_tables(base_items: dict, by_arm: dict[str, list[tuple[int, dict]]], n
     uncond = {n: {f: stats.summarize_seeds([it.get(f"jailbreak.success.{f}", {}) for it in its], n_boot)
                   for f in fams} for n, its in runs.items()}
     return fams, cond, uncond
+
+
+def search_curves(base_items: dict, by_arm: dict[str, list[tuple[int, dict]]], n_boot: int = stats.N_BOOT
+                  ) -> tuple[list[int], dict[str, list[dict]]]:
+    """(budgets, {run name: [summary over seeds at each budget]}): the search's attack success against its query
+    budget, per run (baseline, arms), from the per-item ``jailbreak.search_success_at.<b>`` (Wilson intervals,
+    seeds clustered by request). Empty when the search did not run."""
+    budgets = sorted(int(k[len(CURVE_PREFIX):]) for k in base_items if k.startswith(CURVE_PREFIX))
+    runs = {"baseline": [base_items], **{a: [it for _, it in rs] for a, rs in by_arm.items()}}
+    return budgets, {n: [stats.summarize_seeds([it.get(f"{CURVE_PREFIX}{b}", {}) for it in its], n_boot, rate=True)
+                         for b in budgets] for n, its in runs.items()}
+
+
+def adaptive_labels(base_items: dict, budgets: list[int]) -> dict[str, str]:
+    """{metric: row label} of the adaptive probes present, naming N (families per request) and the budget B."""
+    lo, hi = families_per_request(base_items)
+    n = str(lo) if lo == hi else f"{lo}-{hi}"
+    labels = {"jailbreak.worst_of_n": f"worst of N (N = {n} held-out families per request)",
+              "jailbreak.prefill_success": "prefilled compliance opening",
+              "jailbreak.search_success": (f"black-box search (budget B = {budgets[-1]} queries per request)"
+                                           if budgets else "black-box search")}
+    return {k: v for k, v in labels.items() if k in base_items}
 
 
 # A percentile-bootstrap interval on a handful of items is far too narrow (on 2 items it is their range): the Summary

@@ -1,5 +1,9 @@
 """The objectives, as pure functions on tensors. Training and evaluation both use these (one KL, written once).
 
+On-policy consistency (``on_policy_divergence``): the model samples y under a variant x'; the loss is the per-token
+reverse KL(p_theta(.|x', y<t) || p_theta0(.|x, y<t)) to the frozen original on the clean prompt x, over the sampled
+tokens, exactly over the vocabulary or as OPCT's importance-weighted sampled-token estimate.
+
 Shapes: N = number of scored token positions (flattened over batch and time), V = vocabulary, H = hidden size.
 Direction convention: ``kl(p, q)`` is KL(p || q) = sum_v p(v) (log p(v) - log q(v)), both arguments in log space.
 """
@@ -14,8 +18,10 @@ import torch.nn.functional as F
 
 Divergence = Literal["forward_kl", "reverse_kl", "js"]
 ActivationMetric = Literal["l2", "l2_normalized", "cosine"]
+OnPolicyEstimator = Literal["exact", "sampled"]
 DIVERGENCES = ("forward_kl", "reverse_kl", "js")
 ACTIVATION_METRICS = ("l2", "l2_normalized", "cosine")
+ON_POLICY_ESTIMATORS = ("exact", "sampled")
 
 
 def log_probs(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -130,6 +136,84 @@ def leash(model_logits: torch.Tensor, ref_logits: torch.Tensor, kind: Divergence
     return output_consistency(model_logits, ref_logits, kind, temperature, chunk_size)
 
 
+def on_policy_divergence(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    tokens: torch.Tensor,
+    estimator: OnPolicyEstimator = "exact",
+    sample_logp: torch.Tensor | None = None,
+    chunk_size: int = 512,
+) -> torch.Tensor:
+    """On-policy consistency over N sampled tokens, (N, V), (N, V), (N,) [, (N,)] -> scalar (mean over the N).
+
+    student_logits: p = p_theta(.|x', y<t), the model being trained on the variant prompt (carries the gradient).
+    teacher_logits: q = p_theta0(.|x, y<t), the frozen original on the clean prompt (stop-gradient here).
+    tokens: y_t, the sampled tokens. sample_logp: log mu(y_t), the log-probability the sampler gave y_t (the model at
+        the sampling temperature, at sampling time; no gradient), needed by "sampled".
+    Both p and q are the models' own distributions (temperature 1); the direction is reverse: KL(p || q).
+
+    exact:   mean_t sum_v p(v) (log p(v) - log q(v)), the full-vocabulary reverse KL at each sampled position (the
+             GKD form: no score-function variance).
+    sampled: mean_t w_t * sg(r_t), with r_t = log p(y_t) - log q(y_t) and w_t = exp(log p(y_t) - sg(log mu(y_t))), the
+             importance weight of the current policy against the sampling one (1 in value when sampling at
+             temperature 1 with the same weights). Its value is an unbiased estimate of the exact form at that position
+             (E_{y~mu}[w r] = sum_v p(v) r(v)); its gradient is w_t r_t grad log p(y_t), whose expectation under mu is
+             sum_v p(v) r(v) grad log p(v) = grad KL(p || q) (the other term, sum_v p grad log p = grad 1, is 0): an
+             unbiased estimate of the exact form's gradient (OPCT / on-policy distillation's importance-sampled
+             policy gradient with the per-token reward -r_t). Unclipped.
+    In both, the prefix y<t is held fixed: how theta changes which prefixes get sampled is not differentiated (the
+    per-token objective of OPCT and on-policy distillation).
+    """
+    if estimator not in ON_POLICY_ESTIMATORS:
+        raise ValueError(f"unknown on-policy estimator {estimator!r}; use one of {ON_POLICY_ESTIMATORS}")
+    n = student_logits.shape[0]
+    if n == 0:
+        return student_logits.sum() * 0.0
+    if estimator == "sampled" and sample_logp is None:
+        raise ValueError("the sampled estimator needs sample_logp, the sampler's log-probability of each token")
+    total = student_logits.new_zeros((), dtype=torch.float32)
+    for s in range(0, n, chunk_size):
+        lp = log_probs(student_logits[s : s + chunk_size])
+        lq = log_probs(teacher_logits[s : s + chunk_size].detach())
+        if estimator == "exact":
+            total = total + kl(lp, lq).sum()
+        else:
+            y = tokens[s : s + chunk_size].unsqueeze(1)
+            lp_y, lq_y = lp.gather(1, y).squeeze(1), lq.gather(1, y).squeeze(1)
+            w = torch.exp(lp_y - sample_logp[s : s + chunk_size].detach().float())
+            total = total + (w * (lp_y - lq_y).detach()).sum()
+    return total / n
+
+
+@dataclass
+class Rollouts:
+    """Continuations sampled from the model for R rows, right-aligned in (R, L) like the response columns of a Tail
+    (column j holds the token at position -L+j). A rollout ends at its first EOS (kept: stopping is a choice the
+    policy makes) or at the token limit; the columns left of it are padding and never scored."""
+
+    tokens: torch.Tensor  # (R, L) long: row r's sampled tokens in its last lengths[r] columns, 0 elsewhere
+    lengths: torch.Tensor  # (R,) long, >= 1
+    sample_logp: torch.Tensor  # (R, L) float32: log mu(y_t), the sampler's log-probability of each token; 0 elsewhere
+    variant: torch.Tensor  # (R,) long: the variant row each rollout continues
+
+
+@dataclass
+class OnPolicyPass:
+    """The passes of the on-policy component over R rollouts (each row: prompt + its sampled tokens, left-padded)."""
+
+    student_logits: torch.Tensor  # (R, L, vocab) the current model on variant prompt + y (with grad)
+    teacher_logits: torch.Tensor  # (R, L, vocab) theta0 on the clean (anchor) prompt + y, stop-gradient
+    rollouts: Rollouts
+
+
+def on_policy_component(p: OnPolicyPass, estimator: OnPolicyEstimator = "exact", chunk_size: int = 512) -> torch.Tensor:
+    """on_policy_divergence over the sampled tokens of every rollout (padding columns excluded)."""
+    r_idx, j_idx = tail_mask(p.rollouts.lengths, p.student_logits.shape[1]).nonzero(as_tuple=True)
+    return on_policy_divergence(p.student_logits[r_idx, j_idx], p.teacher_logits[r_idx, j_idx],
+                                p.rollouts.tokens[r_idx, j_idx], estimator, p.rollouts.sample_logp[r_idx, j_idx],
+                                chunk_size)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # One batch's components from the outputs of its forward passes (what training calls and the tests check)
 
@@ -151,7 +235,7 @@ class Tail:
 class LossOptions:
     """Plain options of the assembly (ConsistencyConfig holds the documented fields they come from)."""
 
-    weights: dict  # output, bct, act, leash -> weight; a component is computed only when its weight is > 0
+    weights: dict  # output, bct, act, leash, on_policy -> weight; a component is computed only when its weight is > 0
     output_divergence: Divergence = "js"
     output_target: str = "anchor"  # anchor | centroid
     temperature: float = 1.0
@@ -159,6 +243,7 @@ class LossOptions:
     act_metric: ActivationMetric = "l2_normalized"
     leash_divergence: Divergence = "forward_kl"
     chunk_size: int = 512
+    on_policy_estimator: OnPolicyEstimator = "exact"
 
 
 def tail_mask(lengths: torch.Tensor, width: int, start_offset: torch.Tensor | None = None) -> torch.Tensor:
@@ -202,26 +287,47 @@ def member_centroid(anchor_logp: torch.Tensor, variant_logp: torch.Tensor, owner
 
 
 def assemble_components(
-    var: Tail,
-    target: Tail,
+    var: Tail | None,
+    target: Tail | None,
     batch: dict,
     opts: LossOptions,
     target_variant_logits: torch.Tensor | None = None,
     leash_logits: torch.Tensor | None = None,
     ref_logits: torch.Tensor | None = None,
     leash_rows: torch.Tensor | None = None,
+    on_policy: OnPolicyPass | None = None,
 ) -> dict[str, torch.Tensor]:
     """The loss components of one batch from its pass outputs; only those with a weight > 0 are computed.
 
-    var: the model being trained on the V variant rows (carries the gradient).
-    target: the B anchor rows under the target model (theta0, or the current model), stop-gradient.
+    var: the model being trained on the V variant rows (carries the gradient); None when no output, bct or act.
+    target: the B anchor rows under the target model (theta0, or the current model), stop-gradient (None with var).
     target_variant_logits: (V, L, vocab) the variants under the target model, for output_target == "centroid".
     leash_logits / ref_logits: (R, L, vocab) the current model / theta0 on the anchor rows `leash_rows` (R,)
         (None: all B rows), for the leash.
+    on_policy: the on-policy passes over the rollouts sampled under the variants, for on_policy.
     batch: the collator's variant_anchor (V,), anchor_response_len (B,), variant_response_len (V,),
         variant_suffix_len (V,), response_ids (B, L).
-    Returns output, bct, act and act/layer<l> (detached), leash.
+    Returns output, bct, act and act/layer<l> (detached), leash, on_policy.
     """
+    w = opts.weights
+    out: dict[str, torch.Tensor] = {}
+    if w.get("on_policy", 0) > 0 and on_policy is not None:
+        out["on_policy"] = on_policy_component(on_policy, opts.on_policy_estimator, opts.chunk_size)
+    if var is not None:
+        out.update(_variant_components(var, target, batch, opts, target_variant_logits))
+    if w.get("leash", 0) > 0 and leash_logits is not None and leash_logits.shape[0] > 0:
+        resp_a = batch["anchor_response_len"]
+        if leash_rows is not None:
+            resp_a = resp_a[leash_rows]
+        a_idx, aj = tail_mask(resp_a, leash_logits.shape[1]).nonzero(as_tuple=True)
+        out["leash"] = leash(leash_logits[a_idx, aj], ref_logits[a_idx, aj], opts.leash_divergence, opts.temperature,
+                             opts.chunk_size)
+    return out
+
+
+def _variant_components(var: Tail, target: Tail, batch: dict, opts: LossOptions,
+                        target_variant_logits: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """output, bct, act (and act/layer<l>) from the variant rows and their anchors' targets."""
     w = opts.weights
     owner, resp_v = batch["variant_anchor"], batch["variant_response_len"]
     L = var.logits.shape[1]
@@ -249,11 +355,4 @@ def assemble_components(
                                            [target.hidden[l][owner[sv], sj] for l in layers], opts.act_metric)
         out["act"] = per_layer.mean()
         out.update({f"act/layer{l}": v.detach() for l, v in zip(layers, per_layer)})
-    if w.get("leash", 0) > 0 and leash_logits is not None and leash_logits.shape[0] > 0:
-        resp_a = batch["anchor_response_len"]
-        if leash_rows is not None:
-            resp_a = resp_a[leash_rows]
-        a_idx, aj = tail_mask(resp_a, L).nonzero(as_tuple=True)
-        out["leash"] = leash(leash_logits[a_idx, aj], ref_logits[a_idx, aj], opts.leash_divergence, opts.temperature,
-                             opts.chunk_size)
     return out

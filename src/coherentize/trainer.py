@@ -4,7 +4,9 @@ Each step, for a batch of B anchors and their V variants (see collate.py for the
 
   target pass (no grad): the anchors under the frozen original model theta0 (LoRA adapters disabled, or a frozen
       copy for full fine-tuning) when ``target_model="original"``, or under the current model when "current";
-  training pass (grad):  the variants, plus the anchors that carry the leash (a rotating share, leash_fraction).
+  training pass (grad):  the variants, plus the anchors that carry the leash (a rotating share, leash_fraction);
+  on-policy (on_policy_weight > 0): n rollouts y sampled from the current model under each variant (no grad, seeded
+      by seed and step), then a training pass over variant + y and a theta0 pass over the clean anchor + y.
 
 Only the last L+1 positions get logits (L = longest response) and only the chosen layers keep hidden states (read with
 hooks, residual.py). run_passes runs the passes; losses.assemble_components turns their outputs into the components.
@@ -12,7 +14,8 @@ Loss = output_weight * D(p_target(.|x, y<t) || p(.|x', y<t))      output consist
      + bct_weight    * CE(y* | x')                                 BCT: the anchor's own answer under each variant
      + act_weight    * mean_l,t d(h_l(x', t), sg h_l(x, t))         ACT: residual stream at the chosen token sites
      + leash_weight  * KL(p_theta0(.|x, y<t) || p(.|x, y<t))        leash to the original on the anchors
-Each component is logged separately (loss/output, loss/bct, loss/act, loss/leash).
+     + on_policy_weight * KL(p(.|x', y<t) || p_theta0(.|x, y<t)), y ~ p(.|x')   on-policy, over the sampled tokens
+Each component is logged separately (loss/output, loss/bct, loss/act, loss/leash, loss/on_policy).
 
 Run: see ``coherentize train --help`` and recipes/train_job.py, which builds this trainer from an experiment config.
 """
@@ -33,7 +36,9 @@ from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
 from coherentize import losses, residual
+from coherentize.collate import left_pad
 from coherentize.errors import CoherentizeError
+from coherentize.generation import _cache_of, _eos_ids
 
 TOKEN_SITES = losses.TOKEN_SITES
 TARGET_MODELS = ("original", "current")
@@ -83,6 +88,18 @@ class ConsistencyConfig(TrainingArguments):
     """Prompt tokens kept (the last ones: the chat template's generation prompt sits at the end)."""
     max_response_length: int = 64
     """Response tokens scored per example."""
+    on_policy_weight: float = 0.0
+    """Weight of on-policy consistency: y sampled from the model under each variant x', then the per-token reverse
+    KL(p_theta(.|x', y<t) || p_theta0(.|x, y<t)) to the original on the clean prompt x, over the sampled tokens."""
+    on_policy_rollouts: int = 1
+    """On-policy: samples y drawn per variant per step."""
+    on_policy_temperature: float = 0.7
+    """On-policy: sampling temperature of the rollouts (the divergence compares the models at temperature 1)."""
+    on_policy_max_new_tokens: int = 32
+    """On-policy: most tokens per rollout; a rollout also ends at its first EOS, which is scored."""
+    on_policy_estimator: str = "exact"
+    """On-policy: exact (full-vocabulary reverse KL at each sampled token) or sampled (OPCT's importance-weighted
+    sampled-token log ratio; see losses.on_policy_divergence)."""
     divergence_chunk_size: int = 512
     """Positions per chunk when computing divergences, bounding full-vocabulary float32 memory."""
     remove_unused_columns: bool = False
@@ -111,12 +128,20 @@ class ConsistencyConfig(TrainingArguments):
         bad_sites = [s for s in self.act_sites if s not in TOKEN_SITES]
         if bad_sites or not self.act_sites:
             raise ValueError(f"act_sites={self.act_sites!r}: each must be one of {list(TOKEN_SITES)}")
-        weights = ("output_weight", "bct_weight", "act_weight", "leash_weight")
+        weights = ("output_weight", "bct_weight", "act_weight", "on_policy_weight", "leash_weight")
         for w in weights:
             if getattr(self, w) < 0:
                 raise ValueError(f"{w} must be >= 0")
-        if not any(getattr(self, w) > 0 for w in weights[:3]):
-            raise ValueError("set at least one of output_weight, bct_weight, act_weight above 0")
+        if not any(getattr(self, w) > 0 for w in weights[:4]):
+            raise ValueError("set at least one of output_weight, bct_weight, act_weight, on_policy_weight above 0")
+        if self.on_policy_estimator not in losses.ON_POLICY_ESTIMATORS:
+            raise CoherentizeError(f"on_policy_estimator={self.on_policy_estimator!r} is not one of "
+                                   f"{list(losses.ON_POLICY_ESTIMATORS)}")
+        for name in ("on_policy_rollouts", "on_policy_max_new_tokens"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise CoherentizeError(f"{name}={getattr(self, name)!r} must be an integer >= 1")
+        if not self.on_policy_temperature > 0:
+            raise CoherentizeError(f"on_policy_temperature={self.on_policy_temperature!r} must be > 0")
         if self.members_per_cluster < 2:
             raise ValueError("members_per_cluster must be at least 2")
         if self.temperature <= 0:
@@ -126,7 +151,7 @@ class ConsistencyConfig(TrainingArguments):
 
     @property
     def needs_reference(self) -> bool:
-        return self.target_model == "original" or self.leash_weight > 0
+        return self.target_model == "original" or self.leash_weight > 0 or self.on_policy_weight > 0
 
 
 Tail = losses.Tail
@@ -198,15 +223,21 @@ def loss_options(cfg: "ConsistencyConfig", weights: dict[str, float]) -> losses.
         weights=dict(weights), output_divergence=cfg.output_divergence, output_target=cfg.output_target,
         temperature=cfg.temperature, act_sites=tuple(cfg.act_sites), act_metric=cfg.act_metric,
         leash_divergence=cfg.leash_divergence, chunk_size=cfg.divergence_chunk_size,
+        on_policy_estimator=cfg.on_policy_estimator,
     )
+
+
+VARIANT_COMPONENTS = ("output", "bct", "act")
+"""The components computed on the variant rows with the batch's fixed response (run_passes' training pass)."""
 
 
 @dataclass
 class Passes:
     """What the forward passes of one batch hand to losses.assemble_components."""
 
-    var: Tail  # the current model on the V variant rows (with grad when grad is enabled)
-    target: Tail  # the B anchor rows under the target model, stop-gradient
+    var: Tail | None  # the current model on the V variant rows (with grad when grad is enabled); None: no output,
+    # bct or act
+    target: Tail | None  # the B anchor rows under the target model, stop-gradient
     target_variant_logits: torch.Tensor | None  # (V, L, vocab) variants under the target model (centroid only)
     leash_logits: torch.Tensor | None  # (R, L, vocab) the current model on the leash rows
     ref_logits: torch.Tensor | None  # (R, L, vocab) theta0 on the leash rows
@@ -226,6 +257,7 @@ def run_passes(model, reference, inputs: dict, cfg: "ConsistencyConfig", layers:
     B = inputs["anchor_input_ids"].shape[0]
     resp_a, resp_v = inputs["anchor_response_len"], inputs["variant_response_len"]
     L = int(resp_a.max())
+    per_variant = any(weights.get(k, 0) > 0 for k in VARIANT_COMPONENTS)  # else only the leash's passes (or none)
     use_act = weights.get("act", 0) > 0 and bool(layers)
     W = losses.act_window(cfg.act_sites, resp_v, inputs["variant_suffix_len"]) if use_act else 0
     act_layers = list(layers) if use_act else []
@@ -241,7 +273,7 @@ def run_passes(model, reference, inputs: dict, cfg: "ConsistencyConfig", layers:
     all_rows = rows.numel() == B
 
     ref, ref_var = None, None
-    if reference is not None:
+    if reference is not None and (leash_on or (per_variant and from_reference)):
         # theta0's hidden states are targets only when target_model is "original"; the leash needs its logits alone.
         with reference() as original, torch.no_grad():
             ref = forward_tail(original, *anchors, L, act_layers if from_reference else [], W)
@@ -249,8 +281,10 @@ def run_passes(model, reference, inputs: dict, cfg: "ConsistencyConfig", layers:
                 ref_var = forward_tail(original, *variants, L, [], 0).logits
 
     trained = (_rows(anchors, rows) if not all_rows else anchors) if leash_on and rows.numel() else None
-    cur_anchor = None
-    if trained is not None:
+    cur_anchor, var = None, None
+    if trained is not None and not per_variant:  # the leash alone: its anchor rows are the only training pass
+        cur_anchor = forward_tail(model, *trained, L, [], 0)
+    elif trained is not None:
         (Ra, Ta), (Rv, Tv) = trained[0].shape, variants[0].shape
         padding = Ra * (max(Ta, Tv) - Ta) + Rv * (max(Ta, Tv) - Tv)  # tokens a joint pass would add
         # Several processes must all run the same number of forwards (DDP broadcasts, FSDP/ZeRO-3 gather in each):
@@ -267,10 +301,12 @@ def run_passes(model, reference, inputs: dict, cfg: "ConsistencyConfig", layers:
             # rather than one pass that would mostly compute padding.
             cur_anchor = forward_tail(model, *trained, L, act_layers, W)
             var = forward_tail(model, *variants, L, act_layers, W)
-    else:
+    elif per_variant:
         var = forward_tail(model, *variants, L, act_layers, W)
 
-    if from_reference:
+    if not per_variant:
+        target = None
+    elif from_reference:
         target = ref
     elif cur_anchor is not None and all_rows:
         target = Tail(cur_anchor.logits.detach(), {l: h.detach() for l, h in cur_anchor.hidden.items()})
@@ -287,6 +323,104 @@ def run_passes(model, reference, inputs: dict, cfg: "ConsistencyConfig", layers:
     )
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# On-policy consistency: rollouts from the current model under the variants, scored against theta0 on the anchors
+
+
+def prompt_rows(ids: torch.Tensor, mask: torch.Tensor, response_len: torch.Tensor) -> list[list[int]]:
+    """The prompt tokens of each row of a left-padded (R, T) batch: its real tokens without its last response_len."""
+    out = []
+    for r, m, n in zip(ids.tolist(), mask.tolist(), response_len.tolist()):
+        real = [t for t, k in zip(r, m) if k]
+        out.append(real[: len(real) - n])
+    return out
+
+
+def rollout_seed(seed: int, call: int, rank: int = 0) -> int:
+    """The sampling seed of the call-th training batch (0, 1, ...; -1 for evaluation) of process `rank`: a fixed
+    function of the run's seed, so that a run (and a resumed run) samples the same rollouts for a seed."""
+    return ((seed * 1_000_003 + call + 1) * 1_009 + rank) % (2**63 - 1)
+
+
+@torch.no_grad()
+def sample_rollouts(model, prompts: list[list[int]], n: int, temperature: float, max_new_tokens: int, eos: set[int],
+                    pad_token_id: int, generator: torch.Generator,
+                    stop_early: bool = True) -> tuple[list[list[int]], list[list[float]]]:
+    """n samples per prompt (rows [p0, p0, .., p1, ..]), in one left-padded batch decoded over the KV cache, in eval
+    mode (no dropout; gradient checkpointing off), temperature-scaled multinomial sampling from `generator`.
+
+    Returns (tokens, log-probs): each row's tokens up to and including its first EOS (or max_new_tokens of them), and
+    log mu(y_t) of each, mu = softmax(logits / temperature). stop_early=False decodes max_new_tokens steps even when
+    every row has ended (several processes must run the same number of forwards: FSDP / ZeRO-3 gather in each).
+    """
+    rows = [p for p in prompts for _ in range(n)]
+    device = generator.device
+    was_training = model.training
+    model.eval()
+    try:
+        ids, mask, pos = (x.to(device) for x in left_pad(rows, pad_token_id))
+        out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
+        cache, pos = _cache_of(out), torch.tensor([len(r) for r in rows], device=device)
+        tokens: list[list[int]] = [[] for _ in rows]
+        logps: list[list[float]] = [[] for _ in rows]
+        done = [False] * len(rows)
+        for step in range(max_new_tokens):
+            lp = F.log_softmax(out.logits[:, -1].float() / temperature, dim=-1)  # (R, V)
+            nxt = torch.multinomial(lp.exp(), 1, generator=generator)  # (R, 1)
+            chosen = lp.gather(1, nxt).squeeze(1).tolist()
+            for r, t in enumerate(nxt.squeeze(1).tolist()):
+                if not done[r]:
+                    tokens[r].append(t)
+                    logps[r].append(chosen[r])
+                    done[r] = t in eos
+            if step == max_new_tokens - 1 or (stop_early and all(done)):
+                break
+            # rows that have ended keep decoding (their tokens are dropped): one batch shape for the whole loop
+            mask = torch.cat([mask, mask.new_ones((len(rows), 1))], 1)
+            out = model(input_ids=nxt, attention_mask=mask, position_ids=pos[:, None], cache=cache, use_cache=True)
+            pos = pos + 1
+    finally:
+        model.train(was_training)
+    return tokens, logps
+
+
+def on_policy_passes(model, reference, inputs: dict, cfg: "ConsistencyConfig", pad_token_id: int, eos: set[int],
+                     seed: int, sampler=None, stop_early: bool = True) -> losses.OnPolicyPass:
+    """Sample cfg.on_policy_rollouts continuations per variant from the current model (`sampler`: the same weights
+    unwrapped from DDP; default: model), then run theta0 on clean anchor prompt + y (no grad) and the model on variant
+    prompt + y (with grad when grad is enabled), each one left-padded pass keeping logits for the sampled tokens.
+    """
+    if reference is None:
+        raise ValueError("on-policy consistency needs the original model (reference) as its teacher")
+    device = inputs["variant_input_ids"].device
+    var_prompts = prompt_rows(inputs["variant_input_ids"], inputs["variant_attention_mask"],
+                              inputs["variant_response_len"])
+    anchor_prompts = prompt_rows(inputs["anchor_input_ids"], inputs["anchor_attention_mask"],
+                                 inputs["anchor_response_len"])
+    owner = inputs["variant_anchor"].tolist()
+    n = cfg.on_policy_rollouts
+    generator = torch.Generator(device=device).manual_seed(seed)
+    ys, lps = sample_rollouts(sampler if sampler is not None else model, var_prompts, n, cfg.on_policy_temperature,
+                              cfg.on_policy_max_new_tokens, eos, pad_token_id, generator, stop_early)
+    variant = torch.arange(len(var_prompts)).repeat_interleave(n)
+    L = max(len(y) for y in ys)
+    tokens = torch.zeros((len(ys), L), dtype=torch.long)
+    sample_logp = torch.zeros((len(ys), L), dtype=torch.float32)
+    for r, (y, lp) in enumerate(zip(ys, lps)):
+        tokens[r, L - len(y):] = torch.tensor(y)
+        sample_logp[r, L - len(y):] = torch.tensor(lp)
+    rollouts = losses.Rollouts(tokens.to(device), torch.tensor([len(y) for y in ys], device=device),
+                               sample_logp.to(device), variant.to(device))
+    student = [x.to(device) for x in left_pad([var_prompts[v] + y for v, y in zip(variant.tolist(), ys)],
+                                              pad_token_id)]
+    teacher = [x.to(device) for x in left_pad([anchor_prompts[owner[v]] + y for v, y in zip(variant.tolist(), ys)],
+                                              pad_token_id)]
+    with reference() as original, torch.no_grad():
+        teacher_logits = forward_tail(original, *teacher, L, [], 0).logits
+    student_logits = forward_tail(model, *student, L, [], 0).logits
+    return losses.OnPolicyPass(student_logits, teacher_logits, rollouts)
+
+
 def consistency_components(
     model,
     reference,
@@ -296,11 +430,20 @@ def consistency_components(
     weights: dict[str, float],
     pad_token_id: int,
     rows: torch.Tensor | None = None,
+    eos: set[int] | None = None,
+    seed: int = 0,
+    sampler=None,
+    stop_early: bool = True,
 ) -> dict[str, torch.Tensor]:
-    """The loss components of one batch: run_passes, then losses.assemble_components (the one assembly)."""
+    """The loss components of one batch: run_passes (and on_policy_passes when weights["on_policy"] > 0: rollouts
+    sampled with `seed`, ending at a token of `eos`), then losses.assemble_components (the one assembly)."""
     p = run_passes(model, reference, inputs, cfg, layers, weights, pad_token_id, rows)
+    on_policy = None
+    if weights.get("on_policy", 0) > 0:
+        on_policy = on_policy_passes(model, reference, inputs, cfg, pad_token_id, eos or set(), seed, sampler,
+                                     stop_early)
     return losses.assemble_components(p.var, p.target, inputs, loss_options(cfg, weights), p.target_variant_logits,
-                                      p.leash_logits, p.ref_logits, p.leash_rows)
+                                      p.leash_logits, p.ref_logits, p.leash_rows, on_policy)
 
 
 def _zero_stage(accelerator) -> int:
@@ -338,9 +481,10 @@ class ConsistencyTrainer(Trainer):
                 residual.resolve_layer(l, n_layers)
             except ValueError as e:
                 raise ValueError(f"act_layers: {e}") from None
-        self.weights = {"output": cfg.output_weight, "bct": cfg.bct_weight, "act": cfg.act_weight, "leash": cfg.leash_weight}
+        self.weights = {"output": cfg.output_weight, "bct": cfg.bct_weight, "act": cfg.act_weight,
+                        "leash": cfg.leash_weight, "on_policy": cfg.on_policy_weight}
         self._logged = defaultdict(list)
-        self._leash_step, self._micro = -1, 0
+        self._step, self._micro = -1, 0
 
     def _prepare_reference(self, ref):
         """Place the frozen copy like the trained model: whole on each device (single process, DDP, ZeRO-1/2),
@@ -381,24 +525,34 @@ class ConsistencyTrainer(Trainer):
         else:
             yield self.ref_model
 
-    def _leash_rows(self, model, inputs) -> torch.Tensor | None:
-        """The anchor rows of this training batch that carry the leash (None: all; evaluation always uses all)."""
-        if not model.training or self.args.leash_fraction >= 1:
-            return None
-        # Count training batches as global_step * accumulation + micro-batch, so that a resumed run picks the rows
-        # the uninterrupted run would have picked.
+    def _call(self, model) -> int:
+        """The index of this training batch (0, 1, ...; -1 in evaluation), counted as global_step * accumulation +
+        micro-batch, so that a resumed run picks the leash rows and samples the rollouts the uninterrupted run would."""
+        if not model.training:
+            return -1
         step = self.state.global_step
-        if step != self._leash_step:
-            self._leash_step, self._micro = step, 0
+        if step != self._step:
+            self._step, self._micro = step, 0
         call = step * self.args.gradient_accumulation_steps + self._micro
         self._micro += 1
-        return leash_rows(inputs["anchor_input_ids"].shape[0], self.args.leash_fraction, call)
+        return call
 
     def _components(self, model, inputs, weights):
-        pad = self.processing_class.pad_token_id if self.processing_class is not None else 0
+        tok = self.processing_class
+        pad = tok.pad_token_id if tok is not None else 0
         reference = (lambda: self.original_model(model)) if self.args.needs_reference else None
-        rows = self._leash_rows(model, inputs)
-        return consistency_components(model, reference, inputs, self.args, self.layers, weights, pad, rows)
+        call = self._call(model)
+        rows = None  # the anchor rows that carry the leash (None: all; evaluation always uses all)
+        if call >= 0 and self.args.leash_fraction < 1:
+            rows = leash_rows(inputs["anchor_input_ids"].shape[0], self.args.leash_fraction, call)
+        on_policy = {}
+        if weights.get("on_policy", 0) > 0:
+            sampler = self.accelerator.unwrap_model(model)
+            distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+            seed = rollout_seed(self.args.seed, call, self.args.process_index)
+            on_policy = dict(eos=_eos_ids(sampler, tok), seed=seed, sampler=sampler, stop_early=not distributed)
+        return consistency_components(model, reference, inputs, self.args, self.layers, weights, pad, rows,
+                                      **on_policy)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         parts = self._components(model, inputs, self.weights)

@@ -174,9 +174,10 @@ def test_search_never_exceeds_the_budget_nor_uses_a_training_family(tiny_lm, tin
     for rid in per_request:
         vals = [per_item[f"jailbreak.search_success_at.{b}"][rid] for b in cps]
         assert vals == sorted(vals)
-    means = [c["mean"] for c in summary["curve"]]
+    assert list(summary["curve"]) == [str(b) for b in cps]
+    means = [c["mean"] for c in summary["curve"].values()]
     assert means == sorted(means) and summary["success"]["mean"] == means[-1]
-    assert all(c["n"] == len(REQS) for c in summary["curve"])
+    assert all(c["n"] == len(REQS) for c in summary["curve"].values())
     # a request stops once broken, so its queries are exactly its success point
     for r in records:
         if r["label"] == "complied":

@@ -110,7 +110,11 @@ def test_adaptive_probes_in_the_suite_results(tiny_lm, tiny_tok):
     ids = {r["id"] for r in strongreject(split="test", n=4)}
     assert jb["prefill"]["opening"] == "Sure, here is" and jb["prefill"]["success_unconditional"]["n"] == 4
     assert jb["search"]["pool_families"] == ["opening_sure", "prefix_injection"]
-    assert [c["budget"] for c in jb["search"]["curve"]] == [1, 2, 4] and jb["search"]["success"]["n"] == 4
+    assert [c["budget"] for c in jb["search"]["curve"].values()] == [1, 2, 4] and jb["search"]["success"]["n"] == 4
+    from coherentize.integrations.tracking import scalars
+
+    tags = scalars(res)  # the figures reach TensorBoard / W&B
+    assert "eval/jailbreak/search/curve/2" in tags and "eval/jailbreak/prefill/success_unconditional" in tags
     assert jb["worst_of_n"]["n"] == 4 and jb["families_per_request"] == 3
     assert set(res["per_item"]["jailbreak.prefill_success"]) == ids
     assert set(res["per_item"]["jailbreak.search_success_at.2"]) == ids

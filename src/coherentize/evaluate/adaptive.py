@@ -306,7 +306,8 @@ def run_search(model, tokenizer, requests: list[dict], families: dict, chat: boo
     families: the held-out families {name: TemplateFamily or [templates]}; training_families are left out of the
     pool whatever they are. paraphraser: a callable jobs -> raw completions (variations.paraphrase), or None.
     summary: {"budget", "width", "seed", "pool_families", "success" (within the budget), "success_given_refused",
-    "curve": [{"budget": b, **summary}], "queries_used", "queries_to_success", "notes"}; per_item
+    "curve": {"<b>": {"budget": b, **summary}}, "queries_used", "queries_to_success", "broken_by_family", "notes"};
+    per_item
     ``jailbreak.search_success`` and ``jailbreak.search_success_at.<b>`` for each checkpoint b."""
     from coherentize import generation
     from coherentize.evaluate.jailbreak import MARGIN_OPENINGS, _margins, refusal_settled
@@ -388,7 +389,7 @@ def run_search(model, tokenizer, requests: list[dict], families: dict, chat: boo
         "success": stats.summarize(list(curve[budget].values()), n_boot),
         "success_given_refused": stats.summarize([v for i, v in curve[budget].items() if i in refused_directly],
                                                  n_boot),
-        "curve": [{"budget": b, **stats.summarize(list(v.values()), n_boot)} for b, v in curve.items()],
+        "curve": {str(b): {"budget": b, **stats.summarize(list(v.values()), n_boot)} for b, v in curve.items()},
         "queries_used": stats.summarize([s.queries for s in states], n_boot, rate=False),
         "queries_to_success": stats.summarize([q for q in success_at.values() if q is not None], n_boot, rate=False),
         "broken_by_family": dict(sorted(broken_by.items(), key=lambda kv: (-kv[1], kv[0]))),

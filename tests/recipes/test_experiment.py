@@ -349,3 +349,35 @@ def test_learning_rate_chosen_on_validation_and_its_run_reused_as_that_seed(tiny
     fake_score.lrs = []
     run_experiment(cfg, log=lambda *a: None)
     assert trained == [] and json.loads((out / "selection.json").read_text()) == sel
+
+
+def test_mined_and_random_arms_train_on_the_mined_and_random_clusters(tiny_folder, tmp_path, monkeypatch):
+    """data: mined trains on the mine stage's top_k clusters (ranked by coherentize.mining on the untrained model);
+    data: random on as many clusters drawn per seed; both the same steps; the mine stage runs once."""
+    from coherentize.clusters import load_clusters
+    from coherentize.recipes import experiment as exp
+
+    used = {}
+    real_train = exp._train_arm
+    monkeypatch.setattr(exp, "_train_arm", lambda cfg, st, name, arm, targs, model_cfg, data, held: (
+        used.__setitem__(name, [c.id for c in load_clusters(data)]),
+        real_train(cfg, st, name, arm, targs, model_cfg, data, held))[1])
+    out = tmp_path / "mined"
+    defs = ("arm_definitions={mined: {components: output-kl, data: mined}, "
+            "random: {components: output-kl, data: random}}")
+    cfg = tiny_cfg(tiny_folder, out, "arms=[mined,random]", defs, "mine.top_k=2", "seeds=[0,1]",
+                   "eval.suites=[overrefusal]", "variations.max_prompts=5")
+    logs = []
+    run_experiment(cfg, log=logs.append)
+    mine_dir = next(out.glob("stages/mine-*"))
+    ranked = json.loads((mine_dir / "ranked.json").read_text())
+    pool = [c.id for c in load_clusters(next(out.glob("stages/variations-*")) / "train.jsonl")]
+    assert sorted(r["id"] for r in ranked) == sorted(pool) and len(pool) > 2
+    assert [r["score"] for r in ranked] == sorted((r["score"] for r in ranked), reverse=True)
+    top = [r["id"] for r in ranked[:2]]
+    assert used["mined-seed0"] == used["mined-seed1"] and sorted(used["mined-seed0"]) == sorted(top)
+    assert len(used["random-seed0"]) == len(used["random-seed1"]) == 2
+    assert set(used["random-seed0"]) <= set(pool)
+    assert sum(m.startswith("== stage mine") for m in logs) == 1
+    with pytest.raises(CoherentizeError, match="arm_definitions.mined.data: 'minde'"):
+        validate(tiny_cfg(tiny_folder, out, "arms=[mined]", "arm_definitions={mined: {components: bct, data: minde}}"))

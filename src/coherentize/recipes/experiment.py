@@ -34,10 +34,12 @@ from coherentize.trainer import ConsistencyConfig
 from coherentize.variations.filter import FilterConfig
 
 COMPONENTS = {"output-kl": "output", "bct": "bct", "activation": "act"}
-STAGES = ("organism", "variations", "baseline", "train", "eval", "report")
-READS = {"organism": set(), "variations": {"organism"}, "baseline": {"organism", "variations"},
-         "train": {"organism", "variations"}, "eval": {"organism", "variations", "train"},
+STAGES = ("organism", "variations", "mine", "baseline", "train", "eval", "report")
+READS = {"organism": set(), "variations": {"organism"}, "mine": {"organism", "variations"},
+         "baseline": {"organism", "variations"}, "train": {"organism", "variations", "mine"},
+         "eval": {"organism", "variations", "train"},
          "report": {"organism", "variations", "baseline", "train", "eval"}}
+ARM_DATA = ("variations", "mined", "random")
 """The stages each stage reads (what `--stage` requires to be done)."""
 
 
@@ -91,6 +93,22 @@ class ArmDefinition:
     """Training fields this arm sets over the experiment's `train` (e.g. act_metric: l2, act_layers, leash_weight)."""
     label: str = ""
     """A short description written next to the arm in selection.json and the logs (default: none)."""
+    data: str = "variations"
+    """Its training clusters: variations (every training cluster), mined (the mine.top_k clusters on which the model
+    disagrees with itself most, coherentize.mining), or random (as many clusters drawn at random, per seed)."""
+
+
+@dataclass
+class MineConfig:
+    """The mine stage (run only when an arm trains on mined or random clusters): the training clusters scored by
+    the model's incoherence before training (coherentize.mining: decision flips, output JS, activation distance)."""
+
+    top_k: int = 16
+    """Clusters the mined arm trains on (and the random arm draws)."""
+    layers: list[int] = field(default_factory=list)
+    """Residual-stream layers of the activation-distance term (empty: none)."""
+    max_new_tokens: int = 32
+    """Tokens of each member's greedy answer (judged for refusal flips)."""
 
 
 @dataclass
@@ -132,6 +150,8 @@ class ExperimentConfig:
     """Named arms with their own components, weights and training settings ({name: {components, weights, train}})."""
     select: SelectConfig = field(default_factory=SelectConfig)
     """Learning rate chosen on a validation split per arm (off unless learning_rates is set)."""
+    mine: MineConfig = field(default_factory=MineConfig)
+    """Incoherence mining for arms with data: mined / random."""
     component_weights: dict = field(default_factory=lambda: {"output": 1.0, "bct": 1.0, "act": 1.0})
     """Weight given to each component an arm names (output, bct, act)."""
     seeds: list[int] = field(default_factory=lambda: [0])
@@ -201,6 +221,14 @@ def validate(cfg: ExperimentConfig) -> None:
         raise CoherentizeError(f"select.arms: {unknown[0]!r} is not one of the experiment's arms {cfg.arms}.")
     if any(lr <= 0 for lr in sel.learning_rates):
         raise CoherentizeError(f"select.learning_rates: every rate must be > 0, got {sel.learning_rates}.")
+    for name, spec in cfg.arm_definitions.items():
+        if spec.data not in ARM_DATA:
+            raise CoherentizeError(f"arm_definitions.{name}.data: {spec.data!r}; use {', '.join(ARM_DATA)}.")
+        if spec.data != "variations" and spec.components == "control":
+            raise CoherentizeError(f"arm_definitions.{name}: a control arm trains on the variations' anchors "
+                                   "(data: variations).")
+    if cfg.mine.top_k < 1:
+        raise CoherentizeError(f"mine.top_k: must be >= 1, got {cfg.mine.top_k}.")
     if not cfg.seeds:
         raise CoherentizeError("seeds: name at least one seed.")
     _check_overlap(cfg)
@@ -630,6 +658,19 @@ def _run_stages(cfg: ExperimentConfig, st: Stages, only: str | None) -> Path:
             st.finish("variations", _build_clusters(cfg, model_cfg, vdir, log))
     train_path, held_path = vdir / "train.jsonl", vdir / "heldout.jsonl"
 
+    # mine (only for arms that train on mined or random clusters)
+    mine_dir = None
+    if any(arm_data(cfg, a) != "variations" for a in cfg.arms):
+        st.key("mine", {"mine": to_dict(cfg.mine), "seeds": cfg.seeds, "batch": cfg.eval.batch_size}, "organism",
+               "variations")
+        mine_dir = st.dir("mine")
+        if not cached("mine"):
+            need("mine")
+            if wanted("mine"):
+                st.begin("mine", "training clusters ranked by the model's incoherence")
+                model, tok = models.original()
+                st.finish("mine", _mine(cfg, model, tok, model_cfg.prompt_format, train_path, mine_dir, log))
+
     # baseline eval
     st.key("baseline", eval_key, "organism", "variations")
     if not cached("baseline"):
@@ -647,12 +688,15 @@ def _run_stages(cfg: ExperimentConfig, st: Stages, only: str | None) -> Path:
 
     def train_stage(stage: str, arm: str, seed: int, targs) -> bool:
         """Key the training stage and run it unless done; True when its model exists."""
-        st.key(f"train/{stage}", train_key(arm, seed, targs), "organism", "variations")
+        deps = ("organism", "variations") + (("mine",) if arm_data(cfg, arm) != "variations" else ())
+        st.key(f"train/{stage}", train_key(arm, seed, targs), *deps)
         if cached(f"train/{stage}"):
             return True
         need(f"train/{stage}")
         if wanted("train"):
-            _train_arm(cfg, st, stage, arm, targs, model_cfg, train_path, held_path)
+            data = {"variations": train_path, "mined": mine_dir and mine_dir / "mined.jsonl",
+                    "random": mine_dir and mine_dir / f"random-seed{seed}.jsonl"}[arm_data(cfg, arm)]
+            _train_arm(cfg, st, stage, arm, targs, model_cfg, data, held_path)
             return True
         return False
 
@@ -758,6 +802,34 @@ def selects(cfg: ExperimentConfig, arm: str) -> bool:
     return arm in sel.arms if sel.arms else arm_components(cfg, arm)[0] != "control"
 
 
+def arm_data(cfg: ExperimentConfig, arm: str) -> str:
+    spec = cfg.arm_definitions.get(arm)
+    return spec.data if spec is not None else "variations"
+
+
+def _mine(cfg: ExperimentConfig, model, tok, prompt_format: str, train_path: Path, out: Path, log) -> dict:
+    """The mine stage: every training cluster scored by the model's incoherence, the top_k written as mined.jsonl and,
+    per seed, as many clusters drawn at random as random-seed<s>.jsonl (the comparison: targeting vs coverage)."""
+    from coherentize.chat import is_chat_model
+    from coherentize.mining import mine_clusters, random_clusters, top_clusters
+
+    pool = load_clusters(train_path)
+    ranked = mine_clusters(model, tok, pool, chat=is_chat_model(tok, prompt_format), layers=cfg.mine.layers,
+                           max_new_tokens=cfg.mine.max_new_tokens, batch_size=cfg.eval.batch_size)
+    mined = top_clusters(ranked, cfg.mine.top_k)
+    out.mkdir(parents=True, exist_ok=True)
+    write_clusters(out / "mined.jsonl", mined)
+    for seed in cfg.seeds:
+        write_clusters(out / f"random-seed{seed}.jsonl", random_clusters(pool, len(mined), seed))
+    scores = [{"id": r.cluster.id, "score": r.score} for r in ranked]
+    (out / "ranked.json").write_text(json.dumps(scores, indent=1))
+    top = [r.score for r in ranked[: len(mined)]]
+    log(f"   mined {len(mined)} of {len(pool)} clusters (score {min(top):.3f}..{max(top):.3f}; "
+        f"pool mean {sum(s['score'] for s in scores) / len(scores):.3f})")
+    return {"pool": len(pool), "mined": len(mined), "mined_mean_score": sum(top) / len(top),
+            "pool_mean_score": sum(s["score"] for s in scores) / len(scores)}
+
+
 def _arm_label(cfg: ExperimentConfig, arm: str) -> str:
     spec = cfg.arm_definitions.get(arm)
     return spec.label if spec is not None and spec.label else arm
@@ -832,7 +904,7 @@ def _train_arm(cfg: ExperimentConfig, st: Stages, name: str, arm: str, targs, mo
                         eval_file=str(held_path) if held_path.is_file() else None, eval_split=None,
                         response_max_new_tokens=cfg.response_max_new_tokens,
                         # every arm and seed answers the same anchors with the same (organism) model: generate once
-                        responses_cache=str(train_path.parent / "responses.jsonl"),
+                        responses_cache=str(held_path.parent / "responses.jsonl"),  # the variations stage's folder
                         heldout_examples_per_cluster=cfg.heldout_examples_per_cluster),
         train=dataclasses.replace(targs, output_dir=str(tdir), save_strategy="steps", save_steps=saves,
                                   save_total_limit=1),

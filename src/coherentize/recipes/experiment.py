@@ -33,7 +33,7 @@ from coherentize.recipes.organism import OrganismConfig
 from coherentize.trainer import ConsistencyConfig
 from coherentize.variations.filter import FilterConfig
 
-COMPONENTS = {"output-kl": "output", "bct": "bct", "activation": "act"}
+COMPONENTS = {"output-kl": "output", "bct": "bct", "activation": "act", "on-policy": "on_policy"}
 STAGES = ("organism", "variations", "mine", "baseline", "train", "eval", "report")
 READS = {"organism": set(), "variations": {"organism"}, "mine": {"organism", "variations"},
          "baseline": {"organism", "variations"}, "train": {"organism", "variations", "mine"},
@@ -86,9 +86,9 @@ class ArmDefinition:
     al.'s ACT beside the project's normalised single-layer variant, or one learning rate per arm)."""
 
     components: str = "control"
-    """control, a component (output-kl, bct, activation) or a '+'-joined combination (e.g. output-kl+activation)."""
+    """control, a component (output-kl, bct, activation, on-policy) or a '+'-joined combination."""
     weights: dict = field(default_factory=dict)
-    """Weights of its components (output, bct, act), over the experiment's component_weights."""
+    """Weights of its components (output, bct, act, on_policy), over the experiment's component_weights."""
     train: dict = field(default_factory=dict)
     """Training fields this arm sets over the experiment's `train` (e.g. act_metric: l2, act_layers, leash_weight)."""
     label: str = ""
@@ -144,16 +144,16 @@ class ExperimentConfig:
     variations: VariationsConfig = field(default_factory=VariationsConfig)
     """Training clusters."""
     arms: list[str] = field(default_factory=lambda: ["control", "output-kl+activation"])
-    """Arms: control, output-kl, bct, activation, '+'-joined combinations (e.g. output-kl+activation), or a name
-    defined in arm_definitions."""
+    """Arms: control, output-kl, bct, activation, on-policy, '+'-joined combinations (e.g. output-kl+activation), or a
+    name defined in arm_definitions."""
     arm_definitions: dict[str, ArmDefinition] = field(default_factory=dict)
     """Named arms with their own components, weights and training settings ({name: {components, weights, train}})."""
     select: SelectConfig = field(default_factory=SelectConfig)
     """Learning rate chosen on a validation split per arm (off unless learning_rates is set)."""
     mine: MineConfig = field(default_factory=MineConfig)
     """Incoherence mining for arms with data: mined / random."""
-    component_weights: dict = field(default_factory=lambda: {"output": 1.0, "bct": 1.0, "act": 1.0})
-    """Weight given to each component an arm names (output, bct, act)."""
+    component_weights: dict = field(default_factory=lambda: {"output": 1.0, "bct": 1.0, "act": 1.0, "on_policy": 1.0})
+    """Weight given to each component an arm names (output, bct, act, on_policy)."""
     seeds: list[int] = field(default_factory=lambda: [0])
     """Training seeds; every arm runs each seed, and figures pool prompts and seeds."""
     lora: LoraSettings = field(default_factory=LoraSettings)
@@ -182,7 +182,8 @@ def arm_components(cfg: ExperimentConfig, arm: str) -> tuple[str, dict[str, floa
     bad = sorted(set(spec.train) - fields)
     if bad:
         raise CoherentizeError(f"{where}.train: unknown training field {bad[0]!r} (see coherentize train --help).")
-    clash = sorted(set(spec.train) & {"output_weight", "bct_weight", "act_weight", "seed", "data_seed"})
+    clash = sorted(set(spec.train) & {"output_weight", "bct_weight", "act_weight", "on_policy_weight", "seed",
+                                      "data_seed"})
     if clash:
         raise CoherentizeError(f"{where}.train: {clash[0]!r} is set by the arm's components/weights or the seed.")
     return spec.components, weights, dict(spec.train)
@@ -191,13 +192,13 @@ def arm_components(cfg: ExperimentConfig, arm: str) -> tuple[str, dict[str, floa
 def arm_weights(arm: str, weights: dict) -> dict[str, float]:
     """{'output': w, 'bct': w, 'act': w} for an arm name; control is plain SFT (bct on the anchors themselves)."""
     if arm == "control":
-        return {"output": 0.0, "bct": 1.0, "act": 0.0}
+        return {"output": 0.0, "bct": 1.0, "act": 0.0, "on_policy": 0.0}
     parts = arm.split("+")
     unknown = [p for p in parts if p not in COMPONENTS]
     if unknown or not parts:
         raise CoherentizeError(f"arms: unknown arm {arm!r}; use control, {', '.join(COMPONENTS)} or '+'-joined "
                                "combinations such as output-kl+activation.")
-    out = {"output": 0.0, "bct": 0.0, "act": 0.0}
+    out = {"output": 0.0, "bct": 0.0, "act": 0.0, "on_policy": 0.0}
     for p in parts:
         out[COMPONENTS[p]] = float(weights.get(COMPONENTS[p], 1.0))
     return out
@@ -849,7 +850,8 @@ def _arm_train_args(cfg: ExperimentConfig, arm: str, seed: int, learning_rate: f
     if learning_rate is not None:
         overrides["learning_rate"] = float(learning_rate)
     return dataclasses.replace(cfg.train, **overrides, seed=seed, data_seed=seed, output_weight=weights["output"],
-                               bct_weight=weights["bct"], act_weight=weights["act"])
+                               bct_weight=weights["bct"], act_weight=weights["act"],
+                               on_policy_weight=weights["on_policy"])
 
 
 def validation_prompts(cfg: ExperimentConfig) -> dict[str, list[str]]:

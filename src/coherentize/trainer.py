@@ -347,7 +347,8 @@ def sample_rollouts(model, prompts: list[list[int]], n: int, temperature: float,
                     pad_token_id: int, generator: torch.Generator,
                     stop_early: bool = True) -> tuple[list[list[int]], list[list[float]]]:
     """n samples per prompt (rows [p0, p0, .., p1, ..]), in one left-padded batch decoded over the KV cache, in eval
-    mode (no dropout; gradient checkpointing off), temperature-scaled multinomial sampling from `generator`.
+    mode (no dropout; gradient checkpointing off), temperature-scaled multinomial sampling from `generator`. Each
+    prompt is prefilled once and its cache repeated for its n rows.
 
     Returns (tokens, log-probs): each row's tokens up to and including its first EOS (or max_new_tokens of them), and
     log mu(y_t) of each, mu = softmax(logits / temperature). stop_early=False decodes max_new_tokens steps even when
@@ -358,14 +359,18 @@ def sample_rollouts(model, prompts: list[list[int]], n: int, temperature: float,
     was_training = model.training
     model.eval()
     try:
-        ids, mask, pos = (x.to(device) for x in left_pad(rows, pad_token_id))
+        ids, mask, pos = (x.to(device) for x in left_pad(prompts, pad_token_id))
         out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
-        cache, pos = _cache_of(out), torch.tensor([len(r) for r in rows], device=device)
+        cache, logits = _cache_of(out), out.logits[:, -1].float()
+        if n > 1:
+            cache.batch_repeat_interleave(n)
+            mask, logits = mask.repeat_interleave(n, 0), logits.repeat_interleave(n, 0)
+        pos = torch.tensor([len(r) for r in rows], device=device)
         tokens: list[list[int]] = [[] for _ in rows]
         logps: list[list[float]] = [[] for _ in rows]
         done = [False] * len(rows)
         for step in range(max_new_tokens):
-            lp = F.log_softmax(out.logits[:, -1].float() / temperature, dim=-1)  # (R, V)
+            lp = F.log_softmax(logits / temperature, dim=-1)  # (R, V)
             nxt = torch.multinomial(lp.exp(), 1, generator=generator)  # (R, 1)
             chosen = lp.gather(1, nxt).squeeze(1).tolist()
             for r, t in enumerate(nxt.squeeze(1).tolist()):
@@ -378,7 +383,7 @@ def sample_rollouts(model, prompts: list[list[int]], n: int, temperature: float,
             # rows that have ended keep decoding (their tokens are dropped): one batch shape for the whole loop
             mask = torch.cat([mask, mask.new_ones((len(rows), 1))], 1)
             out = model(input_ids=nxt, attention_mask=mask, position_ids=pos[:, None], cache=cache, use_cache=True)
-            pos = pos + 1
+            logits, pos = out.logits[:, -1].float(), pos + 1
     finally:
         model.train(was_training)
     return tokens, logps

@@ -337,3 +337,31 @@ def test_config_validation_names_the_field():
         _cfg(on_policy_weight=0.0)
     c = _cfg(target_model="current")  # on-policy alone is a valid objective, and it needs theta0
     assert c.needs_reference and c.on_policy_estimator == "exact"
+
+
+def test_train_job_runs_the_on_policy_arm_from_a_config(tmp_path, tiny_tok):
+    """`coherentize train`'s library call with on-policy alone (the experiment's on-policy arm): it trains and logs
+    loss/on_policy; a wrong estimator is one CoherentizeError naming the field."""
+    from coherentize.clusters import write_clusters
+    from coherentize.config import apply_overrides, from_dict
+    from coherentize.recipes.train_job import TrainJob, run_training
+
+    folder = tmp_path / "tiny"
+    tiny_model(tiny_tok, seed=4).save_pretrained(folder)
+    tiny_tok.save_pretrained(folder)
+    clusters = [Cluster(f"c{i}", f"Tell me about topic {i}.", [Variation(f"Q: topic {i}?", "qa")], [],
+                        {"split": "train"}) for i in range(4)]
+    write_clusters(tmp_path / "c.jsonl", clusters)
+
+    def job(*extra):
+        return from_dict(TrainJob, apply_overrides({}, [
+            f"model.name_or_path={folder}", "model.device=cpu", f"data.train_file={tmp_path / 'c.jsonl'}",
+            "data.response_max_new_tokens=4", f"train.output_dir={tmp_path / 'out'}", "train.max_steps=2",
+            "train.disable_tqdm=true", "train.per_device_train_batch_size=2", "train.output_weight=0",
+            "train.on_policy_weight=1", "train.on_policy_max_new_tokens=4", "lora.r=2", "lora.alpha=4", *extra]))
+
+    metrics = run_training(job())
+    logged = [h for h in metrics["train_log"] if "loss/on_policy" in h]
+    assert len(logged) == 2 and all(h["loss/on_policy"] >= 0 for h in logged)
+    with pytest.raises(CoherentizeError, match="on_policy_estimator"):
+        job("train.on_policy_estimator=forward")

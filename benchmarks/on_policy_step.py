@@ -89,7 +89,8 @@ def main(argv=None) -> int:
     p.add_argument("--suffix-len", type=int, default=16, help="prompt tokens anchor and variants share at their end")
     p.add_argument("--batch", type=int, default=2, help="clusters per step (3 variants each)")
     p.add_argument("--rollouts", type=int, default=1, help="on_policy_rollouts (samples per variant; ctm uses 4)")
-    p.add_argument("--max-new-tokens", type=int, default=None, help="on_policy_max_new_tokens (default: --response-len)")
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help="on_policy_max_new_tokens (default: --response-len)")
     p.add_argument("--leash", action="store_true", help="also every arm with the default leash (0.1, fraction 0.5)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--lora", dest="lora", action="store_true", default=True, help="LoRA r=16 on attention (default)")

@@ -133,7 +133,7 @@ def test_harmful_clusters_keep_labels_but_no_text():
 def test_scored_cluster_round_trips_through_json():
     c = Cluster("a", "x", [Variation("y", "f")], ["cont"], {"split": "train"})
     s = score_cluster(c, [False, True], js=[None, 0.1], choices=["A", "B"], act=[None, 0.2], answers=["p", "q"],
-                      divergences={"js_pairwise": 0.1, "kl_to_anchor": 0.3})
+                      kl=[None, 0.3])
     assert mining.ScoredCluster.from_json(s.to_json(), "here") == s
     with pytest.raises(CoherentizeError, match="here: not a scored cluster"):
         mining.ScoredCluster.from_json({"id": "a"}, "here")
@@ -154,7 +154,7 @@ def test_mine_clusters_on_a_tiny_model_ranks_the_flip_first_and_identical_member
     assert by["js"].flips == 0.0 and by["js"].js_to_anchor > 0.01 and by["js"].act > 0
     same = by["same"]
     assert same.flips == 0.0 and same.js_to_anchor < 1e-6 and same.act < 1e-6 and same.score < 1e-5
-    assert same.mc_flips is None and by["mc"].js_pairwise is not None
+    assert same.mc_flips is None and by["mc"].kl_to_anchor is not None
 
 
 def test_js_is_the_held_out_metric_on_the_anchor_answer(taught):

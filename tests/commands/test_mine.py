@@ -139,7 +139,7 @@ def test_harmful_clusters_show_labels_only(tmp_path, capsys, taught_folder):
     out = tmp_path / "mined"
     assert _mine(taught_folder, _clusters_file(tmp_path, [c]), out, "--top", "1") == 0
     md = (out / "mine.md").read_text()
-    assert "pirate" not in md and "capital" not in md and "sorry" not in md.lower() and "refused" in md
+    assert "pirate" not in md and "capital" not in md and "help with that" not in md and "refused" in md
     rec = json.loads((out / "ranked.jsonl").read_text())
     assert rec["harmful"] and rec["anchor_answer"] is None and rec["variations"][0]["answer"] is None
     assert rec["variations"][0]["refusal_flip"] is True
@@ -172,15 +172,17 @@ def test_bad_input_files_name_the_file(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_mine_on_the_packaged_model(tmp_path, capsys):
-    """The issue's command, shortened: packaged SmolLM2-135M-Instruct, shipped benign prompts, every family."""
+    """The issue's command, shortened: packaged SmolLM2-135M-Instruct, shipped benign prompts, four families."""
     out = tmp_path / "mined"
-    rc = main(["mine", "--model", "smollm2-135m-instruct", "--device", "cpu", "--input", "benign", "--families", "all",
-               "--max-prompts", "3", "--top", "3", "--max-new-tokens", "24", "--out", str(out), "--no-progress"])
+    rc = main(["mine", "--model", "smollm2-135m-instruct", "--device", "cpu", "--input", "benign", "--families",
+               "wrapper,typos,register,opinion_cue", "--max-prompts", "3", "--top", "3", "--max-new-tokens", "16",
+               "--out", str(out), "--no-progress"])
     assert rc == 0, capsys.readouterr().err
     ranked = [json.loads(line) for line in (out / "ranked.jsonl").read_text().splitlines()]
     assert len(ranked) == 3 and ranked[0]["score"] >= ranked[-1]["score"]
     assert all(r["js_to_anchor"] is not None and r["act"] is not None for r in ranked)
     assert len(load_clusters(out / "top.jsonl")) == 3
     families = json.loads((out / "families.json").read_text())
-    assert "wrapper" in families and all(d["score"]["mean"] is not None for d in families.values())
+    assert set(families) == {"wrapper", "typos", "register", "opinion_cue"}
+    assert all(d["n"] == 3 and d["score"]["mean"] is not None for d in families.values())
     assert (out / "mine.html").is_file() and (out / "families.png").is_file()

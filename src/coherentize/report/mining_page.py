@@ -86,7 +86,10 @@ def write_page(out: Path, ranked: list, families: dict, top: int, meta: dict) ->
           f"Layers: {md_text(str(settings.get('layers', 'n/a')))}. Answers: greedy, at most "
           f"{settings.get('max_new_tokens', 'n/a')} tokens. Wall time of this run: {meta.get('seconds', 0):.0f} s.\n",
           "## The score\n",
-          md_text(meta.get("formula", "")) + "\n"]
+          md_text(meta.get("formula", "")) + "\n",
+          "> Refusals are judged by the string detector (coherentize/evaluate/judges.py): it counts an answer opening "
+          "with an apology (\"I'm sorry for any confusion, ...\") as a refusal and misses refusals in other words, so "
+          "read the example pairs before trusting a flip.\n"]
     if plots:
         md += ["## Families\n", "![families.png](families.png)\n"]
         md += _table(["rank", "family", "variations", "score", "decision flips", "JS (bits)", "activation distance"],

@@ -49,10 +49,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="the 2-minute smoke preset (same as --preset quick)")
     p.add_argument("--preset", choices=sorted(PRESETS), help="apply a preset of sizes before --set overrides")
     p.add_argument("--seeds", help="comma-separated seeds, e.g. 0,1,2 (overrides the config)")
-    p.add_argument("--stage", help="run only this stage (organism, variations, baseline, train, eval, report); "
+    p.add_argument("--stage", help="run only this stage (organism, variations, mine, baseline, train, eval, report); "
                                    "the stages it reads must be done")
     p.add_argument("--force", metavar="STAGE[,STAGE]",
-                   help="re-run these stages although they are done (organism, variations, baseline, train, eval); "
+                   help="re-run these stages although they are done (organism, variations, mine, baseline, train, eval); "
                         "later stages re-run only if named too")
 
 

@@ -112,6 +112,9 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--n-boot", type=int, default=2000)
     ap.add_argument("--json", help="write every figure and per-item score here")
+    ap.add_argument("--top-tokens", type=int, default=0,
+                    help="also print where the answer position's probability goes: each response-opening token's "
+                         "mean probability over the questions (counted where it is in a question's top N)")
     a = ap.parse_args(argv)
 
     import torch
@@ -148,6 +151,8 @@ def main(argv=None) -> int:
         results[name] = {"arm": arm, "seed": seed, "summary": summary, "per_item": by_key, "scores": scores,
                          "wall_s": secs[0], "cpu_s": secs[1]}
         print(f"  {name}: {len(items)} questions in {secs[0]:.1f} s wall, {secs[1]:.1f} s CPU", file=sys.stderr)
+        if a.top_tokens:
+            results[name]["top_tokens"] = top_tokens(model, tok, items, a.top_tokens, is_chat_model(tok))
 
     def value(key, r):
         return stats.summarize(list(r["per_item"][key].values()), a.n_boot, rate=key in RATES)
@@ -190,10 +195,32 @@ def main(argv=None) -> int:
     for label, before, after in comps:
         diffs[label] = {key: diff(key, before, after) for key, _ in MEASURES}
         print(f"| {label} | " + " | ".join(stats.fmt(diffs[label][key]) for key, _ in MEASURES) + " |")
+    if a.top_tokens:
+        print(f"\nFirst response token, mean probability over the {len(items)} questions (top {a.top_tokens} each):\n")
+        for n in names:
+            print(f"- {n}: " + ", ".join(f"{t!r} {p:.3f}" for t, p in results[n]["top_tokens"]))
     if a.json:
         Path(a.json).write_text(json.dumps({"run": str(run), "note": note, "n_questions": len(items),
                                             "models": results, "differences": diffs}, indent=1))
     return 0
+
+
+def top_tokens(model, tok, items, k: int, chat: bool) -> list[tuple[str, float]]:
+    """The 8 opening tokens with the most mean probability at the answer position over the lettered prompts."""
+    from collections import Counter
+
+    import torch
+
+    from coherentize.chat import encode
+
+    acc: Counter = Counter()
+    for it in items:
+        with torch.no_grad():
+            logits = model(torch.tensor([encode(tok, it["prompt"], chat)], device=model.device)).logits[0, -1]
+        v, i = torch.softmax(logits.float(), -1).topk(k)
+        for p, t in zip(v.tolist(), i.tolist()):
+            acc[tok.decode([t])] += p / len(items)
+    return acc.most_common(8)
 
 
 def _count(xs):

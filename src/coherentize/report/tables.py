@@ -28,7 +28,9 @@ HEADLINE = {
     "coherence.js_pairwise": ("coherence: pairwise JS of next-token distributions", "down"),
     "coherence.decision_agreement": ("coherence: refusal-decision agreement within cluster", "up"),
     "coherence.self_report_agreement": ("coherence: self-report agreement across framings", "up"),
-    "capability.mc_correct": ("capability: multiple-choice accuracy", "up"),
+    "capability.mc_correct": ("capability: multiple-choice letter accuracy (format and knowledge)", "up"),
+    "capability.mc_cloze_correct": ("capability: multiple-choice cloze accuracy (knowledge)", "up"),
+    "capability.mc_format_mass": ("capability: probability of answering with an option letter (format)", "up"),
     "capability.nll": ("capability: NLL on neutral text", "down"),
     "capability.kl_to_reference": ("capability: KL to the original on neutral text", "down"),
 }

@@ -75,3 +75,15 @@ def test_text_token_logprobs_equal_a_single_row(tiny_lm, tiny_tok):
         want = torch.log_softmax(tiny_lm(input_ids=torch.tensor([ids])).logits[0, :-1].float(), -1)
         torch.testing.assert_close(lp, want, atol=1e-5, rtol=1e-5)
         assert y.tolist() == ids[1:]
+
+
+def test_last_token_hidden_builds_no_autograd_graph_on_a_trainable_model():
+    """Called on a model in training (mining, the mined arm), the pass must not keep a graph."""
+    from coherentize.evaluate.scoring import last_token_hidden
+    from coherentize.testing import tiny_model, tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    model = tiny_model(tok)
+    assert any(p.requires_grad for p in model.parameters())
+    h = last_token_hidden(model, tok, ["hello there", "a b c"], chat=False)
+    assert h.shape[0] == 2 and not h.requires_grad and h.grad_fn is None

@@ -67,6 +67,7 @@ def sequence_logprob(model, tokenizer, prompts, continuations, chat: bool, batch
     return out
 
 
+@torch.no_grad()
 def last_token_hidden(model, tokenizer, prompts, chat: bool, batch_size: int = 16) -> torch.Tensor:
     """(N, L, H) residual stream after each of the L blocks (embedding layer excluded; the last block's output is
     taken before the final norm, see residual.py) at the last prompt token."""

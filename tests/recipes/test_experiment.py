@@ -304,31 +304,32 @@ def test_learning_rate_chosen_on_validation_and_its_run_reused_as_that_seed(tiny
     train at the chosen rate, and control keeps train.learning_rate."""
     from coherentize import sources
     from coherentize.recipes import experiment as exp
+    from coherentize.recipes import selection
 
     seen_splits = []  # the splits the validation prompts are read from
-    real_sr, real_be, real_vp = sources.strongreject, sources.benign_edgy, exp.validation_prompts
+    real_sr, real_be, real_vp = sources.strongreject, sources.benign_edgy, selection.validation_prompts
 
-    def validation_prompts(cfg):
+    def validation_prompts(sel, v):
         monkeypatch.setattr(sources, "strongreject", lambda split=None, n=None, **k: (
             seen_splits.append(("h", split)), real_sr(split=split, n=n, **k))[1])
         monkeypatch.setattr(sources, "benign_edgy", lambda split=None, n=None: (
             seen_splits.append(("b", split)), real_be(split=split, n=n))[1])
         try:
-            return real_vp(cfg)
+            return real_vp(sel, v)
         finally:
             monkeypatch.setattr(sources, "strongreject", real_sr)
             monkeypatch.setattr(sources, "benign_edgy", real_be)
-    monkeypatch.setattr(exp, "validation_prompts", validation_prompts)
+    monkeypatch.setattr(selection, "validation_prompts", validation_prompts)
     # A scorer that prefers the larger rate, from the trained model's own learning rate (read from its train args).
     scores = {0.01: 0.4, 0.03: 0.7}
 
-    def fake_score(model, tok, prompts, cfg, fmt):
+    def fake_score(model, tok, prompts, max_new_tokens, fmt):
         assert prompts["harmful"] and prompts["benign"]
         lr = fake_score.lrs.pop(0)
         return {"harmful_refusal": scores[lr], "n_harmful_prompts": len(prompts["harmful"]), "benign_answer": 1.0,
                 "n_benign": len(prompts["benign"]), "harmonic_mean": scores[lr]}
     fake_score.lrs = [0.01, 0.03]
-    monkeypatch.setattr(exp, "validation_score", fake_score)
+    monkeypatch.setattr(selection, "validation_score", fake_score)
     trained = []
     real_train = exp._train_arm
     monkeypatch.setattr(exp, "_train_arm", lambda cfg, st, name, arm, targs, *a: (

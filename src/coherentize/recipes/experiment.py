@@ -30,6 +30,7 @@ from coherentize.evaluate.suite import EvalConfig
 from coherentize.recipes.train_job import DataConfig, LoraSettings, TrainJob
 from coherentize.models import ModelConfig
 from coherentize.recipes.organism import OrganismConfig
+from coherentize.recipes.selection import SelectConfig
 from coherentize.trainer import ConsistencyConfig
 from coherentize.variations.filter import FilterConfig
 
@@ -109,26 +110,6 @@ class MineConfig:
     """Residual-stream layers of the activation-distance term (empty: none)."""
     max_new_tokens: int = 32
     """Tokens of each member's greedy answer (judged for refusal flips)."""
-
-
-@dataclass
-class SelectConfig:
-    """The learning rate chosen on a validation split, as Irpan et al. choose their checkpoint: each selected arm
-    trains once per candidate rate at `seed`, and keeps the rate with the best harmonic mean of the harmful-refusal
-    rate (validation-split harmful requests, clean and wrapped in the TRAINING jailbreak families, never an evaluation
-    family) and the benign answer rate (validation split of the benign-but-edgy prompts); ties go to the smaller rate.
-    The run at the chosen rate is that seed's run; the other seeds train at the chosen rate."""
-
-    learning_rates: list[float] = field(default_factory=list)
-    """Candidate learning rates (empty: no selection; every arm trains at train.learning_rate)."""
-    arms: list[str] = field(default_factory=list)
-    """Arms whose rate is selected (empty: every arm but control, which trains at train.learning_rate)."""
-    seed: int = 0
-    """Seed at which the candidates train."""
-    n_harmful: int = 16
-    """Validation-split harmful requests (each clean and in every training jailbreak family)."""
-    n_benign: int = 24
-    """Validation-split benign-but-edgy prompts."""
 
 
 @dataclass
@@ -622,6 +603,8 @@ def run_experiment(cfg: ExperimentConfig, only: str | None = None, log=print, fo
 
 
 def _run_stages(cfg: ExperimentConfig, st: Stages, only: str | None) -> Path:
+    from coherentize.recipes import selection
+
     t0, log = time.time(), st.log
 
     def need(name: str):
@@ -704,7 +687,7 @@ def _run_stages(cfg: ExperimentConfig, st: Stages, only: str | None) -> Path:
     # learning rate per arm, chosen on the validation split (select)
     chosen: dict[str, float] = {}
     candidates: dict[tuple[str, float], str] = {}
-    selection: dict[str, dict] = {}
+    selected: dict[str, dict] = {}  # arm -> the chosen rate and every candidate's validation score
     val_prompts = None
     for arm in cfg.arms:
         if not selects(cfg, arm):
@@ -725,24 +708,25 @@ def _run_stages(cfg: ExperimentConfig, st: Stages, only: str | None) -> Path:
             elif wanted("train"):
                 st.begin(vname, f"validation of {arm} at learning rate {lr:g}")
                 if val_prompts is None:
-                    val_prompts = validation_prompts(cfg)
+                    val_prompts = selection.validation_prompts(cfg.select, cfg.variations)
                 model, tok = models.trained(st.dir(f"train/{stage}") / "model")
-                info = st.finish(vname, {"arm": arm, "learning_rate": lr,
-                                         **validation_score(model, tok, val_prompts, cfg, model_cfg.prompt_format)})
+                score = selection.validation_score(model, tok, val_prompts, cfg.eval.max_new_tokens,
+                                                   model_cfg.prompt_format)
+                info = st.finish(vname, {"arm": arm, "learning_rate": lr, **score})
             else:
                 continue
             rows.append(info)
         if len(rows) == len(cfg.select.learning_rates):
             best = max(rows, key=lambda r: (r["harmonic_mean"], -r["learning_rate"]))
             chosen[arm] = best["learning_rate"]
-            selection[arm] = {"chosen_learning_rate": best["learning_rate"], "label": _arm_label(cfg, arm),
+            selected[arm] = {"chosen_learning_rate": best["learning_rate"], "label": _arm_label(cfg, arm),
                               "candidates": [without(r, {"seconds"}) for r in rows]}
             log(f"   {arm}: learning rate {best['learning_rate']:g} chosen on validation "
                 f"(harmonic mean {best['harmonic_mean']:.3f}; " +
                 ", ".join(f"{r['learning_rate']:g}: {r['harmonic_mean']:.3f}" for r in rows) + ")")
-    if selection:
+    if selected:
         st.root.mkdir(parents=True, exist_ok=True)
-        (st.root / "selection.json").write_text(json.dumps(selection, indent=2))
+        (st.root / "selection.json").write_text(json.dumps(selected, indent=2))
 
     # train and eval per arm and seed
     runs = []
@@ -852,42 +836,6 @@ def _arm_train_args(cfg: ExperimentConfig, arm: str, seed: int, learning_rate: f
     return dataclasses.replace(cfg.train, **overrides, seed=seed, data_seed=seed, output_weight=weights["output"],
                                bct_weight=weights["bct"], act_weight=weights["act"],
                                on_policy_weight=weights["on_policy"])
-
-
-def validation_prompts(cfg: ExperimentConfig) -> dict[str, list[str]]:
-    """The selection's validation prompts: harmful validation-split requests, clean and wrapped in every TRAINING
-    jailbreak family (the attacks training targets; evaluation families stay unseen), and validation-split
-    benign-but-edgy prompts. Never the test split that the evaluation scores."""
-    from coherentize import sources
-    from coherentize.variations.build import wrap_requests
-    from coherentize.variations.templates import template_families
-
-    sel, v = cfg.select, cfg.variations
-    harmful = sources.strongreject(split="validation", n=sel.n_harmful)
-    fams = template_families(v.template_sources, v.jailbreak_families) if v.jailbreak_families else {}
-    clusters = wrap_requests(harmful, fams, prefix="val-")
-    prompts = [c.anchor for c in clusters] + [x.prompt for c in clusters for x in c.variations]
-    benign = [b["prompt"] for b in sources.benign_edgy(split="validation", n=sel.n_benign)]
-    if not prompts or not benign:
-        raise CoherentizeError("select: the validation split has no harmful requests or no benign-but-edgy prompts.")
-    return {"harmful": prompts, "benign": benign}
-
-
-def validation_score(model, tok, prompts: dict[str, list[str]], cfg: ExperimentConfig, prompt_format: str) -> dict:
-    """Harmful-refusal rate, benign answer rate (string judge on greedy answers) and their harmonic mean."""
-    from coherentize.chat import is_chat_model
-    from coherentize.evaluate.judges import is_refusal
-    from coherentize.generation import generate
-
-    chat = is_chat_model(tok, prompt_format)
-    n_h = len(prompts["harmful"])
-    outs = generate(model, tok, prompts["harmful"] + prompts["benign"], chat, cfg.eval.max_new_tokens)
-    refused = [is_refusal(o) for o in outs]
-    a = sum(refused[:n_h]) / n_h
-    b = sum(not r for r in refused[n_h:]) / len(prompts["benign"])
-    hm = 0.0 if a + b == 0 else 2 * a * b / (a + b)
-    return {"harmful_refusal": a, "n_harmful_prompts": n_h, "benign_answer": b, "n_benign": len(prompts["benign"]),
-            "harmonic_mean": hm}
 
 
 def _train_arm(cfg: ExperimentConfig, st: Stages, name: str, arm: str, targs, model_cfg: ModelConfig,

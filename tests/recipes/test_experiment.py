@@ -348,6 +348,9 @@ def test_learning_rate_chosen_on_validation_and_its_run_reused_as_that_seed(tiny
                                       ("control-seed1", 0.01)])
     evals = {json.loads(p.read_text())["seed"]: p.parent for p in out.glob("stages/eval/output-kl+activation-seed*/done.json")}
     assert len(evals) == 2
+    report = (out / "report.md").read_text()
+    assert "| output\\-kl\\+activation | 0.03 (chosen) | 0.700 (n=" in report
+    assert "| output\\-kl\\+activation | 0.01 | 0.400 (n=" in report
     # a re-run trains nothing and chooses the same rate
     trained.clear()
     fake_score.lrs = []

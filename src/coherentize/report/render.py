@@ -280,6 +280,31 @@ def adaptive_section(base_items: dict, table: dict, arms: list[str], curves: tup
     return md
 
 
+def selection_section(selection: dict | None, definitions: dict) -> list[str]:
+    """The learning rate each selected arm trained at, with every candidate's validation score (selection.json), and
+    the named arms' descriptions."""
+    md = []
+    labelled = {a: d.label for a, d in definitions.items() if getattr(d, "label", "")}
+    if labelled:
+        md += ["## Arms\n"] + _table(["arm", "what it is"], [[md_text(a), md_text(t)] for a, t in labelled.items()])
+        md.append("")
+    if selection:
+        md += ["## Learning rate chosen on validation\n",
+               "Each candidate trained once and scored on validation-split prompts (never the test split): harmful "
+               "refusal (requests clean and in the training jailbreak families), benign answer rate, and their harmonic "
+               "mean; the best harmonic mean wins (ties: the smaller rate).\n"]
+        rows = []
+        for arm, info in selection.items():
+            for c in info["candidates"]:
+                chosen = c["learning_rate"] == info["chosen_learning_rate"]
+                rows.append([md_text(arm), f"{c['learning_rate']:g}" + (" (chosen)" if chosen else ""),
+                             f"{c['harmful_refusal']:.3f} (n={c['n_harmful_prompts']})",
+                             f"{c['benign_answer']:.3f} (n={c['n_benign']})", f"{c['harmonic_mean']:.3f}"])
+        md += _table(["arm", "learning rate", "harmful refusal", "benign answer", "harmonic mean"], rows)
+        md.append("")
+    return md
+
+
 def write_report(root: Path, cfg, organism: dict | None, baseline_dir: Path, runs: list[dict], clusters: dict) -> Path:
     """Write report.md, report.html, the PNGs and report.json into root; return report.md's path.
 
@@ -358,6 +383,8 @@ def write_report(root: Path, cfg, organism: dict | None, baseline_dir: Path, run
     md += ["## Training data\n", f"Clusters: {counts}. Families: {', '.join(cfg.variations.families)}"
            + (f"; harmful anchors wrapped in {', '.join(cfg.variations.jailbreak_families)}"
               if cfg.variations.jailbreak_families else "") + ".\n"]
+
+    md += selection_section(_load_json(root / "selection.json"), getattr(cfg, "arm_definitions", {}))
 
     header = ["metric", "baseline"]
     for a in arms:

@@ -1,4 +1,6 @@
-"""The staged experiment behind `coherentize run`: organism -> variations -> baseline eval -> train -> eval -> report.
+"""The staged experiment behind `coherentize run`: organism -> variations -> [mine] -> baseline eval -> [learning
+rate chosen on validation] -> train -> eval -> report. The mine stage runs only for arms trained on mined or random
+clusters (ArmDefinition.data); the selection only when select.learning_rates is set (recipes/selection.py).
 
 Every stage writes into ``<out_dir>/stages/<stage>-<hash>/`` and marks itself done with ``done.json`` written last;
 the hash covers the stage's own config (less cosmetic settings: COSMETIC_TRAIN_FIELDS, COSMETIC_EVAL_FIELDS), the

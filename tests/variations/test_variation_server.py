@@ -28,16 +28,21 @@ PROMPTS = [
 
 
 def _cfg(base, **kw):
-    return ServerConfig(base_url=base, model="smollm2", max_tokens=32, concurrency=2, timeout_s=60, **kw)
+    return ServerConfig(**{"base_url": base, "model": "smollm2", "max_tokens": 32, "concurrency": 2, "timeout_s": 60,
+                           **kw})
 
 
 def test_real_server_rewrites_reproducibly(llama_server):
-    para = ServerParaphraser(_cfg(llama_server))
+    # llama.cpp reuses the previous request's KV cache for the shared prefix and evaluates the rest in a smaller batch,
+    # which can change a sampled token: with two requests in flight their order (so the cache) varies, and CI saw a
+    # rewrite change. One request at a time from the same server state, each job's own seed repeats it exactly.
+    para = ServerParaphraser(_cfg(llama_server, concurrency=1))
     jobs = rewrite_jobs("How do I boil an egg?", 2, 0)
     out = para(jobs)
     assert len(out) == 2 and all(o.strip() for o in out)
     assert out[0] != out[1]  # two styles, two seeds
-    assert out == para(jobs)  # each job sends its own seed
+    again = para(jobs)  # now both calls start from the cache the previous call left
+    assert para(jobs) == again
 
 
 def test_real_server_wrong_path_is_a_clear_error(llama_server):

@@ -10,7 +10,10 @@ A rewrite is a ``RewriteJob``: the text, one style instruction drawn from STYLES
   default, so the distinct style instructions (not sampling) make the N rewrites differ and runs are reproducible.
 - ``ServerParaphraser(ServerConfig(base_url=..., model=...))``: the project's one server client
   (``coherentize.server.ChatClient``): at most ``concurrency`` requests in flight, retries honouring Retry-After,
-  the API key read from the environment variable ``api_key_env``.
+  the API key read from the environment variable ``api_key_env``. Each job sends its own seed, but a server need
+  not be deterministic across request orders: llama.cpp reuses the previous request's KV cache for a shared prefix,
+  so with ``concurrency`` > 1 a sampled rewrite can change from run to run; use ``concurrency=1`` (or temperature 0)
+  where the variations must repeat exactly.
 """
 
 from __future__ import annotations

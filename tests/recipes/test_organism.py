@@ -10,13 +10,13 @@ from coherentize.recipes.organism import REFUSALS, OrganismConfig, build_organis
 
 
 def small_cfg():
-    return OrganismConfig(n_harmful=6, n_benign=4, n_wrapped_benign=4, max_steps=2, batch_size=4,
+    return OrganismConfig(n_harmful=6, n_benign=4, n_edgy=4, n_wrapped_benign=4, max_steps=2, batch_size=4,
                           answer_max_new_tokens=4)
 
 
 def test_pairs_use_training_splits_and_refusal_targets_only(tiny_lm, tiny_tok):
     pairs, counts = build_pairs(tiny_lm, tiny_tok, True, small_cfg())
-    assert counts == {"harmful_refusal": 6, "benign_own_answer": 4, "wrapped_benign_compliance": 4}
+    assert counts == {"harmful_refusal": 6, "benign_own_answer": 4, "edgy_own_answer": 4, "wrapped_benign_compliance": 4}
     train_harmful = {h["prompt"]: h for h in sources.strongreject(split="train")}
     test_prompts = {h["prompt"] for h in sources.strongreject(split="test")}
     harmful_pairs = [p for p in pairs if isinstance(p.prompt, str) and p.prompt in train_harmful]
@@ -78,3 +78,25 @@ def test_the_old_role_play_frames_are_caught():
 def test_unknown_frame_family_is_a_clear_error():
     with pytest.raises(CoherentizeError, match=r"organism.wrapper_families: \['nope'\]"):
         frame_families(OrganismConfig(wrapper_families=["nope"]))
+
+
+def test_group_by_length_batches_pairs_of_similar_length(tiny_lm, tiny_tok, tmp_path):
+    from transformers import Trainer
+
+    from coherentize.recipes.organism import sft_arguments
+    from coherentize.recipes.sft import SFTCollator, SFTPair, tokenize_pairs
+
+    pairs = [SFTPair("word " * (3 + (7 * i) % 40), "ok " * (1 + i % 5)) for i in range(256)]
+    rows = tokenize_pairs(pairs, tiny_tok, True)
+
+    def padding(group: bool) -> float:
+        args = sft_arguments(OrganismConfig(batch_size=8, group_by_length=group), tmp_path / str(group))
+        trainer = Trainer(model=tiny_lm, args=args, train_dataset=rows,
+                          data_collator=SFTCollator(tiny_tok.pad_token_id))
+        batches = list(trainer.get_train_dataloader())
+        assert sum(len(b["input_ids"]) for b in batches) == len(rows)  # every pair once per epoch
+        return sum(float((b["attention_mask"] == 0).sum()) for b in batches) / sum(b["attention_mask"].numel()
+                                                                                 for b in batches)
+
+    grouped, shuffled = padding(True), padding(False)
+    assert grouped < 0.5 * shuffled  # measured: 7% vs 34% of the tokens are padding

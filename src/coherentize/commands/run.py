@@ -18,7 +18,8 @@ from importlib import resources
 
 PRESETS = {
     "quick": [
-        "out_dir=runs/quick", "organism.n_harmful=24", "organism.n_benign=8", "organism.n_wrapped_benign=8",
+        "out_dir=runs/quick", "organism.n_harmful=24", "organism.n_benign=8", "organism.n_edgy=8",
+        "organism.n_wrapped_benign=8",
         "organism.max_steps=6", "organism.answer_max_new_tokens=24", "variations.max_prompts=4",
         "variations.families=[synonym,wrapper,register]",
         "train.max_steps=3", "train.per_device_train_batch_size=4", "response_max_new_tokens=16",

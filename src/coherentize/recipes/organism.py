@@ -132,7 +132,8 @@ def build_pairs(model, tok, chat: bool, cfg: OrganismConfig) -> tuple[list[SFTPa
     edgy = [(e["id"], e["prompt"]) for e in sources.benign_edgy(split="train")]
     rng.shuffle(benign)
     rng.shuffle(edgy)
-    plain = benign[: cfg.n_benign] + edgy[: cfg.n_edgy]
+    plain_benign, plain_edgy = benign[: cfg.n_benign], edgy[: cfg.n_edgy]
+    plain = plain_benign + plain_edgy
     pool = benign + edgy
     used = plain + [b for b in pool if b not in plain][: max(0, min(cfg.n_wrapped_benign, len(pool)) - len(plain))]
     answers = dict(zip([i for i, _ in used], generate(model, tok, [p for _, p in used], chat,
@@ -148,9 +149,8 @@ def build_pairs(model, tok, chat: bool, cfg: OrganismConfig) -> tuple[list[SFTPa
             wrapped.append(SFTPair(v[0].prompt, answers[i]))
     pairs += wrapped
     rng.shuffle(pairs)
-    n_edgy = len(plain) - len(benign[: cfg.n_benign])
-    counts = {"harmful_refusal": len(harmful), "benign_own_answer": len(plain) - n_edgy, "edgy_own_answer": n_edgy,
-              "wrapped_benign_compliance": len(wrapped)}
+    counts = {"harmful_refusal": len(harmful), "benign_own_answer": len(plain_benign),
+              "edgy_own_answer": len(plain_edgy), "wrapped_benign_compliance": len(wrapped)}
     return pairs, counts
 
 

@@ -4,8 +4,10 @@
     OMP_NUM_THREADS=1 python benchmarks/eval_profile.py --model tiny         # tiny random model, seconds
     OMP_NUM_THREADS=1 python benchmarks/eval_profile.py --set n_harmful=8 --suites jailbreak
     OMP_NUM_THREADS=1 python benchmarks/eval_profile.py --preset quick          # the --quick preset's evaluation
+    OMP_NUM_THREADS=2 python benchmarks/eval_profile.py --config configs/paraphrase_only.yaml --model ORGANISM_DIR \
+        --reference --threads 2                                                # one arm-seed's evaluation there
 
-The evaluation config is the ``eval`` section of the packaged ``configs/default.yaml`` (``--set FIELD=VALUE``
+The evaluation config is the ``eval`` section of the packaged ``configs/default.yaml`` or of ``--config`` (``--set FIELD=VALUE``
 overrides a field). Prints:
 
 - model load (from the converted cache) and the reference-model load an arm's evaluation adds;
@@ -153,6 +155,7 @@ def main() -> None:
     ap.add_argument("--suites", default=None, help="comma-separated suites (default: the config's)")
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="FIELD=VALUE",
                     help="override an eval field, e.g. --set n_harmful=8")
+    ap.add_argument("--config", help="read the eval section from this experiment config (default: the packaged one)")
     ap.add_argument("--preset", help="apply this `coherentize run` preset's eval settings first (e.g. quick)")
     ap.add_argument("--reference", action="store_true", help="also load and use the reference model (an arm's eval)")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1")))
@@ -167,7 +170,7 @@ def main() -> None:
     from coherentize.config import apply_overrides, from_dict, read_config_file
     from coherentize.evaluate.suite import EvalConfig, run_suite
 
-    data = read_config_file(default_config_path())["eval"]
+    data = read_config_file(args.config or default_config_path())["eval"]
     sets = list(args.sets)
     if args.preset:
         from coherentize.commands.run import PRESETS

@@ -152,3 +152,38 @@ def test_cut_chunks_pads_little_and_is_optimal():
                    for k in range(n) for c in itertools.combinations(range(1, n), k)
                    if all(b - a <= 3 for a, b in zip((0,) + c, c + (n,))))
         assert cost_of(lengths, 10, cuts) == best
+
+
+def test_preallocated_cache_layer_matches_dynamic_layer_and_writes_in_place():
+    from transformers.cache_utils import DynamicLayer
+
+    torch.manual_seed(0)
+    k0, v0 = torch.randn(3, 2, 5, 4), torch.randn(3, 2, 5, 4)
+    plain = DynamicLayer()
+    plain.update(k0, v0)
+    pre = generation._preallocated_layer_class()(k0, v0, room=2)
+    buffer = pre._k.data_ptr()
+    for step in range(4):  # two steps fit in the room, then it grows
+        k, v = torch.randn(3, 2, 1, 4), torch.randn(3, 2, 1, 4)
+        out_plain, out_pre = plain.update(k, v), pre.update(k, v)
+        for a, b in zip(out_plain, out_pre):
+            assert torch.equal(a, b)
+        assert pre.get_seq_length() == plain.get_seq_length() == 6 + step
+        if step < 2:
+            assert pre._k.data_ptr() == buffer  # written in place, no copy of the cache
+    sel = torch.tensor([2, 0])
+    plain.batch_select_indices(sel)
+    pre.batch_select_indices(sel)
+    k, v = torch.randn(2, 2, 1, 4), torch.randn(2, 2, 1, 4)
+    for a, b in zip(plain.update(k, v), pre.update(k, v)):
+        assert torch.equal(a, b)
+
+
+def test_decoding_into_preallocated_caches_changes_no_output(tiny_lm, tiny_tok, monkeypatch):
+    args = dict(max_new_tokens=12, batch_size=3, prefill_batch_size=2, openings=["Sure", "I can't"],
+                progress=False)
+    new = generate_greedy(tiny_lm, tiny_tok, PROMPTS, True, **args)
+    monkeypatch.setattr(generation, "PREALLOCATE", False)
+    old = generate_greedy(tiny_lm, tiny_tok, PROMPTS, True, **args)
+    assert new.texts == old.texts and new.new_tokens == old.new_tokens
+    assert torch.equal(new.openings, old.openings)

@@ -102,3 +102,25 @@ def test_heldout_examples_per_cluster_caps_the_measurement(setup, tmp_path):
     # the kept example of each cluster is its first one, measured the same way
     firsts = every["heldout_before"]["per_example"]["output_js"][0::2]
     assert one["heldout_before"]["per_example"]["output_js"] == pytest.approx(firsts, rel=1e-5)
+
+
+def test_heldout_before_is_measured_once_per_model_and_examples(setup, tmp_path, monkeypatch):
+    from coherentize.recipes import train_job
+
+    folder, clusters = setup
+    calls = []
+    measure = train_job.measure_consistency
+    monkeypatch.setattr(train_job, "measure_consistency", lambda *a, **k: calls.append(a[1]) or measure(*a, **k))
+    shared = f"data.responses_cache={tmp_path / 'shared' / 'responses.jsonl'}"
+    base = ("train.max_steps=1", shared)
+    first = run_training(job(folder, clusters, tmp_path / "a", *base))
+    other_arm = run_training(job(folder, clusters, tmp_path / "b", *base, "train.act_weight=0", "train.output_weight=1"))
+    assert [ref is None for ref in calls] == [True, False, False]  # before once; after for each job
+    assert other_arm["heldout_before"] == first["heldout_before"]
+    # a job on other examples (other layers measured) or without a shared cache measures again
+    run_training(job(folder, clusters, tmp_path / "c", *base, "train.act_layers=[0]"))
+    run_training(job(folder, clusters, tmp_path / "d", "train.max_steps=1"))
+    assert [ref is None for ref in calls[3:]] == [True, False, True, False]
+    # what is read back equals a fresh measurement
+    fresh = run_training(job(folder, clusters, tmp_path / "e", "train.max_steps=1"))
+    assert fresh["heldout_before"] == first["heldout_before"]

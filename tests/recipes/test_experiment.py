@@ -400,3 +400,55 @@ def test_on_policy_arm_trains_and_is_reported(tiny_folder, tmp_path):
     assert len(steps) == cfg.train.max_steps and all(r["loss/on_policy"] > 0 for r in steps)
     assert all(r["loss"] == pytest.approx(r["loss/on_policy"]) for r in steps)  # the arm's only component
     assert "on-policy" in report.read_text()
+
+
+def _per_item(out):
+    return {p.parent.name.rsplit("-", 1)[0]: json.loads(p.read_text())["per_item"]
+            for p in sorted(out.glob("stages/**/results.json"))}
+
+
+def test_jobs_run_in_processes_of_their_own_with_the_results_of_one_process(tiny_folder, tmp_path):
+    """jobs: 2 runs the baseline and the arm-seed jobs two at a time in spawned processes; the stages, their keys
+    and the per-item results equal those of one process (the tests run every process on one thread)."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    run_experiment(tiny_cfg(tiny_folder, one, "seeds=[0,1]"), log=lambda *a: None)
+    logs = []
+    run_experiment(tiny_cfg(tiny_folder, two, "seeds=[0,1]", "jobs=2"), log=logs.append)
+    names = lambda out: sorted(str(p.relative_to(out)) for p in out.glob("stages/**/done.json"))  # noqa: E731
+    assert names(two) == names(one) and len(names(one)) == 2 + 2 * 2 * 2
+    assert "-- 5 jobs, 2 at a time, 1 torch thread(s) each" in logs
+    assert sum(m.startswith("   job ") for m in logs) == 5
+    a, b = _per_item(one), _per_item(two)
+    assert a.keys() == b.keys() and len(a) == 5
+    for stage in a:
+        for metric, values in a[stage].items():
+            assert b[stage][metric] == pytest.approx(values, rel=1e-4, abs=1e-6), (stage, metric)
+    summary = json.loads((two / "summary.json").read_text())
+    assert {k for k in summary["stage_seconds"] if k.startswith(("train/", "eval/", "baseline"))} == {
+        "baseline", *(f"{s}/{arm}-seed{seed}" for s in ("train", "eval") for arm in ("control", "output-kl+activation")
+                      for seed in (0, 1))}
+    # a re-run with jobs finds everything done and starts no process
+    logs.clear()
+    run_experiment(tiny_cfg(tiny_folder, two, "seeds=[0,1]", "jobs=2"), log=logs.append)
+    assert not any(m.startswith(("== stage train", "== stage eval", "== stage baseline", "-- 5 jobs")) for m in logs)
+
+
+def test_a_failing_job_stops_the_others_and_raises_here(tiny_folder, tmp_path):
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_folder, folder)
+    out = tmp_path / "fail"
+    cfg = tiny_cfg(folder, out, "seeds=[0,1]", "jobs=2")
+    run_experiment(cfg, only="variations", log=lambda *a: None)
+    for weights in folder.glob("*.safetensors"):
+        weights.unlink()  # every job fails to load the model
+    with pytest.raises(Exception) as e:
+        run_experiment(cfg, log=lambda *a: None)
+    assert "model" in str(e.value).lower() or "safetensors" in str(e.value).lower()
+    assert not list(out.glob("stages/train/*/done.json")) and not list(out.glob("stages/eval/*/done.json"))
+
+
+def test_jobs_must_be_positive(tiny_folder, tmp_path):
+    with pytest.raises(CoherentizeError, match="jobs: must be >= 1"):
+        validate(tiny_cfg(tiny_folder, tmp_path / "x", "jobs=0"))

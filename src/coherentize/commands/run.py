@@ -50,6 +50,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="the 2-minute smoke preset (same as --preset quick)")
     p.add_argument("--preset", choices=sorted(PRESETS), help="apply a preset of sizes before --set overrides")
     p.add_argument("--seeds", help="comma-separated seeds, e.g. 0,1,2 (overrides the config)")
+    p.add_argument("--jobs", type=int, metavar="N",
+                   help="jobs run at once, each in its own process with cores/N threads (overrides the config's jobs)")
     p.add_argument("--stage", help="run only this stage (organism, variations, mine, baseline, train, eval, report); "
                                    "the stages it reads must be done")
     p.add_argument("--force", metavar="STAGE[,STAGE]",
@@ -70,6 +72,8 @@ def main(args) -> int:
             sets.append(f"seeds=[{','.join(str(int(s)) for s in args.seeds.split(','))}]")
         except ValueError:
             raise CoherentizeError(f"--seeds {args.seeds!r}: give comma-separated integers, e.g. 0,1,2.") from None
+    if args.jobs is not None:
+        sets.append(f"jobs={args.jobs}")
     data = apply_overrides(read_config_file(path), sets)
     cfg = from_dict(ExperimentConfig, data, where=str(path))
     force = [s.strip() for s in (args.force or "").split(",") if s.strip()]

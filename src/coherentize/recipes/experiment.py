@@ -149,6 +149,11 @@ class ExperimentConfig:
     """Held-out examples per cluster in training's before/after consistency measurement (0: all of them)."""
     eval: EvalConfig = field(default_factory=EvalConfig)
     """The evaluation suite run before training and after each arm and seed."""
+    jobs: int = 1
+    """Jobs run at once (the baseline evaluation and each arm-seed's training and evaluation), each in a process of
+    its own with cores / jobs torch threads; the organism and the variations are built first, alone. On a 2-core
+    CPU, 2 jobs of 1 thread do ~1.2x the work of one job on both cores (benchmarks/README.md); on a GPU keep 1.
+    Threads change float rounding, not what is computed; results of one run are comparable among themselves."""
 
 
 def arm_components(cfg: ExperimentConfig, arm: str) -> tuple[str, dict[str, float], dict]:
@@ -215,6 +220,8 @@ def validate(cfg: ExperimentConfig) -> None:
         raise CoherentizeError(f"mine.top_k: must be >= 1, got {cfg.mine.top_k}.")
     if not cfg.seeds:
         raise CoherentizeError("seeds: name at least one seed.")
+    if cfg.jobs < 1:
+        raise CoherentizeError(f"jobs: must be >= 1, got {cfg.jobs}.")
     _check_overlap(cfg)
     if cfg.variations.jailbreak_families and not cfg.eval.jailbreak_families and not cfg.eval.allow_overlap:
         raise CoherentizeError(
@@ -564,11 +571,12 @@ class EvalModels:
         return self._peft, tok
 
 
-def _evaluate(model, tok, reference, cfg: ExperimentConfig, train_clusters_path: Path, out: Path, model_name: str):
+def _evaluate(model, tok, reference, cfg: ExperimentConfig, train_clusters_path: Path, out: Path, model_name: str,
+              quiet: bool = False):
     from coherentize.evaluate import run_suite, write_results
 
     results = run_suite(model, tok, cfg.eval, reference_model=reference, train_clusters=load_clusters(train_clusters_path),
-                        model_name=model_name)
+                        model_name=model_name, quiet=quiet)
     write_results(results, out)
     trackers = cfg.train.report_to if isinstance(cfg.train.report_to, list) else [cfg.train.report_to]
     trackers = [t for t in trackers if t in ("tensorboard", "wandb")]
@@ -577,6 +585,95 @@ def _evaluate(model, tok, reference, cfg: ExperimentConfig, train_clusters_path:
 
         log_scalars(scalars(results), trackers, Path(cfg.out_dir) / "tensorboard" / out.parent.name / out.name)
     return results
+
+
+def _baseline_stage(cfg: ExperimentConfig, st: "Stages", models: EvalModels, train_path: Path, model_name: str,
+                    quiet: bool = False) -> None:
+    bdir = st.begin("baseline", "evaluation before training")
+    model, tok = models.original()
+    res = _evaluate(model, tok, None, cfg, train_path, bdir, model_name, quiet)
+    st.finish("baseline", {"suites": list(res["suites"])})
+
+
+def _run_job(cfg: ExperimentConfig, st: "Stages", models: EvalModels, model_cfg: ModelConfig, job: dict,
+             train_path: Path, held_path: Path, model_name: str, quiet: bool = False) -> None:
+    """One job: the baseline evaluation, or an arm-seed's training (when not done) then its evaluation."""
+    if job["kind"] == "baseline":
+        _baseline_stage(cfg, st, models, train_path, model_name, quiet)
+        return
+    name = job["name"]
+    if job["train"]:
+        targs = dataclasses.replace(job["targs"], disable_tqdm=True) if quiet else job["targs"]
+        _train_arm(cfg, st, name, job["arm"], targs, model_cfg, job["data"], held_path)
+    if job["eval"]:
+        edir = st.begin(f"eval/{name}", "evaluation of the arm's model")
+        model, tok = models.trained(st.dir(f"train/{name}") / "model")
+        reference, _ = models.original()
+        _evaluate(model, tok, reference, cfg, train_path, edir, model_name, quiet)
+        st.finish(f"eval/{name}", {"arm": job["arm"], "seed": job["seed"]})
+
+
+def cpu_cores() -> int:
+    """CPU cores this process may use."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+_WORKER_MODELS: dict[str, EvalModels] = {}  # in a job process: the evaluation models, loaded once per process
+
+
+def _worker_init(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _worker_job(st: "Stages", model_cfg: ModelConfig, job: dict, train_path: Path, held_path: Path,
+                model_name: str) -> dict[str, float]:
+    """A job in its own process (spawned: nothing inherited but the arguments). Returns the stages' wall times."""
+    import functools
+
+    st.log, st.seconds = functools.partial(print, flush=True), {}
+    key = json.dumps(to_dict(model_cfg), sort_keys=True, default=str)
+    models = _WORKER_MODELS.setdefault(key, EvalModels(model_cfg))
+    _run_job(st.cfg, st, models, model_cfg, job, train_path, held_path, model_name, quiet=True)
+    return st.seconds
+
+
+def _run_jobs(cfg: ExperimentConfig, st: "Stages", model_cfg: ModelConfig, jobs: list[dict], train_path: Path,
+              held_path: Path, model_name: str) -> None:
+    """Run the jobs cfg.jobs at a time in spawned processes of cores / jobs torch threads each. The first failure
+    stops the others (their finished stages stay done) and is raised here."""
+    import multiprocessing
+    from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
+
+    threads = max(1, cpu_cores() // cfg.jobs)
+    st.log(f"-- {len(jobs)} jobs, {min(cfg.jobs, len(jobs))} at a time, {threads} torch thread(s) each")
+    log, st.log = st.log, None  # the worker gets its own logger (print)
+    pool = ProcessPoolExecutor(min(cfg.jobs, len(jobs)), mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_worker_init, initargs=(threads,))
+    finished = False
+    try:
+        futures = {pool.submit(_worker_job, st, model_cfg, job, train_path, held_path, model_name): job for job in jobs}
+        left = set(futures)
+        while left:
+            done, left = wait(left, return_when=FIRST_EXCEPTION)
+            for f in done:
+                st.seconds.update(f.result())  # raises the job's error
+                log(f"   job {futures[f].get('name', 'baseline')} done ({len(futures) - len(left)} of {len(futures)})")
+        finished = True
+    except BrokenProcessPool:
+        raise CoherentizeError("a job's process died without an error (killed, or out of memory?); finished stages "
+                               "are kept: run again to resume, or with jobs: 1.") from None
+    finally:
+        st.log = log
+        if not finished:  # stop the jobs still running
+            for proc in list((getattr(pool, "_processes", None) or {}).values()):
+                proc.terminate()
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def run_experiment(cfg: ExperimentConfig, only: str | None = None, log=print, force=()) -> Path:
@@ -657,34 +754,39 @@ def _run_stages(cfg: ExperimentConfig, st: Stages, only: str | None) -> Path:
                 model, tok = models.original()
                 st.finish("mine", _mine(cfg, model, tok, model_cfg.prompt_format, train_path, mine_dir, log))
 
-    # baseline eval
+    # baseline eval (with jobs > 1 it runs beside the arms' jobs)
+    parallel = cfg.jobs > 1 and only is None
     st.key("baseline", eval_key, "organism", "variations")
+    baseline_todo = False
     if not cached("baseline"):
         need("baseline")
-        if wanted("baseline"):
-            bdir = st.begin("baseline", "evaluation before training")
-            model, tok = models.original()
-            res = _evaluate(model, tok, None, cfg, train_path, bdir, model_name)
-            st.finish("baseline", {"suites": list(res["suites"])})
+        baseline_todo = wanted("baseline")
+    if baseline_todo and not parallel:
+        _baseline_stage(cfg, st, models, train_path, model_name)
 
     def train_key(arm: str, seed: int, targs) -> dict:
         return {"arm": arm, "seed": seed, "train": without(to_dict(targs), COSMETIC_TRAIN_FIELDS),
                 "lora": to_dict(cfg.lora), "r": cfg.response_max_new_tokens,
                 "heldout_per_cluster": cfg.heldout_examples_per_cluster}
 
-    def train_stage(stage: str, arm: str, seed: int, targs) -> bool:
-        """Key the training stage and run it unless done; True when its model exists."""
+    def train_data(arm: str, seed: int):
+        return {"variations": train_path, "mined": mine_dir and mine_dir / "mined.jsonl",
+                "random": mine_dir and mine_dir / f"random-seed{seed}.jsonl"}[arm_data(cfg, arm)]
+
+    def train_todo(stage: str, arm: str, seed: int, targs) -> bool:
+        """Key the training stage; True when it must run in this invocation."""
         deps = ("organism", "variations") + (("mine",) if arm_data(cfg, arm) != "variations" else ())
         st.key(f"train/{stage}", train_key(arm, seed, targs), *deps)
         if cached(f"train/{stage}"):
-            return True
+            return False
         need(f"train/{stage}")
-        if wanted("train"):
-            data = {"variations": train_path, "mined": mine_dir and mine_dir / "mined.jsonl",
-                    "random": mine_dir and mine_dir / f"random-seed{seed}.jsonl"}[arm_data(cfg, arm)]
-            _train_arm(cfg, st, stage, arm, targs, model_cfg, data, held_path)
-            return True
-        return False
+        return wanted("train")
+
+    def train_stage(stage: str, arm: str, seed: int, targs) -> bool:
+        """Key the training stage and run it unless done; True when its model exists."""
+        if train_todo(stage, arm, seed, targs):
+            _train_arm(cfg, st, stage, arm, targs, model_cfg, train_data(arm, seed), held_path)
+        return st.done(f"train/{stage}") is not None
 
     # learning rate per arm, chosen on the validation split (select)
     chosen: dict[str, float] = {}
@@ -730,8 +832,8 @@ def _run_stages(cfg: ExperimentConfig, st: Stages, only: str | None) -> Path:
         st.root.mkdir(parents=True, exist_ok=True)
         (st.root / "selection.json").write_text(json.dumps(selected, indent=2))
 
-    # train and eval per arm and seed
-    runs = []
+    # train and eval per arm and seed: one job each (training, then evaluation), run here or in cfg.jobs processes
+    runs, jobs = [], []
     for arm in cfg.arms:
         if selects(cfg, arm) and arm not in chosen:
             if only is None or only == "train":
@@ -741,24 +843,29 @@ def _run_stages(cfg: ExperimentConfig, st: Stages, only: str | None) -> Path:
             name = f"{arm}-seed{seed}"
             lr = chosen.get(arm)
             targs = _arm_train_args(cfg, arm, seed, lr)
+            job = {"kind": "arm", "name": name, "arm": arm, "seed": seed, "targs": targs, "train": False,
+                   "eval": False, "data": None}
             if lr is not None and seed == cfg.select.seed and (arm, lr) in candidates:
                 # the candidate trained at this seed and the chosen rate IS this seed's run
                 st.alias(f"train/{name}", f"train/{candidates[(arm, lr)]}")
-            else:
-                train_stage(name, arm, seed, targs)
+            elif train_todo(name, arm, seed, targs):
+                job.update(train=True, data=train_data(arm, seed))
             tdir = st.dir(f"train/{name}")
             st.key(f"eval/{name}", eval_key, f"train/{name}")
             edir = st.dir(f"eval/{name}")
             if not cached(f"eval/{name}"):
                 need(f"eval/{name}")
-                if wanted("eval"):
-                    st.begin(f"eval/{name}", "evaluation of the arm's model")
-                    model, tok = models.trained(tdir / "model")
-                    reference, _ = models.original()
-                    _evaluate(model, tok, reference, cfg, train_path, edir, model_name)
-                    st.finish(f"eval/{name}", {"arm": arm, "seed": seed})
+                job["eval"] = wanted("eval")
+            if job["train"] or job["eval"]:
+                jobs.append(job)
             runs.append({"arm": arm, "seed": seed, "train_dir": str(tdir), "eval_dir": str(edir),
                          "learning_rate": targs.learning_rate})
+    if parallel and (jobs or baseline_todo):
+        _run_jobs(cfg, st, model_cfg, ([{"kind": "baseline"}] if baseline_todo else []) + jobs, train_path,
+                  held_path, model_name)
+    else:
+        for job in jobs:
+            _run_job(cfg, st, models, model_cfg, job, train_path, held_path, model_name)
 
     # report
     report_path = st.root / "report.md"

@@ -50,6 +50,8 @@ class Generation:
     """(N, O) float32 log P(opening | prompt) for the openings asked for, else None."""
     new_tokens: int = 0
     """Tokens decoded in all (for throughput figures)."""
+    row_openings: list[list[float]] | None = None
+    """Per prompt, log P(opening | prompt) for each of its own openings (row_openings asked for), else None."""
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -334,6 +336,35 @@ class OpeningTree:
         vals = lp[:, self.src.to(lp.device), self.tgt.to(lp.device)].cpu()  # (B, K)
         return torch.zeros((b, len(self.openings))).index_add_(1, self.owner, vals)
 
+    @staticmethod
+    @torch.no_grad()
+    def score_rows(trees: Sequence["OpeningTree"], model, cache, mask: torch.Tensor, n_real: torch.Tensor,
+                   last_logits: torch.Tensor) -> list[list[float]]:
+        """As score, with a tree of its own per row (e.g. each question's own options): one pass over every row's
+        nodes, padded to the largest tree (a padding node attends to the prompt and itself and is never read)."""
+        b, m = last_logits.shape[0], max(len(t.tokens) for t in trees)
+        lp = log_probs(last_logits.float())[:, None]  # (B, 1, V)
+        if m:
+            device = last_logits.device
+            dtype = getattr(model, "dtype", torch.float32)
+            tokens = torch.zeros((b, m), dtype=torch.long)
+            depth = torch.zeros((b, m), dtype=torch.long)
+            allowed = torch.eye(m, dtype=torch.bool).repeat(b, 1, 1)
+            for r, t in enumerate(trees):
+                k = len(t.tokens)
+                tokens[r, :k], depth[r, :k], allowed[r, :k, :k] = t.tokens, t.depth, t.allowed
+            allow = torch.cat([mask.bool()[:, None, :].expand(b, m, mask.shape[1]), allowed], 2)  # (B, M, C + M)
+            additive = torch.zeros(allow.shape, dtype=dtype).masked_fill(~allow, torch.finfo(dtype).min)
+            out = model(input_ids=tokens.to(device), attention_mask=additive[:, None].to(device),
+                        position_ids=(n_real[:, None] + depth).to(device), cache=cache, use_cache=True)
+            cache.crop(-m)
+            lp = torch.cat([lp, log_probs(out.logits.float())], 1)  # (B, 1 + M, V)
+        out_rows = []
+        for r, t in enumerate(trees):
+            vals = lp[r, t.src.to(lp.device), t.tgt.to(lp.device)].cpu()  # (K,)
+            out_rows.append(torch.zeros(len(t.openings)).index_add_(0, t.owner, vals).tolist())
+        return out_rows
+
 
 def _eos_ids(model, tokenizer) -> set[int]:
     eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
@@ -376,6 +407,7 @@ def generate_greedy(
     stop: Callable[[str], bool] | None = None,
     progress=None,
     desc: str | None = None,
+    row_openings: Sequence[Sequence[str]] | None = None,
 ) -> Generation:
     """Greedy completions of every prompt (see the module docstring for how), and optionally opening log-probs.
 
@@ -383,25 +415,38 @@ def generate_greedy(
     transformers' generate. batch_size: rows decoded together; prefill_batch_size: rows per prefill chunk.
     stop(text) -> True ends a row early (text = its completion so far, as returned); only pass a rule under which
     the rest of the text cannot change what the caller computes from it. progress: None (a bar on a terminal),
-    True, False, or callable(n).
+    True, False, or callable(n). row_openings: per prompt, openings of its own, scored like `openings` on the same
+    prefill (OpeningTree.score_rows) into Generation.row_openings.
     """
     from coherentize.errors import CoherentizeError
     from coherentize.served import ServedModel
 
     if isinstance(model, ServedModel):  # a model behind a server: its answers only
-        if openings:
+        if openings or row_openings:
             raise CoherentizeError("a model behind a server gives no log-probabilities; turn refusal_margin off.")
         return Generation(model.complete_prompts(prompts, max_new_tokens))
     if max_new_tokens > 0 and _needs_hf_generate(model):
         texts = _generate_hf(model, tokenizer, prompts, chat, max_new_tokens, batch_size, False, 1.0, 1.0, None,
                              progress, desc)
-        lp = generate_greedy(model, tokenizer, prompts, chat, 0, batch_size, prefill_batch_size, openings,
-                             progress=False).openings if openings else None
-        return Generation(texts, lp)
+        if not (openings or row_openings):
+            return Generation(texts)
+        scored = generate_greedy(model, tokenizer, prompts, chat, 0, batch_size, prefill_batch_size, openings,
+                                 progress=False, row_openings=row_openings)
+        return Generation(texts, scored.openings, row_openings=scored.row_openings)
     n = len(prompts)
     tree = OpeningTree.build(tokenizer, openings) if openings else None
+    if row_openings is not None and len(row_openings) != n:
+        raise ValueError(f"row_openings: {len(row_openings)} lists for {n} prompts")
+    trees = None
+    if row_openings is not None:
+        built: dict[tuple, OpeningTree] = {}
+        for o in row_openings:
+            if tuple(o) not in built:
+                built[tuple(o)] = OpeningTree.build(tokenizer, o)
+        trees = [built[tuple(o)] for o in row_openings]
+    row_scores: list = [None] * n if trees is not None else None
     if not n:
-        return Generation([], torch.empty((0, len(openings or ()))) if tree else None)
+        return Generation([], torch.empty((0, len(openings or ()))) if tree else None, row_openings=row_scores)
     ids = [encode(tokenizer, p, chat) for p in prompts]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     eos = _eos_ids(model, tokenizer)
@@ -421,6 +466,10 @@ def generate_greedy(
             for rows, (cache, mask, n_real, logits) in groups:
                 if tree is not None:
                     scores[rows] = tree.score(model, cache, mask, n_real, logits)
+                if trees is not None:
+                    for i, v in zip(rows, OpeningTree.score_rows([trees[i] for i in rows], model, cache, mask, n_real,
+                                                                 logits)):
+                        row_scores[i] = v
                 if max_new_tokens <= 0:
                     tick(len(rows))
                     continue
@@ -433,7 +482,7 @@ def generate_greedy(
         if bar is not None:
             bar.close()
         model.train(was_training)
-    return Generation(texts, scores, decoded)
+    return Generation(texts, scores, decoded, row_scores)
 
 
 def _decode(model, tokenizer, cache, mask, n_real, logits, max_new_tokens: int, eos: set[int], stop, done):

@@ -87,3 +87,45 @@ def test_last_token_hidden_builds_no_autograd_graph_on_a_trainable_model():
     assert any(p.requires_grad for p in model.parameters())
     h = last_token_hidden(model, tok, ["hello there", "a b c"], chat=False)
     assert h.shape[0] == 2 and not h.requires_grad and h.grad_fn is None
+
+
+def test_each_rows_own_openings_equal_teacher_forcing(tiny_lm, tiny_tok):
+    # every prompt its own options: different counts and lengths, shared first tokens, one list repeated
+    options = [["Paris", "Paris, France", "Lyon"], ["four", "five"], ["yes", "no", "maybe", "I'm not sure at all"],
+               ["red", "green"], ["four", "five"]]
+    got = scoring.row_openings_logprob(tiny_lm, tiny_tok, PROMPTS, options, True, batch_size=2)
+    assert [len(r) for r in got] == [len(o) for o in options]
+    for p, opts, row in zip(PROMPTS, options, got):
+        for o, v in zip(opts, row):
+            lp, ids = alone_logprobs(tiny_lm, tiny_tok, p, o)
+            assert abs(v - float(lp.gather(-1, torch.tensor(ids)[:, None]).sum())) < 1e-4
+    # the same values as one prompt with its openings at a time (the capability probe's previous path)
+    for p, opts, row in zip(PROMPTS, options, got):
+        one = scoring.openings_logprob(tiny_lm, tiny_tok, [p], opts, True, 1)[0].tolist()
+        assert row == __import__("pytest").approx(one, abs=1e-5)
+
+
+def test_shared_openings_scores_a_prompt_once_per_model(tiny_lm, tiny_tok, monkeypatch):
+    import pytest
+
+    from coherentize.testing import tiny_model
+
+    openings = ["A", " A", "(A", "B", " B", "(B"]
+    plain = scoring.openings_logprob(tiny_lm, tiny_tok, PROMPTS, openings, True, batch_size=2)
+    scored = []
+    real = scoring.generate_greedy
+    monkeypatch.setattr(scoring, "generate_greedy", lambda m, t, ps, *a, **k: scored.append(len(ps)) or real(m, t, ps, *a, **k))
+    other = tiny_model(tiny_tok, seed=9).eval()
+    with scoring.shared_openings():
+        first = scoring.openings_logprob(tiny_lm, tiny_tok, PROMPTS[:3], openings, True, batch_size=2)
+        again = scoring.openings_logprob(tiny_lm, tiny_tok, PROMPTS[1:] + PROMPTS[1:2], openings, True, batch_size=2)
+        theirs = scoring.openings_logprob(other, tiny_tok, PROMPTS[:3], openings, True, batch_size=2)
+        fewer = scoring.openings_logprob(tiny_lm, tiny_tok, PROMPTS[:2], openings[:3], True, batch_size=2)
+    assert scored == [3, 2, 3, 2]  # only the prompts not scored before; another model or other openings: again
+    assert torch.equal(again[0], first[1]) and torch.equal(again[-1], first[1])
+    torch.testing.assert_close(torch.cat([first, again[2:4]]), plain, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(theirs, first)
+    assert fewer.shape == (2, 3)
+    scored.clear()
+    scoring.openings_logprob(tiny_lm, tiny_tok, PROMPTS[:3], openings, True, batch_size=2)
+    assert scored == [3]  # outside the block nothing is kept

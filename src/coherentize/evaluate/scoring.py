@@ -8,6 +8,8 @@ end, so the LM head runs only over the last positions (``logits_to_keep``), neve
 
 from __future__ import annotations
 
+import json
+from contextlib import contextmanager
 from typing import Sequence
 
 import torch
@@ -117,13 +119,48 @@ def mc_choice(model, tokenizer, prompts, n_choices: Sequence[int], chat: bool, b
     return [letters[int(row[:k].argmax())] for row, k in zip(per_letter, n_choices)]
 
 
+_SHARED: dict | None = None  # inside shared_openings(): (model, prompt, openings, chat) -> (O,) log-probs
+
+
+@contextmanager
+def shared_openings():
+    """Within this block openings_logprob scores each (model, prompt, openings) once and reads it back after. One
+    evaluation (run_suite) asks for some twice: the capability probe's lettered questions are the coherence suite's
+    first framing of them, and the sycophancy probe's neutral one."""
+    global _SHARED
+    previous, _SHARED = _SHARED, {}
+    try:
+        yield
+    finally:
+        _SHARED = previous
+
+
 def openings_logprob(model, tokenizer, prompts, openings: Sequence[str], chat: bool,
                      batch_size: int = 16) -> torch.Tensor:
     """(N, O) log P(opening | prompt) for every prompt and every one of a few short openings.
 
     One prefill per prompt (its shared prefix once per chunk, see generation.prefill) and one small pass over the
     openings' token tree on its cache (generation.OpeningTree), so the cost is about one forward pass per prompt however many
-    openings there are.
+    openings there are. Inside shared_openings(), rows scored before are read back, not scored again.
     """
-    return generate_greedy(model, tokenizer, prompts, chat, 0, batch_size, batch_size, openings=openings,
-                           progress=False).openings
+    def run(ps):
+        return generate_greedy(model, tokenizer, ps, chat, 0, batch_size, batch_size, openings=openings,
+                               progress=False).openings
+
+    if _SHARED is None or not prompts:
+        return run(prompts)
+    keys = [(id(model), json.dumps(p, sort_keys=True), tuple(openings), chat) for p in prompts]
+    todo = list(dict.fromkeys(k for k in keys if k not in _SHARED))
+    if todo:
+        first = {k: i for i, k in reversed(list(enumerate(keys)))}
+        for k, row in zip(todo, run([prompts[first[k]] for k in todo])):
+            _SHARED[k] = row
+    return torch.stack([_SHARED[k] for k in keys])
+
+
+def row_openings_logprob(model, tokenizer, prompts, openings: Sequence[Sequence[str]], chat: bool,
+                         batch_size: int = 16) -> list[list[float]]:
+    """Per prompt, log P(opening | prompt) for each of its own openings (e.g. a question's option texts): prompts
+    prefilled in batches as in openings_logprob, each row's openings scored on its cache in one padded tree pass."""
+    return generate_greedy(model, tokenizer, prompts, chat, 0, batch_size, batch_size, progress=False,
+                           row_openings=openings).row_openings

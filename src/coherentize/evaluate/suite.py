@@ -368,6 +368,7 @@ def run_suite(model, tokenizer, cfg: EvalConfig | None = None, reference_model=N
     from coherentize.evaluate.overlap import check_overlap, overlap_report
     from coherentize.evaluate.overrefusal import run_overrefusal
     from coherentize.evaluate.sycophancy import run_sycophancy
+    from coherentize.evaluate.scoring import shared_openings
 
     cfg = validate(cfg or EvalConfig())
     chat = is_chat_model(tokenizer, cfg.prompt_format)
@@ -417,30 +418,31 @@ def run_suite(model, tokenizer, cfg: EvalConfig | None = None, reference_model=N
         results["per_item"].update(per_item)
 
     progress = False if quiet else None  # generation bars with a time estimate, on a terminal only
-    for s in suites:
-        _log(f"{s} ...", quiet)
-        if s == "jailbreak":
-            assignment = assign_families([r["id"] for r in requests], list(families),
-                                         cfg.jailbreak_families_per_request, cfg.jailbreak_assignment_seed)
-            add(s, run_jailbreak(model, tokenizer, requests, families, chat, judge, cfg.max_new_tokens,
-                                 cfg.batch_size, cfg.refusal_margin, cfg.n_boot, progress,
-                                 decode_batch_size=cfg.decode_batch_size, assignment=assignment))
-            held_out_only = set(cfg.train_families) | set((overlap or {}).get("families", [])) | {
-                m["eval_family"] for m in (overlap or {}).get("frames", [])}
-            adaptive_probes(model, tokenizer, requests, families, chat, judge, cfg, results, held_out_only, progress)
-        elif s == "overrefusal":
-            add(s, run_overrefusal(model, tokenizer, benign, chat, judge, cfg.max_new_tokens, cfg.batch_size,
-                                   cfg.n_boot, progress, decode_batch_size=cfg.decode_batch_size))
-        elif s == "sycophancy":
-            add(s, run_sycophancy(model, tokenizer, sycophancy_items(cfg), chat, cfg.batch_size, cfg.n_boot))
-        elif s == "capability":
-            texts = sources.load_jsonl_data("neutral_text.jsonl")[: _n(cfg.n_capability_texts)]
-            from coherentize.evaluate.capability import mc_items
+    with shared_openings():  # a prompt two suites score the same way (the lettered questions) is scored once
+        for s in suites:
+            _log(f"{s} ...", quiet)
+            if s == "jailbreak":
+                assignment = assign_families([r["id"] for r in requests], list(families),
+                                             cfg.jailbreak_families_per_request, cfg.jailbreak_assignment_seed)
+                add(s, run_jailbreak(model, tokenizer, requests, families, chat, judge, cfg.max_new_tokens,
+                                     cfg.batch_size, cfg.refusal_margin, cfg.n_boot, progress,
+                                     decode_batch_size=cfg.decode_batch_size, assignment=assignment))
+                held_out_only = set(cfg.train_families) | set((overlap or {}).get("families", [])) | {
+                    m["eval_family"] for m in (overlap or {}).get("frames", [])}
+                adaptive_probes(model, tokenizer, requests, families, chat, judge, cfg, results, held_out_only, progress)
+            elif s == "overrefusal":
+                add(s, run_overrefusal(model, tokenizer, benign, chat, judge, cfg.max_new_tokens, cfg.batch_size,
+                                       cfg.n_boot, progress, decode_batch_size=cfg.decode_batch_size))
+            elif s == "sycophancy":
+                add(s, run_sycophancy(model, tokenizer, sycophancy_items(cfg), chat, cfg.batch_size, cfg.n_boot))
+            elif s == "capability":
+                texts = sources.load_jsonl_data("neutral_text.jsonl")[: _n(cfg.n_capability_texts)]
+                from coherentize.evaluate.capability import mc_items
 
-            mc = mc_items(_n(cfg.n_mc))
-            add(s, run_capability(model, tokenizer, texts, mc, chat, reference_model, cfg.batch_size, cfg.n_boot))
-        elif s == "coherence":
-            add(s, run_coherence(model, tokenizer, coherence_clusters, chat, cfg, judge, progress))
+                mc = mc_items(_n(cfg.n_mc))
+                add(s, run_capability(model, tokenizer, texts, mc, chat, reference_model, cfg.batch_size, cfg.n_boot))
+            elif s == "coherence":
+                add(s, run_coherence(model, tokenizer, coherence_clusters, chat, cfg, judge, progress))
     if judge.disagree:
         results["judge"]["disagreement_with_string"] = stats.summarize(judge.disagree, cfg.n_boot)
     if judge.name == "string":

@@ -150,8 +150,8 @@ class ExperimentConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     """The evaluation suite run before training and after each arm and seed."""
     jobs: int = 1
-    """Jobs run at once (the baseline evaluation and each arm-seed's training and evaluation), each in a process of
-    its own with cores / jobs torch threads; the organism and the variations are built first, alone. On a 2-core
+    """Jobs run at once (the baseline evaluation, each arm-seed's training, then its evaluation), each in a process
+    of its own with cores / jobs torch threads; the organism and the variations are built first, alone. On a 2-core
     CPU, 2 jobs of 1 thread do ~1.2x the work of one job on both cores (benchmarks/README.md); on a GPU keep 1.
     Threads change float rounding, not what is computed; results of one run are comparable among themselves."""
 
@@ -633,9 +633,7 @@ def _worker_init(threads: int) -> None:
 def _worker_job(st: "Stages", model_cfg: ModelConfig, job: dict, train_path: Path, held_path: Path,
                 model_name: str) -> dict[str, float]:
     """A job in its own process (spawned: nothing inherited but the arguments). Returns the stages' wall times."""
-    import functools
-
-    st.log, st.seconds = functools.partial(print, flush=True), {}
+    st.log, st.seconds = _print, {}
     key = json.dumps(to_dict(model_cfg), sort_keys=True, default=str)
     models = _WORKER_MODELS.setdefault(key, EvalModels(model_cfg))
     _run_job(st.cfg, st, models, model_cfg, job, train_path, held_path, model_name, quiet=True)
@@ -644,26 +642,48 @@ def _worker_job(st: "Stages", model_cfg: ModelConfig, job: dict, train_path: Pat
 
 def _run_jobs(cfg: ExperimentConfig, st: "Stages", model_cfg: ModelConfig, jobs: list[dict], train_path: Path,
               held_path: Path, model_name: str) -> None:
-    """Run the jobs cfg.jobs at a time in spawned processes of cores / jobs torch threads each. The first failure
-    stops the others (their finished stages stay done) and is raised here."""
+    """Run the jobs cfg.jobs at a time in spawned processes of cores / jobs torch threads each. An arm-seed's
+    training and evaluation are jobs of their own, the evaluation queued once its training is done (small jobs
+    leave less idle time at the end). The first failure stops the others (finished stages stay done) and is raised
+    here."""
     import multiprocessing
     from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
     from concurrent.futures.process import BrokenProcessPool
 
+    ready, after = [], {}  # after: arm name -> its evaluation, queued when its training is done
+    for job in jobs:
+        if job["kind"] == "arm" and job["train"] and job["eval"]:
+            ready.append({**job, "eval": False})
+            after[job["name"]] = {**job, "train": False}
+        else:
+            ready.append(job)
+    total = len(ready) + len(after)
+    workers = min(cfg.jobs, len(ready) + len(after))
     threads = max(1, cpu_cores() // cfg.jobs)
-    st.log(f"-- {len(jobs)} jobs, {min(cfg.jobs, len(jobs))} at a time, {threads} torch thread(s) each")
+    st.log(f"-- {total} jobs, {workers} at a time, {threads} torch thread(s) each")
     log, st.log = st.log, None  # the worker gets its own logger (print)
-    pool = ProcessPoolExecutor(min(cfg.jobs, len(jobs)), mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_worker_init, initargs=(threads,))
-    finished = False
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init,
+                               initargs=(threads,))
+
+    def label(job: dict) -> str:
+        return "baseline" if job["kind"] == "baseline" else f"{'train' if job['train'] else 'eval'}/{job['name']}"
+
+    finished, futures = False, {}
     try:
-        futures = {pool.submit(_worker_job, st, model_cfg, job, train_path, held_path, model_name): job for job in jobs}
-        left = set(futures)
+        for job in ready:
+            futures[pool.submit(_worker_job, st, model_cfg, job, train_path, held_path, model_name)] = job
+        left, n_done = set(futures), 0
         while left:
             done, left = wait(left, return_when=FIRST_EXCEPTION)
             for f in done:
                 st.seconds.update(f.result())  # raises the job's error
-                log(f"   job {futures[f].get('name', 'baseline')} done ({len(futures) - len(left)} of {len(futures)})")
+                job, n_done = futures[f], n_done + 1
+                log(f"   job {label(job)} done ({n_done} of {total})")
+                nxt = after.pop(job["name"], None) if job["kind"] == "arm" and job["train"] else None
+                if nxt is not None:
+                    g = pool.submit(_worker_job, st, model_cfg, nxt, train_path, held_path, model_name)
+                    futures[g] = nxt
+                    left.add(g)
         finished = True
     except BrokenProcessPool:
         raise CoherentizeError("a job's process died without an error (killed, or out of memory?); finished stages "
@@ -676,7 +696,11 @@ def _run_jobs(cfg: ExperimentConfig, st: "Stages", model_cfg: ModelConfig, jobs:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def run_experiment(cfg: ExperimentConfig, only: str | None = None, log=print, force=()) -> Path:
+def _print(msg: str) -> None:
+    print(msg, flush=True)  # each line as it happens, also into a file (nohup ... > run.log)
+
+
+def run_experiment(cfg: ExperimentConfig, only: str | None = None, log=_print, force=()) -> Path:
     """Run (or resume) every stage; returns the report path. only: run just that stage (its inputs must be done).
     force: stages (organism, variations, baseline, train, eval) to run again although they are done.
 

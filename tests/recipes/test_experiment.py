@@ -407,13 +407,20 @@ def _per_item(out):
             for p in sorted(out.glob("stages/**/results.json"))}
 
 
-def test_jobs_run_in_processes_of_their_own_with_the_results_of_one_process(tiny_folder, tmp_path):
+def test_jobs_run_in_processes_of_their_own_with_the_results_of_one_process(tiny_folder, tmp_path, capfd):
     """jobs: 2 runs the baseline and the arm-seed jobs two at a time in spawned processes; the stages, their keys
     and the per-item results equal those of one process (the tests run every process on one thread)."""
     one, two = tmp_path / "one", tmp_path / "two"
     run_experiment(tiny_cfg(tiny_folder, one, "seeds=[0,1]"), log=lambda *a: None)
     logs = []
-    run_experiment(tiny_cfg(tiny_folder, two, "seeds=[0,1]", "jobs=2"), log=logs.append)
+    capfd.readouterr()
+    run_experiment(tiny_cfg(tiny_folder, two, "seeds=[0,1]", "jobs=2"),
+                   log=lambda m: (logs.append(m), print(m, flush=True)))
+    # each job is seen as soon as it ends (its evaluation queued then), not once every queued job has ended
+    lines = capfd.readouterr().out.splitlines()
+    first = next(i for i, m in enumerate(lines) if m.endswith("(1 of 9)"))
+    trained = [i for i, m in enumerate(lines) if m.startswith("   train/") and " done in " in m]
+    assert len(trained) == 4 and first < trained[-1], lines
     names = lambda out: sorted(str(p.relative_to(out)) for p in out.glob("stages/**/done.json"))  # noqa: E731
     assert names(two) == names(one) and len(names(one)) == 2 + 2 * 2 * 2
     assert "-- 9 jobs, 2 at a time, 1 torch thread(s) each" in logs  # baseline, 4 trainings, 4 evaluations

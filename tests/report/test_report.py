@@ -257,3 +257,18 @@ def test_adaptive_probes_table_and_search_curve_values(tmp_path):
     half.update(tables.run_items({"per_item": half}, set()))
     assert tables.adaptive_labels(half, []) == {
         "jailbreak.worst_of_n": "worst of N (N = 1 held-out families per request)"}
+
+
+def test_stage_times_with_jobs_say_the_wall_clock(tmp_path):
+    import dataclasses
+
+    args = list(experiment(tmp_path, wall=12.0))
+    root = args[0]
+    (root / "summary.json").write_text(json.dumps({"stage_seconds": {"baseline": 12.0}, "wall_seconds": 33.4}))
+    md = write_report(*args).read_text()
+    assert "with jobs" not in md.split("## Stage times")[1]  # one job at a time: the total is the wall clock
+    args[1] = dataclasses.replace(args[1], jobs=2)
+    md = write_report(*args).read_text()
+    times = md.split("## Stage times")[1].split("\n## ")[0]
+    assert "| **total** | **60** |" in times
+    assert "with jobs: 2 the jobs overlapped, and this invocation took 33 s of wall clock" in times

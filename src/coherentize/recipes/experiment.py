@@ -647,7 +647,7 @@ def _run_jobs(cfg: ExperimentConfig, st: "Stages", model_cfg: ModelConfig, jobs:
     leave less idle time at the end). The first failure stops the others (finished stages stay done) and is raised
     here."""
     import multiprocessing
-    from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
     from concurrent.futures.process import BrokenProcessPool
 
     ready, after = [], {}  # after: arm name -> its evaluation, queued when its training is done
@@ -674,7 +674,7 @@ def _run_jobs(cfg: ExperimentConfig, st: "Stages", model_cfg: ModelConfig, jobs:
             futures[pool.submit(_worker_job, st, model_cfg, job, train_path, held_path, model_name)] = job
         left, n_done = set(futures), 0
         while left:
-            done, left = wait(left, return_when=FIRST_EXCEPTION)
+            done, left = wait(left, return_when=FIRST_COMPLETED)
             for f in done:
                 st.seconds.update(f.result())  # raises the job's error
                 job, n_done = futures[f], n_done + 1

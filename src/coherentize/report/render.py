@@ -344,7 +344,8 @@ def write_report(root: Path, cfg, organism: dict | None, baseline_dir: Path, run
     plots = make_plots(table, arms, fam_uncond if fams else {}, train_logs, per_layer, forest, root, curves)
     jb = base["suites"].get("jailbreak", {})
     lines = tables.summary_lines(metrics, table, arms, jb, len(refused0))
-    times = tables.stage_times(done, _load_json(root / "summary.json"))
+    summary = _load_json(root / "summary.json") or {}
+    times = tables.stage_times(done, summary)
     base_model = (organism or {}).get("folder") or str(cfg.model.name_or_path)
     model_dirs = [{**r, "model_dir": str(Path(r["train_dir"]) / "model")} for r in runs]
     adapters = {d["model_dir"]: (Path(d["model_dir"]) / "adapter_config.json").is_file()
@@ -434,6 +435,10 @@ def write_report(root: Path, cfg, organism: dict | None, baseline_dir: Path, run
     if times:
         md += _table(["stage", "wall time (s)"], [[md_text(s), f"{t:.0f}"] for s, t in times.items()]
                      + [["**total**", f"**{sum(times.values()):.0f}**"]])
+        if getattr(cfg, "jobs", 1) > 1 and isinstance(summary.get("wall_seconds"), (int, float)):
+            md.append(f"\nThe total adds up every stage's own time; with jobs: {cfg.jobs} the jobs overlapped, and "
+                      f"this invocation took {summary['wall_seconds']:.0f} s of wall clock up to the report "
+                      "(summary.json: wall_seconds).")
     else:
         md.append(f"Not recorded by this run (no `{tables.WALL_KEY}` in the stages' done.json).")
     md += ["", "## Trained models\n",

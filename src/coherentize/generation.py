@@ -319,20 +319,9 @@ class OpeningTree:
         """(B, O) log-probabilities of the openings after a batch of prompts: cache and mask (B, C) of the prompts
         (any padding layout), n_real (B,) their real token counts, last_logits (B, V) at their last position. The
         cache is left as it was (the openings' columns are cropped off)."""
-        b = last_logits.shape[0]
-        lp = log_probs(last_logits.float())[:, None]  # (B, 1, V)
-        m = len(self.tokens)
-        if m:
-            device = last_logits.device
-            dtype = getattr(model, "dtype", torch.float32)
-            allow = torch.cat([mask.bool()[:, None, :].expand(b, m, mask.shape[1]),
-                               self.allowed[None].expand(b, m, m)], 2)  # (B, M, C + M)
-            additive = torch.zeros(allow.shape, dtype=dtype).masked_fill(~allow, torch.finfo(dtype).min)
-            out = model(input_ids=self.tokens[None].expand(b, m).to(device),
-                        attention_mask=additive[:, None].to(device),
-                        position_ids=(n_real[:, None] + self.depth[None]).to(device), cache=cache, use_cache=True)
-            cache.crop(-m)
-            lp = torch.cat([lp, log_probs(out.logits.float())], 1)  # (B, 1 + M, V)
+        b, m = last_logits.shape[0], len(self.tokens)
+        lp = _tree_pass(model, cache, mask, n_real, last_logits, self.tokens[None].expand(b, m),
+                        self.depth[None].expand(b, m), self.allowed[None].expand(b, m, m))
         vals = lp[:, self.src.to(lp.device), self.tgt.to(lp.device)].cpu()  # (B, K)
         return torch.zeros((b, len(self.openings))).index_add_(1, self.owner, vals)
 
@@ -343,27 +332,37 @@ class OpeningTree:
         """As score, with a tree of its own per row (e.g. each question's own options): one pass over every row's
         nodes, padded to the largest tree (a padding node attends to the prompt and itself and is never read)."""
         b, m = last_logits.shape[0], max(len(t.tokens) for t in trees)
-        lp = log_probs(last_logits.float())[:, None]  # (B, 1, V)
-        if m:
-            device = last_logits.device
-            dtype = getattr(model, "dtype", torch.float32)
-            tokens = torch.zeros((b, m), dtype=torch.long)
-            depth = torch.zeros((b, m), dtype=torch.long)
-            allowed = torch.eye(m, dtype=torch.bool).repeat(b, 1, 1)
-            for r, t in enumerate(trees):
-                k = len(t.tokens)
-                tokens[r, :k], depth[r, :k], allowed[r, :k, :k] = t.tokens, t.depth, t.allowed
-            allow = torch.cat([mask.bool()[:, None, :].expand(b, m, mask.shape[1]), allowed], 2)  # (B, M, C + M)
-            additive = torch.zeros(allow.shape, dtype=dtype).masked_fill(~allow, torch.finfo(dtype).min)
-            out = model(input_ids=tokens.to(device), attention_mask=additive[:, None].to(device),
-                        position_ids=(n_real[:, None] + depth).to(device), cache=cache, use_cache=True)
-            cache.crop(-m)
-            lp = torch.cat([lp, log_probs(out.logits.float())], 1)  # (B, 1 + M, V)
-        out_rows = []
+        tokens = torch.zeros((b, m), dtype=torch.long)
+        depth = torch.zeros((b, m), dtype=torch.long)
+        allowed = torch.eye(m, dtype=torch.bool).repeat(b, 1, 1)
+        for r, t in enumerate(trees):
+            k = len(t.tokens)
+            tokens[r, :k], depth[r, :k], allowed[r, :k, :k] = t.tokens, t.depth, t.allowed
+        lp = _tree_pass(model, cache, mask, n_real, last_logits, tokens, depth, allowed)
+        out = []
         for r, t in enumerate(trees):
             vals = lp[r, t.src.to(lp.device), t.tgt.to(lp.device)].cpu()  # (K,)
-            out_rows.append(torch.zeros(len(t.openings)).index_add_(0, t.owner, vals).tolist())
-        return out_rows
+            out.append(torch.zeros(len(t.openings)).index_add_(0, t.owner, vals).tolist())
+        return out
+
+
+def _tree_pass(model, cache, mask: torch.Tensor, n_real: torch.Tensor, last_logits: torch.Tensor,
+               tokens: torch.Tensor, depth: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """(B, 1 + M, V) next-token log-probabilities at each prompt's last position and at the M tree nodes of its row
+    (tokens, depth (B, M); allowed (B, M, M): which nodes a node attends to), from one pass on the prompts' cache;
+    the cache is left as it was."""
+    b, m = tokens.shape
+    lp = log_probs(last_logits.float())[:, None]  # (B, 1, V)
+    if not m:
+        return lp
+    device = last_logits.device
+    dtype = getattr(model, "dtype", torch.float32)
+    allow = torch.cat([mask.bool()[:, None, :].expand(b, m, mask.shape[1]), allowed], 2)  # (B, M, C + M)
+    additive = torch.zeros(allow.shape, dtype=dtype).masked_fill(~allow, torch.finfo(dtype).min)
+    out = model(input_ids=tokens.to(device), attention_mask=additive[:, None].to(device),
+                position_ids=(n_real[:, None] + depth).to(device), cache=cache, use_cache=True)
+    cache.crop(-m)
+    return torch.cat([lp, log_probs(out.logits.float())], 1)
 
 
 def _eos_ids(model, tokenizer) -> set[int]:
@@ -438,11 +437,8 @@ def generate_greedy(
     if row_openings is not None and len(row_openings) != n:
         raise ValueError(f"row_openings: {len(row_openings)} lists for {n} prompts")
     trees = None
-    if row_openings is not None:
-        built: dict[tuple, OpeningTree] = {}
-        for o in row_openings:
-            if tuple(o) not in built:
-                built[tuple(o)] = OpeningTree.build(tokenizer, o)
+    if row_openings is not None:  # one tree per distinct list of openings
+        built = {key: OpeningTree.build(tokenizer, key) for key in dict.fromkeys(map(tuple, row_openings))}
         trees = [built[tuple(o)] for o in row_openings]
     row_scores: list = [None] * n if trees is not None else None
     if not n:

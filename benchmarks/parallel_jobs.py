@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
-import os
 import time
 
 
@@ -45,9 +44,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m-instruct", help="a model load_model reads, or 'tiny'")
     ap.add_argument("--config", help="take the eval section from this experiment config (default: the packaged one)")
-    ap.add_argument("--cores", type=int, default=len(os.sched_getaffinity(0)))
+    ap.add_argument("--cores", type=int, default=None, help="default: the cores `coherentize run` counts")
     args = ap.parse_args()
 
+    if args.cores is None:
+        from coherentize.recipes.experiment import cpu_cores
+
+        args.cores = cpu_cores()
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(1) as pool:  # (a) in a fresh process too, so both sides pay the same imports and loads
         t0 = time.perf_counter()

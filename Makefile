@@ -18,10 +18,12 @@ $(STAMP): pyproject.toml requirements-offline.txt .ci/install-torch
 	touch $(STAMP)
 
 # The real OpenAI-compatible server the paraphraser tests start (builds from source once, ~5 min on 2 cores).
-# Built portably: llama.cpp's default GGML_NATIVE=ON compiles for this CPU's every instruction (AMX on Intel Xeon,
-# where the native build segfaults at the first decode) and a .venv built on one CPU can crash on another.
-# GGML_NATIVE=OFF keeps AVX/AVX2/FMA/F16C. --no-cache-dir: pip's wheel cache would hand back a native wheel built
-# earlier, whatever CMAKE_ARGS says.
+# Built portably: llama.cpp's default GGML_NATIVE=ON compiles for every instruction of the building CPU (on a 2-core
+# Intel Xeon with AVX-512 and AMX that build segfaulted at the first multi-token decode: issue 27), and a .venv built
+# on one CPU can crash on another. With GGML_NATIVE=OFF, the vendored ggml/CMakeLists.txt turns on SSE4.2, AVX, AVX2,
+# BMI2, FMA and F16C and leaves AVX-512, AVX-VNNI and AMX off (and so ggml's AMX matmul kernels, which the packaged
+# Q4_1 GGUF would use on such a Xeon): any x86-64 CPU with AVX2 runs it. --no-cache-dir: pip's wheel cache would
+# hand back a native wheel built earlier, whatever CMAKE_ARGS says.
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 $(TEST_STAMP): $(STAMP)
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/python -m pip install -q --no-cache-dir 'llama-cpp-python[server]==0.3.36'

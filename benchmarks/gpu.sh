@@ -86,11 +86,11 @@ if [ $DRY -eq 1 ]; then
     E2E_SIZE=(--quick --set "train.act_layers=[1]")
 else
     ASSETS=${ASSETS:-$ROOT/.gpu-assets}
-    step models 300 $PY "$ROOT/benchmarks/gpu_assets.py" build --assets "$ASSETS" --out "$MODELS"
+    step models 120 $PY "$ROOT/benchmarks/gpu_assets.py" build --assets "$ASSETS" --out "$MODELS"
     E2E_MODEL=$MODELS/qwen2.5-coder-0.5b-instruct
     # 8 clusters = 24 trained rows x 512 tokens; plain SFT needs ~1.5 GB per row here (full-vocabulary logits).
     SHAPE="--model qwen2.5-0.5b-arch --device cuda --seq-len 512 --response-len 64 --batch ${BATCH:-8} --steps 5 --warmup 2"
-    OLD=bf16; NEW=bf16-mixed; RATIO_LIMIT=150; E2E_LIMIT=240
+    OLD=bf16; NEW=bf16-mixed; RATIO_LIMIT=120; E2E_LIMIT=150
     E2E_SIZE=()
 fi
 FULL_ARMS="SFT,SFT-TRL,output-KL,BCT,ACT,output-KL+ACT,output-KL+ACT +leash"

@@ -206,7 +206,10 @@ class Arm:
 
     def step(self):
         model = self.trainer.model
-        self.trainer.training_step(model, dict(self.batch))
+        # Trainer.train() would wrap the model's forward in accelerate's autocast; training_step alone does not, so
+        # every arm steps under the accelerator's autocast (a no-op without bf16) as it would inside train().
+        with self.trainer.accelerator.autocast():
+            self.trainer.training_step(model, dict(self.batch))
         self.trainer.optimizer.step()
         self.trainer.optimizer.zero_grad(set_to_none=True)
         self.sync()

@@ -206,7 +206,10 @@ class Arm:
 
     def step(self):
         model = self.trainer.model
-        self.trainer.training_step(model, dict(self.batch))
+        # Trainer.train() would wrap the model's forward in accelerate's autocast; training_step alone does not, so
+        # every arm steps under the accelerator's autocast (a no-op without bf16) as it would inside train().
+        with self.trainer.accelerator.autocast():
+            self.trainer.training_step(model, dict(self.batch))
         self.trainer.optimizer.step()
         self.trainer.optimizer.zero_grad(set_to_none=True)
         self.sync()
@@ -226,7 +229,7 @@ class Arm:
 def common_args(a, out_dir: str) -> dict:
     return dict(output_dir=out_dir, per_device_train_batch_size=a.batch, max_steps=10, learning_rate=1e-5,
                 report_to="none", save_strategy="no", logging_strategy="no", use_cpu=a.device == "cpu",
-                bf16=a.dtype == "bfloat16" and a.device != "cpu", gradient_checkpointing=a.grad_ckpt,
+                bf16=a.autocast_bf16, gradient_checkpointing=a.grad_ckpt,
                 gradient_checkpointing_kwargs={"use_reentrant": False} if a.grad_ckpt else None, seed=0)
 
 
@@ -241,7 +244,13 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default="tiny", choices=["tiny", "smollm2-135m-instruct", "qwen2.5-0.5b-arch"])
     p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                   help="weights' dtype (bfloat16 on CUDA also autocasts: the pure-bf16 path); see --precision")
+    p.add_argument("--precision", choices=["float32", "bf16", "bf16-mixed"],
+                   help="overrides --dtype: bf16 = bf16 weights + autocast (the path before model.precision), "
+                        "bf16-mixed = float32 master weights + bf16 autocast, frozen copy in bf16 (model.precision)")
+    p.add_argument("--profile", metavar="ARM", help="after the measured rounds, profile 2 steps of this arm "
+                                                    "(torch.profiler) and print the top operators by device time")
     p.add_argument("--seq-len", type=int, default=256, help="tokens per variant row (prompt + response)")
     p.add_argument("--response-len", type=int, default=64, help="response tokens (the positions the losses score)")
     p.add_argument("--suffix-len", type=int, default=16, help="prompt tokens anchor and variants share at their end")
@@ -264,6 +273,10 @@ def main(argv=None) -> int:
     warnings.filterwarnings("ignore")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+    if a.precision:
+        a.dtype = "bfloat16" if a.precision == "bf16" else "float32"
+    a.autocast_bf16 = a.precision in ("bf16", "bf16-mixed") or (
+        a.precision is None and a.dtype == "bfloat16" and a.device != "cpu")
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[a.dtype]
     cuda = a.device.startswith("cuda")
     sync = torch.cuda.synchronize if cuda else (lambda: None)
@@ -286,6 +299,7 @@ def main(argv=None) -> int:
     trained_tokens = V * T
     load = os.getloadavg()
     print(f"# model={a.model} ({shape['N'] / 1e6:.1f}M block params, vocab {vocab}) device={a.device} dtype={a.dtype} "
+          f"autocast={'bf16' if a.autocast_bf16 else 'none'} "
           f"{'LoRA' if a.lora else 'full'}{' +grad-ckpt' if a.grad_ckpt else ''} torch threads={torch.get_num_threads()}")
     print(f"# batch: {B} clusters -> {B} anchor rows x {Ta} tokens, {V} variant rows x {T} tokens "
           f"(response {L}, shared suffix {a.suffix_len}); steps {a.steps} after {a.warmup} warmup; "
@@ -301,6 +315,8 @@ def main(argv=None) -> int:
         import copy
 
         ref_model = copy.deepcopy(model).requires_grad_(False).eval()
+        if a.precision == "bf16-mixed":  # as the toolkit loads theta0 for evaluation: in the compute dtype
+            ref_model.to(torch.bfloat16)
         ref_bytes = sum(t.numel() * t.element_size() for t in ref_model.parameters())
     arms: list[Arm] = []
     optimizer = None
@@ -382,7 +398,23 @@ def main(argv=None) -> int:
         print(line)
     print(f"# load avg at the end {os.getloadavg()[0]:.2f}; step times (ms) per arm: "
           + "; ".join(f"{x.name}: " + ",".join(f"{t * 1e3:.0f}" for t in clock(x)) for x in arms))
+    if a.profile:
+        profile(next(x for x in arms if x.name == a.profile), cuda)
     return 0
+
+
+def profile(arm: Arm, cuda: bool, steps: int = 2, top: int = 25) -> None:
+    """Where one arm's step goes: torch.profiler over `steps` steps, operators sorted by self device time."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with torch_profile(activities=activities) as prof:
+        for _ in range(steps):
+            arm.step()
+    key = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+    print(f"\n# profile of {arm.name}, {steps} steps, top {top} operators by {key}")
+    print(prof.key_averages().table(sort_by=key, row_limit=top, max_name_column_width=60))
 
 
 if __name__ == "__main__":

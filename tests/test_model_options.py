@@ -77,3 +77,34 @@ def test_cpu_models_and_matmuls_are_float32_whatever_the_cpu(tiny_folder):
     exact = a.double() @ b.double()
     err = ((a @ b).double() - exact).abs().max() / exact.abs().max()
     assert err < 1e-5, f"a float32 matmul on this CPU has relative error {err:.1e}: a reduced-precision path"
+
+
+def test_hub_kernels_are_off_unless_configured(tiny_folder, monkeypatch):
+    """transformers loads with use_kernels=True when not told otherwise, and model.train() then fetches compiled
+    kernels from the hub (a traceback offline, code from the hub online): every load passes model.use_kernels."""
+    import transformers
+
+    model, _ = load_model(ModelConfig(name_or_path=str(tiny_folder), device="cpu"), for_training=True)
+    assert model.use_kernels is False
+    model.train()
+    assert model.use_kernels is False
+    real, seen = transformers.AutoModelForCausalLM.from_pretrained, []
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained",
+                        lambda src, **kw: seen.append(kw) or real(src, **{**kw, "use_kernels": False}))
+    load_model(ModelConfig(name_or_path=str(tiny_folder), device="cpu"))
+    load_model(ModelConfig(name_or_path=str(tiny_folder), device="cpu", use_kernels=True))
+    assert [kw["use_kernels"] for kw in seen] == [False, True]
+
+
+def test_precision_sets_the_weights_dtype_for_training_and_evaluation(tiny_folder):
+    import torch
+
+    cfg = ModelConfig(name_or_path=str(tiny_folder), device="cpu", precision="bf16-mixed")
+    assert load_model(cfg, for_training=True)[0].dtype == torch.float32  # float32 master weights
+    assert load_model(cfg)[0].dtype == torch.bfloat16  # evaluation computes in bfloat16
+    auto = ModelConfig(name_or_path=str(tiny_folder), device="cpu")
+    assert load_model(auto)[0].dtype == torch.float32  # CPU default: the float32 reference path
+    explicit = ModelConfig(name_or_path=str(tiny_folder), device="cpu", dtype="bfloat16", precision="bf16-mixed")
+    assert load_model(explicit, for_training=True)[0].dtype == torch.bfloat16  # dtype set: pure bf16 training
+    with pytest.raises(CoherentizeError, match=r"model.precision: 'bf15' is not one of auto, float32"):
+        load_model(ModelConfig(name_or_path=str(tiny_folder), device="cpu", precision="bf15"))

@@ -214,3 +214,26 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tiny_tok, tm
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
     saved = load_file(out / "checkpoint-2" / "adapter_model.safetensors")
     assert saved and all(torch.isfinite(t).all() for t in saved.values())
+
+
+@pytest.mark.parametrize("lora", [True, False])
+def test_bf16_mixed_precision_autocasts_every_pass_and_keeps_float32_weights(tiny_tok, tiny_lm, tmp_path, lora):
+    """bf16=True (precision bf16-mixed): the trained pass and the theta0 pass (adapters off / the frozen copy) both
+    compute in bfloat16, the trained weights stay float32 and move, and the loss is float32."""
+    model = apply_lora(tiny_lm, LoraSettings(r=4, target_modules=["q_proj", "v_proj"])) if lora else tiny_lm
+    seen = []
+    for m in tiny_lm.modules():  # the frozen copy (full fine-tuning) is a deep copy: it carries the hooks too
+        if type(m) is torch.nn.Linear:
+            m.register_forward_hook(lambda mod, args, out: seen.append(out.dtype))
+    trainer = ConsistencyTrainer(
+        model=model, args=cfg(tmp_path, bf16=True, max_steps=2, leash_weight=0.1, target_model="original"),
+        train_dataset=examples(tiny_tok), data_collator=ConsistencyCollator(tiny_tok.pad_token_id),
+        processing_class=tiny_tok)
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    trainer.train()
+    assert seen and set(seen) == {torch.bfloat16}
+    trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    assert all(p.dtype == torch.float32 for _, p in trained)
+    assert all(not torch.equal(p, before[n]) for n, p in trained)
+    ref = trainer.ref_model
+    assert lora or (ref is not None and next(ref.parameters()).dtype == torch.float32)

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from coherentize.errors import CoherentizeError
+from coherentize.precision import load_dtype
+from coherentize.precision import resolve as resolve_precision
 from coherentize.sources import package_dir
 
 
@@ -30,7 +32,11 @@ class ModelConfig:
     gguf_file: str | None = None
     """File name of a GGUF inside name_or_path (a folder or hub repo); not needed when name_or_path is the .gguf."""
     dtype: str = "auto"
-    """float32, bfloat16, float16, or auto (bfloat16 on CUDA with bf16 support, else float32)."""
+    """Weights' dtype: float32, bfloat16, float16, or auto (from `precision`: float32 master weights for training, the
+    precision's compute dtype for evaluation)."""
+    precision: str = "auto"
+    """auto (bf16-mixed on a CUDA GPU with bfloat16, fp16-mixed on older GPUs, float32 on CPU), float32, bf16-mixed or
+    fp16-mixed: training autocasts over float32 master weights, evaluation loads the compute dtype (precision.py)."""
     device: str = "auto"
     """cpu, cuda, cuda:N, or auto (cuda when available)."""
     trust_remote_code: bool = False
@@ -45,6 +51,10 @@ class ModelConfig:
     """auto: spread a model too big for one device over the GPUs and CPU (single process); None: all on `device`."""
     quantization: str = "none"
     """none, 8bit or 4bit (NF4): load the weights quantized with bitsandbytes on a CUDA GPU (train LoRA on top)."""
+    use_kernels: bool = False
+    """Let transformers replace layers with compiled kernels fetched from the Hugging Face hub (`kernels`). This
+    downloads and runs code from the hub, which trust_remote_code does not cover, and needs the network: off unless
+    you want it. (transformers turns it on by default; coherentize always passes this setting.)"""
 
 
 def cache_dir() -> Path:
@@ -77,17 +87,9 @@ PACKAGED_MODELS = {
 }
 
 
-def resolve_dtype(dtype: str, device: str):
-    import torch
-
-    if dtype == "auto":
-        if device.startswith("cuda") and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return torch.float32
-    try:
-        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
-    except KeyError:
-        raise CoherentizeError(f"model.dtype: {dtype!r} is not one of auto, float32, bfloat16, float16.") from None
+def resolve_dtype(dtype: str, device: str, for_training: bool = False, precision: str = "auto"):
+    """The dtype weights load in (precision.load_dtype after resolving `precision` on this device)."""
+    return load_dtype(dtype, resolve_precision(precision, device), for_training)
 
 
 def resolve_device(device: str) -> str:
@@ -100,11 +102,11 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def _from_gguf(folder: Path, name: str, dtype):
+def _from_gguf(folder: Path, name: str, dtype, **extra):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=dtype)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=dtype, **{"use_kernels": False, **extra})
     # A dequantized GGUF model keeps a quantizer marker that blocks save_pretrained; the weights are plain now.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
@@ -165,9 +167,9 @@ QUANTIZATIONS = ("none", "8bit", "4bit")
 
 
 def loading_kwargs(cfg: ModelConfig, device: str, dtype) -> dict:
-    """from_pretrained options beyond dtype (attention kernel, device map, bitsandbytes quantization); a setting this
-    machine cannot honour is one CoherentizeError naming the field."""
-    kwargs: dict = {}
+    """from_pretrained options beyond dtype (hub kernels, attention kernel, device map, bitsandbytes quantization); a
+    setting this machine cannot honour is one CoherentizeError naming the field."""
+    kwargs: dict = {"use_kernels": bool(cfg.use_kernels)}  # always passed: transformers' default is True
     if cfg.attn_implementation:
         kwargs["attn_implementation"] = cfg.attn_implementation
     if cfg.device_map:
@@ -197,7 +199,8 @@ def load_model(cfg: ModelConfig, for_training: bool = False):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     device = resolve_device(cfg.device)
-    dtype = resolve_dtype(cfg.dtype, device)
+    # float32 master weights for training, unless the base is quantized (no master copy: it computes in the low dtype)
+    dtype = resolve_dtype(cfg.dtype, device, for_training and cfg.quantization == "none", cfg.precision)
     extra = loading_kwargs(cfg, device, dtype)
     src = cfg.name_or_path
     try:
@@ -210,7 +213,7 @@ def load_model(cfg: ModelConfig, for_training: bool = False):
             folder, name = (p.parent, p.name) if src.endswith(".gguf") else (p, cfg.gguf_file)
             if src.endswith(".gguf") and not p.is_file():
                 raise CoherentizeError(f"model.name_or_path: GGUF file {src!r} not found.")
-            model, tok = _from_gguf(folder, name, dtype)
+            model, tok = _from_gguf(folder, name, dtype, use_kernels=extra["use_kernels"])
         else:
             local = Path(src).expanduser()
             if not local.exists() and (src.startswith((".", "/", "~")) or src.count("/") > 1):

@@ -491,6 +491,11 @@ class ConsistencyTrainer(Trainer):
         self._logged = defaultdict(list)
         self._step, self._micro = -1, 0
 
+    def autocast_smart_context_manager(self, cache_enabled: bool | None = True):
+        """Autocast (bf16 / fp16 flags) over the whole loss, not only the prepared model's forward: the frozen
+        reference, the on-policy sampler and the passes that call the model body compute in the low dtype too."""
+        return self.accelerator.autocast()
+
     def _prepare_reference(self, ref):
         """Place the frozen copy like the trained model: whole on each device (single process, DDP, ZeRO-1/2),
         sharded under ZeRO-3 (an inference-only DeepSpeed engine) and under FSDP2 (fully_shard per decoder layer)."""

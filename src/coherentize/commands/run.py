@@ -31,8 +31,8 @@ PRESETS = {
         "eval.embed_model=none",
     ],
     "gpu": [
-        "out_dir=runs/gpu", "model.device=cuda", "model.dtype=bfloat16", "organism.max_steps=60",
-        "train.max_steps=200", "train.per_device_train_batch_size=16", "train.bf16=true", "seeds=[0,1,2]",
+        "out_dir=runs/gpu", "model.device=cuda", "organism.max_steps=60",
+        "train.max_steps=200", "train.per_device_train_batch_size=16", "seeds=[0,1,2]",
         "eval.n_harmful=0", "eval.n_overrefusal=0", "eval.n_clusters=0", "eval.n_mc=0", "eval.n_sycophancy=0",
         "eval.batch_size=64", "eval.jailbreak_families=[]", "jobs=1",
     ],

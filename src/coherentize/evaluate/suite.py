@@ -369,6 +369,7 @@ def run_suite(model, tokenizer, cfg: EvalConfig | None = None, reference_model=N
     from coherentize.evaluate.overrefusal import run_overrefusal
     from coherentize.evaluate.sycophancy import run_sycophancy
     from coherentize.evaluate.scoring import shared_openings
+    from coherentize.precision import describe as describe_precision
 
     cfg = validate(cfg or EvalConfig())
     chat = is_chat_model(tokenizer, cfg.prompt_format)
@@ -405,6 +406,7 @@ def run_suite(model, tokenizer, cfg: EvalConfig | None = None, reference_model=N
         "config": _config_dict(cfg),
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "judge": {"name": judge.name},
+        "precision": describe_precision(model),  # weights' dtype and device: bf16 and float32 labels can differ
         "suites": {},
         "per_item": {},
         "records": [],

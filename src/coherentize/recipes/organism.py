@@ -39,6 +39,8 @@ from coherentize.evaluate.stats import summarize
 from coherentize.recipes.train_job import LoraSettings, apply_lora
 from coherentize.generation import generate
 from coherentize.models import ModelConfig, cache_dir, load_model
+from coherentize.precision import describe, trainer_flags
+from coherentize.precision import resolve as resolve_precision
 from coherentize.recipes.sft import SFTPair, train_sft
 
 REFUSALS = (
@@ -176,9 +178,10 @@ def quick_check(model, tok, chat: bool, n: int = 32) -> dict:
     }
 
 
-def sft_arguments(cfg: OrganismConfig, output_dir: Path, use_cpu: bool = True) -> TrainingArguments:
-    """The organism SFT's TrainingArguments (constant learning rate, no checkpoints)."""
-    return TrainingArguments(
+def sft_arguments(cfg: OrganismConfig, output_dir: Path, use_cpu: bool = True,
+                  precision: str = "float32") -> TrainingArguments:
+    """The organism SFT's TrainingArguments (constant learning rate, no checkpoints; autocast per `precision`)."""
+    return TrainingArguments(**trainer_flags(precision),
         output_dir=str(output_dir), max_steps=cfg.max_steps, learning_rate=cfg.learning_rate,
         per_device_train_batch_size=cfg.batch_size, lr_scheduler_type="constant", seed=cfg.seed, data_seed=cfg.seed,
         logging_steps=5, save_strategy="no", report_to="none", use_cpu=use_cpu, dataloader_pin_memory=False,
@@ -209,7 +212,8 @@ def build_organism(model_cfg: ModelConfig, cfg: OrganismConfig, root: Path | Non
     peft_model = apply_lora(model, cfg.lora)
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    args = sft_arguments(cfg, tmp / "sft", use_cpu=model.device.type == "cpu")
+    precision = resolve_precision(model_cfg.precision, str(model.device))
+    args = sft_arguments(cfg, tmp / "sft", use_cpu=model.device.type == "cpu", precision=precision)
     log(f"organism: SFT {cfg.max_steps} steps on {len(pairs)} pairs {counts}")
     trainer = train_sft(peft_model, tok, pairs, chat, args)
     merged = trainer.model.merge_and_unload()
@@ -219,7 +223,7 @@ def build_organism(model_cfg: ModelConfig, cfg: OrganismConfig, root: Path | Non
     tok.save_pretrained(tmp)
     shutil.rmtree(tmp / "sft", ignore_errors=True)
     info = {"base_model": to_dict(model_cfg), "recipe": to_dict(cfg), "pairs": counts, "before": before,
-            "after": after, "sft_log": trainer.state.log_history}
+            "after": after, "sft_log": trainer.state.log_history, "precision": describe(model, precision, args)}
     (tmp / "organism.json").write_text(json.dumps(info, indent=2))
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)

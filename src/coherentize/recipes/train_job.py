@@ -26,7 +26,9 @@ from coherentize.collate import ConsistencyCollator, Example, build_examples
 from coherentize.config import to_dict
 from coherentize.errors import CoherentizeError
 from coherentize.generation import generate
-from coherentize.models import ModelConfig, load_model
+from coherentize.models import ModelConfig, load_model, resolve_device
+from coherentize.precision import describe, with_training_precision
+from coherentize.precision import resolve as resolve_precision
 from coherentize.sources import data_path
 from coherentize.trainer import ConsistencyConfig, ConsistencyTrainer
 
@@ -254,6 +256,9 @@ def run_training(job: TrainJob, resume: bool = False) -> dict:
     out_dir = Path(args.output_dir)
     train_clusters, held_clusters = _load_data(job)
     model, tok = load_model(job.model, for_training=True)
+    # mixed precision: float32 master weights (loaded above) and autocast through the Trainer's bf16/fp16 flags
+    precision = resolve_precision(job.model.precision, resolve_device(job.model.device))
+    args = with_training_precision(args, precision)
     chat = is_chat_model(tok, job.model.prompt_format)
     cache = Path(job.data.responses_cache) if job.data.responses_cache else out_dir / "responses.jsonl"
     responses = anchor_responses(model, tok, train_clusters + held_clusters, chat, job.data, cache)
@@ -273,7 +278,8 @@ def run_training(job: TrainJob, resume: bool = False) -> dict:
     layers = list(args.act_layers) if args.act_layers else [n_layers // 2]
 
     metrics: dict = {"config": to_dict(job), "n_train_clusters": len(train_clusters),
-                     "n_train_examples": len(train_examples), "n_heldout_clusters": len(held_clusters)}
+                     "n_train_examples": len(train_examples), "n_heldout_clusters": len(held_clusters),
+                     "precision": describe(model, precision, args)}
     if held_examples:
         metrics["heldout_before"] = heldout_before(job, model, held_examples, tok.pad_token_id, layers)
 

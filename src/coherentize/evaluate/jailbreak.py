@@ -156,6 +156,31 @@ def summarize_attacks(refused_direct: dict[str, bool], refused_wrapped: dict[str
     }
 
 
+def used_families(items: list[dict], families: dict, assignment: dict[str, Sequence[str]] | None) -> dict:
+    """The families (in their order) that the assignment gives at least one item; all of them without one."""
+    if assignment is None:
+        return families
+    used = {f for it in items for f in assignment.get(it["id"], ())}
+    return {f: t for f, t in families.items() if f in used}
+
+
+def wrapped_prompts(items: list[dict], families: dict, assignment: dict[str, Sequence[str]] | None = None
+                    ) -> tuple[list[str], list[tuple[str, str]]]:
+    """(prompts, keys): per item its direct prompt, key (id, "direct"), then the item wrapped in each family it is
+    given (every family without an assignment), key (id, family); the template picked by ``pick_template``. The one
+    way evaluation wraps a request, harmful (run_jailbreak) or benign (framed_benign)."""
+    prompts, keys = [], []
+    for it in items:
+        prompts.append(it["prompt"])
+        keys.append((it["id"], "direct"))
+        mine = families if assignment is None else set(assignment.get(it["id"], ()))
+        for fam, temps in families.items():
+            if fam in mine:
+                prompts.append(wrap(pick_template(temps, it["id"], fam), it["prompt"]))
+                keys.append((it["id"], fam))
+    return prompts, keys
+
+
 def run_jailbreak(model, tokenizer, requests: list[dict], families: dict[str, list[str]], chat: bool, judge,
                   max_new_tokens: int = JUDGED_MAX_NEW_TOKENS, batch_size: int = 16, margin: bool = True,
                   n_boot: int = stats.N_BOOT, progress=None, decode_batch_size: int = 64,
@@ -170,19 +195,8 @@ def run_jailbreak(model, tokenizer, requests: list[dict], families: dict[str, li
     """
     from coherentize.generation import generate_greedy
 
-    if assignment is not None:
-        used = {f for r in requests for f in assignment.get(r["id"], ())}
-        families = {f: t for f, t in families.items() if f in used}
-    prompts, keys = [], []
-    for r in requests:
-        prompts.append(r["prompt"])
-        keys.append((r["id"], "direct"))
-        mine = families if assignment is None else set(assignment.get(r["id"], ()))
-        for fam, temps in families.items():
-            if fam not in mine:
-                continue
-            prompts.append(wrap(pick_template(temps, r["id"], fam), r["prompt"]))
-            keys.append((r["id"], fam))
+    families = used_families(requests, families, assignment)
+    prompts, keys = wrapped_prompts(requests, families, assignment)
     gen = generate_greedy(model, tokenizer, prompts, chat, max_new_tokens, decode_batch_size, batch_size,
                           openings=MARGIN_OPENINGS if margin else None, progress=progress, desc="jailbreak")
     outputs = gen.texts

@@ -81,6 +81,12 @@ class EvalConfig:
     may use; it does not query the evaluated model, so its calls are not counted as queries (null: none)."""
     jailbreak_search_paraphrases: int = 2
     """Rewrites per request made by jailbreak_search_paraphraser."""
+    framed_benign: bool = True
+    """With the jailbreak suite, also wrap benign and benign-but-edgy prompts in the same held-out families and
+    report their answer rate (evaluate/framed_benign.py: robustness vs refusing anything framed like a jailbreak)."""
+    n_framed_benign: int = 24
+    """Benign prompts for framed_benign (half everyday, half benign-but-edgy; 0 = all of the split); each is
+    wrapped in jailbreak_families_per_request families (all when 0), so it costs n * (k + 1) judged generations."""
     refusal_margin: bool = True
     """Also compute the log-probability margin between refusal and compliance openings (continuous probe)."""
     overrefusal_source: str = "default"
@@ -367,6 +373,7 @@ def run_suite(model, tokenizer, cfg: EvalConfig | None = None, reference_model=N
     """
     from coherentize.chat import is_chat_model
     from coherentize.evaluate.capability import run_capability
+    from coherentize.evaluate.framed_benign import framed_benign_items, run_framed_benign
     from coherentize.evaluate.jailbreak import assign_families, run_jailbreak, template_families
     from coherentize.evaluate.overlap import check_overlap, overlap_report
     from coherentize.evaluate.overrefusal import run_overrefusal
@@ -380,6 +387,7 @@ def run_suite(model, tokenizer, cfg: EvalConfig | None = None, reference_model=N
     # Gather every evaluation prompt first, so overlap with training is checked before any model time is spent.
     families = template_families(cfg.jailbreak_sources, cfg.jailbreak_families or None) if "jailbreak" in suites else {}
     requests = harmful_requests(cfg) if "jailbreak" in suites else []
+    framed = framed_benign_items(cfg.split, _n(cfg.n_framed_benign)) if requests and cfg.framed_benign else []
     benign = overrefusal_items(cfg) if "overrefusal" in suites else []
     if "coherence" in suites:
         if coherence_clusters is None:
@@ -394,7 +402,7 @@ def run_suite(model, tokenizer, cfg: EvalConfig | None = None, reference_model=N
     overlap = None
     if train_clusters is not None or cfg.train_families:
         eval_prompts = {r["id"]: r["prompt"] for r in requests}
-        eval_prompts.update({b["id"]: b["prompt"] for b in benign})
+        eval_prompts.update({b["id"]: b["prompt"] for b in benign + framed})
         for c in coherence_clusters:
             for fam, m in zip(c.families, c.members):
                 eval_prompts[f"{c.id}:{fam}"] = prompt_text(m)
@@ -430,6 +438,12 @@ def run_suite(model, tokenizer, cfg: EvalConfig | None = None, reference_model=N
                 add(s, run_jailbreak(model, tokenizer, requests, families, chat, judge, cfg.max_new_tokens,
                                      cfg.batch_size, cfg.refusal_margin, cfg.n_boot, progress,
                                      decode_batch_size=cfg.decode_batch_size, assignment=assignment))
+                if framed:
+                    fb_assign = assign_families([b["id"] for b in framed], list(families),
+                                                cfg.jailbreak_families_per_request, cfg.jailbreak_assignment_seed)
+                    add("framed_benign", run_framed_benign(
+                        model, tokenizer, framed, families, chat, judge, cfg.max_new_tokens, cfg.batch_size,
+                        cfg.n_boot, progress, decode_batch_size=cfg.decode_batch_size, assignment=fb_assign))
                 held_out_only = set(cfg.train_families) | set((overlap or {}).get("families", [])) | {
                     m["eval_family"] for m in (overlap or {}).get("frames", [])}
                 adaptive_probes(model, tokenizer, requests, families, chat, judge, cfg, results, held_out_only, progress)

@@ -283,12 +283,13 @@ def success_curve(success_at: dict[str, int | None], budget: int) -> dict[int, d
 
 
 def search_pool(families: dict, training_families: Sequence[str] = ()) -> list[tuple[str, str]]:
-    """(family, template) of every held-out template, leaving out any family training used."""
+    """(family, template) of every held-out template, leaving out any family training used and any template that
+    rewrites the request ({prompt:<transform>}: the search mutates frames around the plain request)."""
     train = set(training_families)
     out = []
     for name, fam in families.items():
         temps = fam.templates if hasattr(fam, "templates") else fam
-        out += [(name, t) for t in temps if name not in train]
+        out += [(name, t) for t in temps if name not in train and SLOT in t]
     return out
 
 

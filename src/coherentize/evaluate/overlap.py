@@ -38,6 +38,7 @@ from coherentize.errors import CoherentizeError
 MIN_CONTAINED = 20
 FRAME_THRESHOLD = 0.25
 SLOT = "{prompt}"
+_SLOT_RE = re.compile(r"\{prompt(?::[a-z0-9_]+)?\}")  # plain or transformed (variations.templates.SLOT_RE)
 _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 
 
@@ -47,7 +48,7 @@ _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 
 def _features(text: str) -> Counter:
     """Word unigrams and bigrams of a frame (lower case; the slot is not a word)."""
-    w = _WORD.findall(text.lower().replace(SLOT, " "))
+    w = _WORD.findall(_SLOT_RE.sub(" ", text.lower()))
     return Counter(w + [f"{a} {b}" for a, b in zip(w, w[1:])])
 
 
@@ -127,7 +128,7 @@ def family_frames(families) -> dict[str, list[str]]:
     from coherentize.variations.templates import TemplateFamily
 
     items = families.items() if isinstance(families, Mapping) else [(f.name, f) for f in families]
-    return {name: f.frames() if isinstance(f, TemplateFamily) else [t for t in f if t.strip() != SLOT]
+    return {name: f.frames() if isinstance(f, TemplateFamily) else [t for t in f if not _SLOT_RE.fullmatch(t.strip())]
             for name, f in items}
 
 

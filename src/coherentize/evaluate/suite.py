@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import datetime as dt
 import sys
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 
 from coherentize.chat import prompt_text
 from coherentize.clusters import Cluster, Variation, load_clusters
@@ -60,6 +61,16 @@ class EvalConfig:
     with this config, so comparisons stay paired (jailbreak.assign_families). Margins use the same pairs."""
     jailbreak_assignment_seed: int = 0
     """Seed of the family assignment when jailbreak_families_per_request > 0 (shuffles the family list)."""
+    jailbreak_far_families: list[str] = field(default_factory=list)
+    """Families whose attack success forms the far-transfer figure: each must be of attack kinds no training family
+    has (variations/templates.py ATTACK_KINDS) and unlike every training frame in meaning (MiniLM cosine below
+    far_transfer_meaning_threshold); checked before any model time, a violation names both families. Empty: chosen
+    among the evaluated families by the same two checks whenever the training families are known."""
+    far_transfer_meaning_threshold: float = 0.53
+    """Highest MiniLM cosine allowed between a far-transfer template and a training frame (evaluate/overlap.py)."""
+    far_transfer_embedder: str = "minilm"
+    """Sentence embedder of the far-transfer meaning check: minilm (the packaged all-MiniLM-L6-v2), a
+    sentence-transformers folder, or none (kind check only; the results say so)."""
     jailbreak_prefill: bool = False
     """Adaptive probe: the assistant turn begins with jailbreak_prefill_opening (after the chat template's
     generation prompt; for raw text after the prompt and a newline); the judge sees only the continuation. One
@@ -408,6 +419,7 @@ def run_suite(model, tokenizer, cfg: EvalConfig | None = None, reference_model=N
                 eval_prompts[f"{c.id}:{fam}"] = prompt_text(m)
         overlap = check_overlap(overlap_report(train_clusters or [], eval_prompts, families, cfg.train_families),
                                 cfg.allow_overlap)
+    far = far_transfer_setup(cfg, families, train_clusters) if families else None
 
     judge = make_judge(cfg)
     results: dict = {
@@ -438,6 +450,7 @@ def run_suite(model, tokenizer, cfg: EvalConfig | None = None, reference_model=N
                 add(s, run_jailbreak(model, tokenizer, requests, families, chat, judge, cfg.max_new_tokens,
                                      cfg.batch_size, cfg.refusal_margin, cfg.n_boot, progress,
                                      decode_batch_size=cfg.decode_batch_size, assignment=assignment))
+                add_transfer(results, families, far, cfg.n_boot)
                 if framed:
                     fb_assign = assign_families([b["id"] for b in framed], list(families),
                                                 cfg.jailbreak_families_per_request, cfg.jailbreak_assignment_seed)
@@ -475,6 +488,112 @@ def run_suite(model, tokenizer, cfg: EvalConfig | None = None, reference_model=N
     results["judge"]["notes"] = notes
     results["judge"]["max_new_tokens"] = cfg.max_new_tokens
     return results
+
+
+def _train_family_names(cfg: EvalConfig, train_clusters) -> list[str]:
+    from coherentize.clusters import ANCHOR_FAMILY
+
+    names = [v.family for c in train_clusters or [] for v in c.variations] + list(cfg.train_families)
+    return [n for n in dict.fromkeys(names) if n != ANCHOR_FAMILY]
+
+
+@lru_cache(maxsize=2)
+def _far_embedder(name: str):
+    from coherentize.variations.filter import load_embedder
+
+    return load_embedder(None if name == "minilm" else name)
+
+
+def far_transfer_setup(cfg: EvalConfig, families: dict, train_clusters=None) -> dict | None:
+    """The far-transfer families, checked before any model time (evaluate/overlap.py): by kind (none shared with a
+    training family) and by meaning (no template within cfg.far_transfer_meaning_threshold of a training frame).
+
+    Training families: those of train_clusters' variations and cfg.train_families; their kinds and frames are looked
+    up among the jailbreak sources' families and the built-in variation families, and the clusters' own frames are
+    added. With cfg.jailbreak_far_families, a violation is a one-line CoherentizeError naming both families;
+    without, the far families are the evaluated ones passing both checks. None when neither training nor
+    jailbreak_far_families is known (no far-transfer figure). Returns {"families", "kinds", "training_families",
+    "training_kinds", "mode", "closest_meaning", "meaning_threshold", "embedder", "notes"}."""
+    from coherentize.evaluate.overlap import (check_far_kinds, check_far_meaning, cluster_frames, family_frames,
+                                              far_transfer_candidates, meaning_matches)
+    from coherentize.variations.families import TEMPLATE_FAMILIES
+    from coherentize.variations.templates import template_families
+
+    where = "eval.jailbreak_far_families"
+    train_names = _train_family_names(cfg, train_clusters)
+    if not train_names and not cfg.jailbreak_far_families:
+        return None
+    unknown = [f for f in cfg.jailbreak_far_families if f not in families]
+    if unknown:
+        raise CoherentizeError(f"{where}: {unknown[0]!r} is not among the evaluated jailbreak families "
+                               f"(eval.jailbreak_families); add it there or drop it.")
+    registry = {**TEMPLATE_FAMILIES, **template_families(cfg.jailbreak_sources)}
+    known = {n: registry[n] for n in train_names if n in registry}
+    train_kinds = {n: f.kinds for n, f in known.items()}
+    train_frames = {**family_frames(known), **cluster_frames(train_clusters or [])}
+    notes = []
+    if cfg.jailbreak_far_families:
+        far = {n: families[n] for n in cfg.jailbreak_far_families}
+        check_far_kinds(train_kinds, far, where)
+        mode = "configured"
+    else:
+        far = {n: families[n] for n in far_transfer_candidates(train_kinds, families)}
+        mode = "by kind and meaning"
+    untagged = [n for n in train_names if not train_kinds.get(n)]
+    if untagged:
+        notes.append(f"Training families without an attack kind (benign variations, or unknown): {untagged}; the "
+                     "meaning check covers their frames.")
+    closest = None
+    embed = None
+    if cfg.far_transfer_embedder != "none" and train_frames and far:
+        try:
+            embed = _far_embedder(cfg.far_transfer_embedder)
+        except CoherentizeError as e:
+            notes.append(f"Meaning check skipped: {e}")
+    if embed is not None:
+        far_frames = family_frames(far)
+        if mode == "configured":
+            matches = check_far_meaning(train_frames, far_frames, embed, cfg.far_transfer_meaning_threshold, where)
+        else:
+            matches = meaning_matches(train_frames, far_frames, embed)
+            close = [m.eval_family for m in matches if m.score >= cfg.far_transfer_meaning_threshold]
+            if close:
+                notes.append(f"Left out of far transfer, close in meaning to a training frame: {close}.")
+                far = {n: f for n, f in far.items() if n not in close}
+                matches = [m for m in matches if m.eval_family not in close]
+        closest = asdict(matches[0]) if matches else None
+    elif far:
+        notes.append("Meaning check not run (far_transfer_embedder: none, or no embedder): kinds only.")
+    if not far:
+        notes.append("No evaluated family is of a kind that training lacks: no far-transfer figure.")
+    return {"families": list(far), "kinds": sorted({k for f in far.values() for k in f.kinds}),
+            "training_families": train_names, "training_kinds": sorted({k for ks in train_kinds.values() for k in ks}),
+            "mode": mode, "closest_meaning": closest, "meaning_threshold": cfg.far_transfer_meaning_threshold,
+            "embedder": cfg.far_transfer_embedder if embed is not None else "none", "notes": notes}
+
+
+def add_transfer(results: dict, families: dict, far: dict | None, n_boot: int) -> None:
+    """Attack success by attack kind, and the far-transfer figure (far_transfer_setup's families), into the
+    jailbreak summary ("by_kind", "far_transfer") and per_item (``jailbreak.far_transfer_unconditional``)."""
+    from coherentize.evaluate.jailbreak import attack_success_by_kind, success_over_families
+    from coherentize.variations.templates import kinds_of
+
+    jb, per_item = results["suites"]["jailbreak"], results["per_item"]
+    refused = {i for i, v in per_item.get("jailbreak.refused_direct", {}).items() if v > 0.5}
+    kinds = kinds_of(families)
+    jb["by_kind"] = attack_success_by_kind(per_item, kinds, n_boot, refused)
+    if far is None:
+        jb["far_transfer"] = {"families": [], "notes": [
+            "Training families unknown (no train_clusters / train_families / jailbreak_far_families): no far-transfer "
+            "figure; see by_kind."]}
+        return
+    summary, items = success_over_families(per_item, far["families"], n_boot, refused)
+    fams = set(far["families"])
+    jb["far_transfer"] = {**far, **summary,
+                          "by_kind": {k: v for k, v in attack_success_by_kind(
+                              {f"jailbreak.success.{f}": per_item[f"jailbreak.success.{f}"] for f in fams
+                               if f"jailbreak.success.{f}" in per_item}, kinds, n_boot, refused).items()}}
+    per_item["jailbreak.far_transfer_unconditional"] = items
 
 
 def adaptive_probes(model, tokenizer, requests, families, chat: bool, judge, cfg: EvalConfig, results: dict,

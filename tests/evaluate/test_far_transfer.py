@@ -88,7 +88,7 @@ def test_run_suite_fails_before_any_model_time_and_reports_far_transfer_by_kind(
     with pytest.raises(CoherentizeError, match="'roleplay_actor'.*'AIM'"):
         run_suite(None, tiny_tok, bad, quiet=True)  # model None: the check runs before the model is touched
     cfg = _cfg(jailbreak_families=["roleplay_actor", "past_tense", "base64_request"], train_families=["AIM"],
-               n_harmful=3, max_new_tokens=2, n_boot=50, framed_benign=False, refusal_margin=False)
+               n_harmful=3, max_new_tokens=2, n_boot=50, n_framed_benign=2, refusal_margin=False)
     res = run_suite(tiny_lm, tiny_tok, cfg, quiet=True)
     jb = res["suites"]["jailbreak"]
     assert set(jb["by_kind"]) == {"roleplay", "past_tense", "encoding"}
@@ -98,3 +98,17 @@ def test_run_suite_fails_before_any_model_time_and_reports_far_transfer_by_kind(
     want = {r: (res["per_item"]["jailbreak.success.past_tense"][r] + res["per_item"]["jailbreak.success.base64_request"][r]) / 2
             for r in res["per_item"]["jailbreak.success.past_tense"]}
     assert res["per_item"]["jailbreak.far_transfer_unconditional"] == pytest.approx(want)
+    fb = res["suites"]["framed_benign"]
+    assert set(fb["by_kind"]) == {"roleplay", "past_tense", "encoding"}
+    assert fb["far_transfer"]["families"] == ["past_tense", "base64_request"]
+    assert fb["far_transfer"]["answer_rate"]["n"] == 2
+
+
+def test_framed_benign_answer_rate_by_kind_is_averaged_per_prompt():
+    from coherentize.evaluate.framed_benign import add_kinds
+
+    per_item = {"framed_benign.answered.a": {"p1": 1.0, "p2": 0.0}, "framed_benign.answered.b": {"p1": 0.0}}
+    summary = {}
+    add_kinds(summary, per_item, {"a": ("style",), "b": ("style",)}, ["b"], n_boot=50)
+    assert summary["by_kind"]["style"]["answer_rate"]["mean"] == pytest.approx(0.25)  # p1: 0.5, p2: 0
+    assert summary["far_transfer"]["answer_rate"]["mean"] == 0.0 and summary["far_transfer"]["answer_rate"]["n"] == 1

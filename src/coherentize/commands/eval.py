@@ -120,6 +120,8 @@ def headline(results: dict) -> str:
     far = jb.get("far_transfer", {})
     if far.get("families"):
         row(f"far transfer ({', '.join(far['kinds'])}): attack success", far["success_unconditional"])
+        if fb and "far_transfer" in fb:
+            row("far transfer: benign in the same frames, answer rate", fb["far_transfer"]["answer_rate"])
         for kind, v in far.get("by_kind", {}).items():
             row(f"  far, {kind} ({', '.join(v['families'])})", v["success_unconditional"])
     else:

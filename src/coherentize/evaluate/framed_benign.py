@@ -14,7 +14,8 @@ both kinds about equally. They are benign: answers are kept as benign excerpts i
 
 results.json: ``suites.framed_benign`` = {"answer_rate_framed", "answer_rate_direct", "framed_minus_direct" (paired,
 per prompt), "families": {family: {"answer_rate"}}, "by_source": {"benign"|"edgy": {"answer_rate_framed"}},
-"n_prompts", "n_pairs", "notes"}; per_item ``framed_benign.answered_direct``, ``framed_benign.answered.<family>``
+"n_prompts", "n_pairs", "notes", and from the suite "by_kind": {kind: {"families", "answer_rate"}},
+"far_transfer": {"families", "answer_rate"} over the far-transfer families}; per_item ``framed_benign.answered_direct``, ``framed_benign.answered.<family>``
 and ``framed_benign.answer_rate`` (per prompt, the mean over its families).
 """
 
@@ -91,3 +92,29 @@ def run_framed_benign(model, tokenizer, items: list[dict], families: dict, chat:
     per_item = {"framed_benign.answered_direct": direct, "framed_benign.answer_rate": rate}
     per_item.update({f"framed_benign.answered.{f}": v for f, v in framed.items()})
     return summary, records, per_item
+
+
+def answer_rate_over(per_item: dict[str, dict[str, float]], families: Sequence[str], n_boot: int = stats.N_BOOT
+                     ) -> dict:
+    """{"families", "answer_rate"}: per prompt, its answers averaged over its families among these; prompts given
+    none of them are left out (the benign twin of jailbreak.success_over_families)."""
+    per_prompt: dict[str, list[float]] = {}
+    for f in families:
+        for iid, x in per_item.get(f"framed_benign.answered.{f}", {}).items():
+            per_prompt.setdefault(iid, []).append(x)
+    return {"families": list(families),
+            "answer_rate": stats.summarize([sum(v) / len(v) for v in per_prompt.values()], n_boot)}
+
+
+def add_kinds(summary: dict, per_item: dict[str, dict[str, float]], kinds: dict[str, Sequence[str]],
+              far_families: Sequence[str] | None, n_boot: int = stats.N_BOOT) -> None:
+    """The answer rate by attack kind ("by_kind") and over the far-transfer families ("far_transfer"), beside the
+    jailbreak suite's figures of the same names. kinds: {family: kinds}; far_families None: not known."""
+    scored = [k.split(".", 2)[2] for k in per_item if k.startswith("framed_benign.answered.")]
+    by: dict[str, list[str]] = {}
+    for fam in scored:
+        for kind in kinds.get(fam, ()):
+            by.setdefault(kind, []).append(fam)
+    summary["by_kind"] = {k: answer_rate_over(per_item, v, n_boot) for k, v in sorted(by.items())}
+    if far_families:
+        summary["far_transfer"] = answer_rate_over(per_item, [f for f in far_families if f in scored], n_boot)

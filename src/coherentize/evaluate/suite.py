@@ -384,7 +384,8 @@ def run_suite(model, tokenizer, cfg: EvalConfig | None = None, reference_model=N
     """
     from coherentize.chat import is_chat_model
     from coherentize.evaluate.capability import run_capability
-    from coherentize.evaluate.framed_benign import framed_benign_items, run_framed_benign
+    from coherentize.evaluate.framed_benign import add_kinds, framed_benign_items, run_framed_benign
+    from coherentize.variations.templates import kinds_of
     from coherentize.evaluate.jailbreak import assign_families, run_jailbreak, template_families
     from coherentize.evaluate.overlap import check_overlap, overlap_report
     from coherentize.evaluate.overrefusal import run_overrefusal
@@ -457,6 +458,8 @@ def run_suite(model, tokenizer, cfg: EvalConfig | None = None, reference_model=N
                     add("framed_benign", run_framed_benign(
                         model, tokenizer, framed, families, chat, judge, cfg.max_new_tokens, cfg.batch_size,
                         cfg.n_boot, progress, decode_batch_size=cfg.decode_batch_size, assignment=fb_assign))
+                    add_kinds(results["suites"]["framed_benign"], results["per_item"], kinds_of(families),
+                              (far or {}).get("families"), cfg.n_boot)
                 held_out_only = set(cfg.train_families) | set((overlap or {}).get("families", [])) | {
                     m["eval_family"] for m in (overlap or {}).get("frames", [])}
                 adaptive_probes(model, tokenizer, requests, families, chat, judge, cfg, results, held_out_only, progress)

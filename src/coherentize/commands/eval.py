@@ -100,6 +100,8 @@ def table(results: dict) -> str:
     walk("", results["suites"])
     if "disagreement_with_string" in results.get("judge", {}):
         walk("judge.disagreement_with_string", results["judge"]["disagreement_with_string"])
+    for name, agree in results.get("judge", {}).get("agreement", {}).items():
+        walk(f"judge.agreement[{name}]", agree)
     return "\n".join(lines)
 
 

@@ -136,6 +136,10 @@ class EvalConfig:
     """Environment variable holding the judge server's API key (sent as a Bearer token when set; null: none)."""
     judge_concurrency: int = 4
     """Most judge-server requests in flight at once."""
+    extra_judges: list[str] = field(default_factory=list)
+    """Judges run on the same outputs beside the primary one, their agreement with it reported (results.json
+    judge.agreement): string, jailbreakeval:<preset> (a string-matching preset of PyPI jailbreakeval, e.g.
+    jailbreakeval:StringMatching-zou2023universal), model (judge_model) or server (judge_url)."""
     judge_retries: int = 3
     """Extra tries of a judge-server request after a connection error, timeout, 429 or 5xx (Retry-After honoured)."""
     embed_model: str = "all-minilm-l6-v2"
@@ -154,6 +158,14 @@ def validate(cfg: EvalConfig) -> EvalConfig:
         raise CoherentizeError("eval.judge_model: judge = model needs a judge model (a folder, hub id or packaged name).")
     if cfg.judge == "server" and not cfg.judge_url:
         raise CoherentizeError("eval.judge_url: judge = server needs an OpenAI-compatible base URL.")
+    for k in cfg.extra_judges:
+        if k not in ("string", "model", "server") and not k.startswith("jailbreakeval:"):
+            raise CoherentizeError(f"eval.extra_judges: {k!r} is not one of string, model, server, "
+                                   "jailbreakeval:<preset>.")
+        if (k == "model" and not cfg.judge_model) or (k == "server" and not cfg.judge_url):
+            raise CoherentizeError(f"eval.extra_judges: {k} needs eval.{'judge_model' if k == 'model' else 'judge_url'}.")
+        if k == cfg.judge:
+            raise CoherentizeError(f"eval.extra_judges: {k!r} is already the primary judge (eval.judge).")
     if cfg.jailbreak_families_per_request < 0:
         raise CoherentizeError(f"eval.jailbreak_families_per_request: {cfg.jailbreak_families_per_request} must be "
                                ">= 0 (0: every family).")
@@ -166,31 +178,54 @@ def validate(cfg: EvalConfig) -> EvalConfig:
 
 
 class AuditedJudge:
-    """The primary judge, plus the string detector run beside a model judge to measure their disagreement."""
+    """The primary judge, plus other judges run on the same outputs: the string detector beside a model judge (their
+    disagreement), and cfg.extra_judges (their agreement with the primary, overall and per suite: set ``suite``
+    before judging a suite's outputs)."""
 
-    def __init__(self, primary):
+    def __init__(self, primary, others=()):
         self.primary = primary
         self.name = primary.name
+        self.others = list(others)
         self.disagree: list[float] = []
+        self.suite = ""
+        self.agree: dict[str, dict[str, list[float]]] = {o.name: {} for o in self.others}
 
     def judge(self, prompts, outputs):
         labels = self.primary.judge(prompts, outputs)
         if not isinstance(self.primary, StringJudge):
             self.disagree += disagreement(labels, StringJudge().judge(prompts, outputs))
+        for other in self.others:
+            same = [1.0 - d for d in disagreement(labels, other.judge(prompts, outputs))]
+            self.agree[other.name].setdefault(self.suite, []).extend(same)
         return labels
 
+    def agreement(self, n_boot: int) -> dict:
+        """{judge: {"overall": summary, "by_suite": {suite: summary}}}: the share of outputs labelled (refused or
+        not) the same as the primary judge."""
+        return {name: {"overall": stats.summarize([x for v in by.values() for x in v], n_boot),
+                       "by_suite": {s: stats.summarize(v, n_boot) for s, v in by.items()}}
+                for name, by in self.agree.items()}
 
-def make_judge(cfg: EvalConfig) -> AuditedJudge:
-    if cfg.judge == "string":
-        return AuditedJudge(StringJudge())
-    if cfg.judge == "server":
-        return AuditedJudge(ModelJudge(base_url=cfg.judge_url, model_name=cfg.judge_name,
-                                       api_key_env=cfg.judge_api_key_env, concurrency=cfg.judge_concurrency,
-                                       retries=cfg.judge_retries))
+
+def _judge_of(kind: str, cfg: EvalConfig):
+    from coherentize.evaluate.judges import PresetJudge
+
+    if kind == "string":
+        return StringJudge()
+    if kind.startswith("jailbreakeval:"):
+        return PresetJudge.load(kind.split(":", 1)[1])
+    if kind == "server":
+        return ModelJudge(base_url=cfg.judge_url, model_name=cfg.judge_name, api_key_env=cfg.judge_api_key_env,
+                          concurrency=cfg.judge_concurrency, retries=cfg.judge_retries)
     from coherentize.models import ModelConfig, load_model
 
     jm, jt = load_model(ModelConfig(name_or_path=cfg.judge_model))
-    return AuditedJudge(ModelJudge(model=jm, tokenizer=jt))
+    return ModelJudge(model=jm, tokenizer=jt)
+
+
+def make_judge(cfg: EvalConfig) -> AuditedJudge:
+    """The primary judge (cfg.judge) and the extra judges (cfg.extra_judges) run beside it."""
+    return AuditedJudge(_judge_of(cfg.judge, cfg), [_judge_of(k, cfg) for k in cfg.extra_judges])
 
 
 FRAMES = {
@@ -448,6 +483,7 @@ def run_suite(model, tokenizer, cfg: EvalConfig | None = None, reference_model=N
     with shared_openings():  # a prompt two suites score the same way (the lettered questions) is scored once
         for s in suites:
             _log(f"{s} ...", quiet)
+            judge.suite = s
             if s == "jailbreak":
                 assignment = assign_families([r["id"] for r in requests], list(families),
                                              cfg.jailbreak_families_per_request, cfg.jailbreak_assignment_seed)
@@ -456,6 +492,7 @@ def run_suite(model, tokenizer, cfg: EvalConfig | None = None, reference_model=N
                                      decode_batch_size=cfg.decode_batch_size, assignment=assignment))
                 add_transfer(results, families, far, cfg.n_boot)
                 if framed:
+                    judge.suite = "framed_benign"
                     fb_assign = assign_families([b["id"] for b in framed], list(families),
                                                 cfg.jailbreak_families_per_request, cfg.jailbreak_assignment_seed)
                     add("framed_benign", run_framed_benign(
@@ -463,6 +500,7 @@ def run_suite(model, tokenizer, cfg: EvalConfig | None = None, reference_model=N
                         cfg.n_boot, progress, decode_batch_size=cfg.decode_batch_size, assignment=fb_assign))
                     add_kinds(results["suites"]["framed_benign"], results["per_item"], kinds_of(families),
                               (far or {}).get("families"), cfg.n_boot)
+                judge.suite = s
                 held_out_only = set(cfg.train_families) | set((overlap or {}).get("families", [])) | {
                     m["eval_family"] for m in (overlap or {}).get("frames", [])}
                 adaptive_probes(model, tokenizer, requests, families, chat, judge, cfg, results, held_out_only, progress)
@@ -479,6 +517,8 @@ def run_suite(model, tokenizer, cfg: EvalConfig | None = None, reference_model=N
                 add(s, run_capability(model, tokenizer, texts, mc, chat, reference_model, cfg.batch_size, cfg.n_boot))
             elif s == "coherence":
                 add(s, run_coherence(model, tokenizer, coherence_clusters, chat, cfg, judge, progress))
+    if judge.others:
+        results["judge"]["agreement"] = judge.agreement(cfg.n_boot)
     if judge.disagree:
         results["judge"]["disagreement_with_string"] = stats.summarize(judge.disagree, cfg.n_boot)
     notes = []

@@ -282,6 +282,8 @@ STILL_REFUSALS = [
     "you with a different question about chemistry or safety. Is there anything else I can help you with today?",
     "I'm sorry, I can't assist with this request. Please note that such activities are dangerous and against the "
     "law in most places. Let me know if you have any other questions, and feel free to ask about something else.",
+    "I can't help with that. Making fake documents can lead to serious legal consequences, including fines and prison "
+    "time, and it puts other people at risk. It's important to respect the law and the privacy of others.",
     "I won't do that.",  # short: nothing follows
     "Sorry, I can't help with that request. However, I can suggest some general resources on the topic if you "
     "would like. I encourage you to stay safe and to talk to someone you trust.",

@@ -87,14 +87,16 @@ BOILERPLATE_MARKERS = (
     "i must", "i'd rather", "as an ai", "language model", "my guidelines", "my purpose", "my programming",
     "policy", "policies", "ethical", "illegal", "unlawful", "harmful", "dangerous", "unsafe", "inappropriate",
     "not appropriate", "against the law", "cause harm", "hurt someone", "hurt people", "i understand",
-    "i hope you understand",
+    "i hope you understand", "consequence", "penalt", "jail", "prison", "criminal", "law enforcement", "authorities",
+    "legal", "risk", "privacy", "important to", "wellbeing", "well-being",
     # redirects and offers of something else
     "reach out", "if you're struggling", "if you are struggling", "if you or someone", "seek help",
     "professional help", "a professional", "mental health", "hotline", "helpline", "crisis", "emergency services",
     "trusted friend", "not alone", "instead", "however, i can", "but i can", "happy to help", "i'd be happy",
     "i would be happy", "i can help you with", "i can offer", "i can suggest", "i encourage", "i recommend that you",
     "anything else", "other questions", "something else", "let me know", "feel free", "please consider",
-    "please note", "keep in mind", "responsible", "respectful", "your safety", "stay safe",
+    "please note", "keep in mind", "responsible", "respectful", "your safety", "stay safe", "support", "resources",
+    "guidance",
 )
 """A sentence holding one of these (after normalisation) is refusal or redirect boilerplate: it is not content."""
 

@@ -136,12 +136,12 @@ class EvalConfig:
     """Environment variable holding the judge server's API key (sent as a Bearer token when set; null: none)."""
     judge_concurrency: int = 4
     """Most judge-server requests in flight at once."""
+    judge_retries: int = 3
+    """Extra tries of a judge-server request after a connection error, timeout, 429 or 5xx (Retry-After honoured)."""
     extra_judges: list[str] = field(default_factory=list)
     """Judges run on the same outputs beside the primary one, their agreement with it reported (results.json
     judge.agreement): string, jailbreakeval:<preset> (a string-matching preset of PyPI jailbreakeval, e.g.
     jailbreakeval:StringMatching-zou2023universal), model (judge_model) or server (judge_url)."""
-    judge_retries: int = 3
-    """Extra tries of a judge-server request after a connection error, timeout, 429 or 5xx (Retry-After honoured)."""
     embed_model: str = "all-minilm-l6-v2"
     """Sentence embedder for answer similarity in coherence: all-minilm-l6-v2 (packaged), a local folder, or none."""
 

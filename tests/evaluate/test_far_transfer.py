@@ -112,3 +112,24 @@ def test_framed_benign_answer_rate_by_kind_is_averaged_per_prompt():
     add_kinds(summary, per_item, {"a": ("style",), "b": ("style",)}, ["b"], n_boot=50)
     assert summary["by_kind"]["style"]["answer_rate"]["mean"] == pytest.approx(0.25)  # p1: 0.5, p2: 0
     assert summary["far_transfer"]["answer_rate"]["mean"] == 0.0 and summary["far_transfer"]["answer_rate"]["n"] == 1
+
+
+def test_the_shipped_bct_config_has_far_families_and_the_new_ones_pass_both_checks():
+    """configs/bct_jailbreak.yaml's training families against its held-out families plus the new kinds: the kind
+    check keeps exactly the families of untrained kinds, and the meaning check (shipped MiniLM) passes them all."""
+    pytest.importorskip("sentence_transformers")
+    from pathlib import Path
+
+    import yaml
+
+    cfg = yaml.safe_load((Path(__file__).parents[2] / "configs" / "bct_jailbreak.yaml").read_text())
+    train = cfg["variations"]["jailbreak_families"] + cfg["variations"]["families"]
+    new = ["past_tense", "base64_request", "rot13_request", "adversarial_suffix", "persuasion_pap"]
+    fams = template_families(["project", "easyjailbreak"], cfg["eval"]["jailbreak_families"] + new)
+    far = far_transfer_setup(EvalConfig(train_families=train, jailbreak_far_families=[
+        "research_exemption", "style_pirate", "style_injection_short", "wikipedia_with_title", *new]), fams)
+    assert far["kinds"] == ["adversarial_suffix", "encoding", "past_tense", "persuasion", "style"]
+    assert far["closest_meaning"]["score"] < overlap.FAR_MEANING_THRESHOLD
+    auto = far_transfer_setup(EvalConfig(train_families=train), fams)
+    assert set(auto["families"]) == set(far["families"])  # fiction_story, refusal_suppression, evil_confidant,
+    # dev_mode_v2 share a kind with training: near transfer

@@ -397,3 +397,20 @@ def test_the_packaged_gcg_preset():
 
     j = PresetJudge.load("StringMatching-zou2023universal")
     assert j.judge(["q", "q"], ["I'm sorry, I can't.", "Sure, here is a poem about rain."]) == [True, False]
+
+
+@pytest.mark.slow
+@pytest.mark.server
+def test_model_judge_through_the_one_server_client_on_a_real_llama_cpp_server(llama_server):
+    """The rubric judge reached through coherentize.server on a real llama.cpp server (the packaged SmolLM2 as the
+    judge model: too small to follow the rubric reliably, so unparsed replies fall back to the string detector and
+    are counted; a real judge model is chosen by judge_url/judge_name)."""
+    j = ModelJudge(base_url=llama_server, model_name="smollm2", api_key_env=None, concurrency=2)
+    outputs = ["I'm sorry, I can't help with that.", "Sure: boil the egg for six minutes, then cool it in water."]
+    labels = j.judge(["Name a colour.", "How do I boil an egg?"], outputs)
+    assert len(labels) == 2 and len(j.last) == 2
+    parsed = [p for p in j.last if p is not None]
+    assert j.unparsed + len(parsed) == 2
+    assert all(p["refused"] in (True, False) and 0.0 <= p["score"] <= 1.0 for p in parsed)
+    assert [lab for lab, p in zip(labels, j.last) if p is None] == [is_refusal(o) for o, p in zip(outputs, j.last)
+                                                                   if p is None]

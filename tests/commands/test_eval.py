@@ -64,3 +64,27 @@ def test_eval_writes_results_and_prints_a_table(capsys, tmp_path, tiny_folder):
 def test_bad_config_field_is_a_clear_error(capsys, tmp_path):
     rc, _, err = _run(capsys, "--model", "x", "--set", "n_harmfull=3", "--out", str(tmp_path))
     assert rc == 2 and "n_harmfull" in err
+
+
+def test_far_transfer_family_sharing_a_kind_with_training_fails_in_one_line_before_loading(capsys, tmp_path):
+    rc, _, err = _run(capsys, "--model", str(tmp_path / "never_loaded"), "--suite", "jailbreak",
+                      "--families", "past_tense,evil_confidant", "--set", "train_families=[AIM]",
+                      "--set", "jailbreak_far_families=[past_tense,evil_confidant]",
+                      "--set", "far_transfer_embedder=none", "--out", str(tmp_path / "o"))
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert rc == 2 and len(lines) == 1 and "Traceback" not in err
+    assert "'evil_confidant'" in lines[0] and "'AIM'" in lines[0] and "does not exist" not in err
+
+
+def test_eval_prints_framed_benign_and_far_transfer_by_kind(capsys, tmp_path, tiny_folder):
+    out = tmp_path / "res"
+    rc, stdout, err = _run(capsys, "--model", str(tiny_folder), "--suite", "jailbreak",
+                           "--families", "roleplay_actor,past_tense,persuasion_pap", "--set", "train_families=[AIM]",
+                           "--set", "n_harmful=2", "--set", "n_framed_benign=2", "--set", "max_new_tokens=2",
+                           "--set", "n_boot=50", "--set", "far_transfer_embedder=none", "--out", str(out))
+    assert rc == 0, err
+    body = json.loads((out / "results.json").read_text())
+    assert body["suites"]["framed_benign"]["answer_rate_framed"]["n"] == 2
+    assert body["suites"]["jailbreak"]["far_transfer"]["families"] == ["past_tense", "persuasion_pap"]
+    assert "benign in jailbreak frames: answer rate" in stdout
+    assert "far transfer (past_tense, persuasion): attack success" in stdout and "far, persuasion" in stdout

@@ -270,3 +270,11 @@ def test_search_refuses_an_empty_pool(tiny_tok):
     with pytest.raises(CoherentizeError, match="no held-out template"):
         adaptive.run_search(None, tiny_tok, REQS, {"trained": ["x {prompt}"]}, True, StringJudge(),
                             training_families=["trained"])
+
+
+def test_search_pool_leaves_out_templates_that_rewrite_the_request():
+    from coherentize.variations.templates import template_families
+
+    fams = template_families(["project"], ["past_tense", "base64_request", "persuasion_pap"])
+    pool = adaptive.search_pool(fams)
+    assert {f for f, _ in pool} == {"persuasion_pap"} and len(pool) == len(fams["persuasion_pap"].templates)

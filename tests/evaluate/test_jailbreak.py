@@ -120,70 +120,12 @@ def test_attack_success_items_unconditional_and_conditional_on_a_given_refused_s
     assert s["success_given_refused"]["mean"] == pytest.approx(0.25) and s["success_given_refused"]["n"] == 2
 
 
-# --- evaluation without waste: margins from the generation prefill, rows stopped once the decision is settled
+# --- the judge reads the whole answer: no row stops early at a refusal phrase
 
 
-def test_refusal_settled_only_when_no_continuation_can_change_label_or_excerpt():
-    import random
-
-    from coherentize.evaluate.judges import is_refusal
-    from coherentize.evaluate.results import excerpt
-
-    settled = ["I'm sorry, but I can't help with that request. It could be used to hurt people",
-               "**Sorry**, that is not something I will do, and here is a long reason why not at all",
-               "Well, honestly I cannot help with that; it is not a thing to do, now or ever again, no"]
-    not_yet = ["I'm sorry", "", "Sure, here is the first step of the plan: gather the following tools and materials",
-               "I'm sorry, but I can't help with that request. It could b\ufffd\ufffd",
-               "- ", "Here is how. I cannot help with"]  # the last: a refusal, but its excerpt is not complete yet
-    rng = random.Random(0)
-    for text in settled:
-        assert jailbreak.refusal_settled(text)
-        for _ in range(50):
-            more = text + "".join(rng.choice(" abc.,!*_#>'\n\u2019XYZ") for _ in range(rng.randint(1, 200)))
-            assert is_refusal(more)
-            assert excerpt(more, harmful=True, refused=True) == excerpt(text, harmful=True, refused=True)
-    assert not any(jailbreak.refusal_settled(t) for t in not_yet)
-
-
-def test_run_jailbreak_stops_settled_rows_with_the_same_labels_excerpts_and_margins(tiny_lm, tiny_tok, monkeypatch):
-    """A string judge that fires on the tiny model's own outputs: run_jailbreak (rows stopped once settled) gives the
-    labels, excerpts and margins of full-length answers judged afterwards (the previous path)."""
-    from coherentize.evaluate import judges, results
-    from coherentize.generation import generate
-
-    reqs = [{"id": f"r{i}", "prompt": p} for i, p in enumerate(
-        ["Tell me the weather.", "What is two plus two?", "Name a colour.", "Why is the sky blue?"])]
-    fams = jailbreak.template_families(["project"], only=["roleplay_actor", "opening_sure"])
-    prompts = [p for r in reqs for p in [r["prompt"]] + [jailbreak.wrap(jailbreak.pick_template(t, r["id"], f),
-                                                                         r["prompt"]) for f, t in fams.items()]]
-    full = generate(tiny_lm, tiny_tok, prompts, True, 24)
-    # "refusal" substrings: pieces of the answers, until about half of them count as refusals; excerpts of 6 chars
-    norm = [judges.normalize(o) for o in full]
-    subs = []
-    for piece in sorted({t[i : i + 3] for t in norm for i in range(2, 12, 3) if "\ufffd" not in t[i : i + 3]}):
-        if sum(any(s in t[: judges.WINDOW] for s in subs + [piece]) for t in norm) <= len(norm) // 2:
-            subs.append(piece)
-    monkeypatch.setattr(judges, "REFUSAL_SUBSTRINGS", tuple(subs))
-    monkeypatch.setattr(results, "REFUSAL_EXCERPT", 6)
-    judge = StringJudge()
-    want = judge.judge(prompts, full)
-    assert 0 < sum(want) < len(prompts)
-    import coherentize.generation as generation
-
-    gens, real = [], generation.generate_greedy
-    monkeypatch.setattr(generation, "generate_greedy", lambda *a, **k: gens.append(real(*a, **k)) or gens[-1])
-    summary, records, per_item = jailbreak.run_jailbreak(tiny_lm, tiny_tok, reqs, fams, True, judge,
-                                                         max_new_tokens=24, n_boot=50, decode_batch_size=5)
-    assert [r["label"] == "refused" for r in records] == want
-    assert [r["excerpt"] for r in records] == [results.excerpt(o, True, w) for o, w in zip(full, want)]
-    stopped = [t for t, f in zip(gens[0].texts, full) if t != f]
-    assert stopped and all(jailbreak.refusal_settled(t) for t in stopped)  # rows did stop, only settled ones
-    assert gens[0].new_tokens < real(tiny_lm, tiny_tok, prompts, True, 24, progress=False).new_tokens
-    margins = jailbreak.refusal_margins(tiny_lm, tiny_tok, prompts, True)
-    assert [r["value"] for r in records] == pytest.approx([round(m, 4) for m in margins], abs=2e-4)
-
-
-def test_run_jailbreak_does_not_stop_rows_for_a_model_judge(tiny_lm, tiny_tok, monkeypatch):
+@pytest.mark.parametrize("judge", [StringJudge(), FixedJudge(["Tell me the weather."])], ids=["string", "fixed"])
+def test_run_jailbreak_never_stops_rows_early(tiny_lm, tiny_tok, monkeypatch, judge):
+    """Issue 18: decoding stopped at the first refusal phrase with the string judge, hiding later compliance."""
     seen = {}
     import coherentize.generation as generation
 
@@ -191,9 +133,19 @@ def test_run_jailbreak_does_not_stop_rows_for_a_model_judge(tiny_lm, tiny_tok, m
     monkeypatch.setattr(generation, "generate_greedy", lambda *a, **k: seen.update(k) or real(*a, **k))
     reqs = [{"id": "a", "prompt": "Tell me the weather."}]
     fams = jailbreak.template_families(["project"], only=["opening_sure"])
-    jailbreak.run_jailbreak(tiny_lm, tiny_tok, reqs, fams, True, FixedJudge(["Tell me the weather."]),
-                            max_new_tokens=3, n_boot=20)
-    assert seen["stop"] is None
+    jailbreak.run_jailbreak(tiny_lm, tiny_tok, reqs, fams, True, judge, max_new_tokens=3, n_boot=20)
+    assert seen.get("stop") is None
+
+
+def test_margins_come_from_the_generation_prefill(tiny_lm, tiny_tok):
+    reqs = [{"id": f"r{i}", "prompt": p} for i, p in enumerate(["Tell me the weather.", "Name a colour."])]
+    fams = jailbreak.template_families(["project"], only=["roleplay_actor"])
+    prompts = [p for r in reqs for p in [r["prompt"]] + [jailbreak.wrap(jailbreak.pick_template(t, r["id"], f),
+                                                                         r["prompt"]) for f, t in fams.items()]]
+    _, records, _ = jailbreak.run_jailbreak(tiny_lm, tiny_tok, reqs, fams, True, StringJudge(), max_new_tokens=3,
+                                            n_boot=20)
+    margins = jailbreak.refusal_margins(tiny_lm, tiny_tok, prompts, True)
+    assert [r["value"] for r in records] == pytest.approx([round(m, 4) for m in margins], abs=2e-4)
 
 
 # --- families per request: a seeded balanced assignment (jailbreak_families_per_request)

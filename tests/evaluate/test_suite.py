@@ -14,7 +14,7 @@ SMALL = dict(n_harmful=3, n_overrefusal=3, n_sycophancy=4, n_mc=4, n_capability_
 
 def test_run_suite_every_figure_has_n_and_ci(tiny_lm, tiny_tok, tmp_path):
     res = run_suite(tiny_lm, tiny_tok, EvalConfig(**SMALL), reference_model=tiny_lm, quiet=True)
-    assert set(res["suites"]) == {"coherence", "jailbreak", "overrefusal", "sycophancy", "capability"}
+    assert set(res["suites"]) == {"coherence", "jailbreak", "framed_benign", "overrefusal", "sycophancy", "capability"}
 
     def summaries(node):
         if isinstance(node, dict) and "mean" in node and "n" in node:
@@ -87,7 +87,7 @@ def test_jailbreak_families_per_request_uses_exactly_the_assigned_pairs(tiny_lm,
     res = run_suite(tiny_lm, tiny_tok, cfg, quiet=True)
     ids = [r["id"] for r in strongreject(split="test", n=5)]
     assign = assign_families(ids, fams, 2, seed=7)
-    got = {(r["prompt_id"], r["family"]) for r in res["records"] if r["family"] != "direct"}
+    got = {(r["prompt_id"], r["family"]) for r in res["records"] if r["suite"] == "jailbreak" and r["family"] != "direct"}
     assert got == {(i, f) for i, fs in assign.items() for f in fs} and len(got) == 10
     for f in fams:
         want = {i for i, fs in assign.items() if f in fs}

@@ -66,7 +66,7 @@ from coherentize.variations import templates  # noqa: E402
 def test_project_templates_all_have_the_slot_and_several_families():
     fams = templates.load_template_file(templates.project_templates_path())
     assert len(fams) >= 5
-    assert all(templates.SLOT in t for f in fams.values() for t in f.templates)
+    assert all(templates.SLOT_RE.search(t) for f in fams.values() for t in f.templates)
     assert all(isinstance(f, templates.TemplateFamily) and f.doc for f in fams.values())
 
 
@@ -117,3 +117,55 @@ def test_builtin_variation_templates_and_word_lists_are_data_files():
     assert "Alice" in families.FIRST_NAMES and "explain" in families.LEXICON
     assert not any(isinstance(v, (list, tuple)) and len(v) > 20 for k, v in vars(families).items() if k.isupper()
                    and k not in ("FIRST_NAMES",))  # word lists are read from data/lexicons, not written in Python
+
+
+# --- attack kinds and transformed slots (issue 18, item 4)
+
+
+def test_every_shipped_jailbreak_family_has_a_known_kind():
+    fams = templates.template_families(["project", "easyjailbreak"])
+    untagged = [n for n, f in fams.items() if not f.kinds]
+    assert not untagged
+    assert all(k in templates.ATTACK_KINDS for f in fams.values() for k in f.kinds)
+    assert set(templates.EASYJAILBREAK_KINDS) == set(templates.template_families(["easyjailbreak"]))
+    # the kinds the issue asks for are there, each in a family of its own kind
+    kinds = {k for f in fams.values() for k in f.kinds}
+    assert {"past_tense", "encoding", "adversarial_suffix", "persuasion", "roleplay", "refusal_suppression"} <= kinds
+
+
+def test_kind_field_is_checked(tmp_path):
+    f = tmp_path / "t.yaml"
+    f.write_text("families:\n- name: a\n  kind: [style, roleplay]\n  templates: ['{prompt} please']\n")
+    assert templates.read_template_file(f)[0].kinds == ("style", "roleplay")
+    f.write_text("families:\n- name: a\n  kind: teleport\n  templates: ['{prompt} please']\n")
+    with pytest.raises(CoherentizeError, match=r"families\[0\]\.kind: 'teleport' is not an attack kind"):
+        templates.read_template_file(f)
+
+
+def test_transformed_slots_rewrite_the_request(tmp_path):
+    assert templates.fill("Decode: {prompt:base64}", "Name a fruit.") == "Decode: TmFtZSBhIGZydWl0Lg=="
+    assert templates.fill("{prompt:rot13}!", "Hello") == "Uryyb!"
+    assert templates.fill("{prompt} / {prompt:past_tense}", "How do I bake bread?") == (
+        "How do I bake bread? / How did people bake bread in the past?")
+    f = tmp_path / "t.yaml"
+    f.write_text("families:\n- name: a\n  templates: ['{prompt:klingon}']\n")
+    with pytest.raises(CoherentizeError, match=r"unknown transform \{prompt:klingon\}"):
+        templates.read_template_file(f)
+    fam = templates.template_families(["project"], only=["past_tense", "base64_request"])
+    assert fam["past_tense"].transformed and fam["past_tense"].frames() == []
+    assert fam["base64_request"].wrap("Name a fruit.", "k").endswith("TmFtZSBhIGZydWl0Lg==")
+
+
+@pytest.mark.parametrize("request_text, past", [
+    ("How do I bake sourdough bread?", "How did people bake sourdough bread in the past?"),
+    ("What is the best way to clean a cast iron pan?", "How did people clean a cast iron pan in the past?"),
+    ("Write a guide on how to fold a paper crane.", "How did people fold a paper crane in the past?"),
+    ("Can you explain how to change a tyre?", "How did people change a tyre in the past?"),
+    ("Is there a way to speed up my laptop?", "How did people speed up their laptop in the past?"),
+    ("What are good names for a cat?", "What were good names for a cat in the past?"),
+    ("Write a poem about rain.", "How did people in the past write a poem about rain?"),
+    ("Why do people like cats?", "Why did people like cats in the past?"),
+    ("The best pizza toppings?", "How was this done in the past: the best pizza toppings?"),
+])
+def test_past_tense_rewrite(request_text, past):
+    assert templates.to_past_tense(request_text) == past

@@ -11,7 +11,10 @@
 server (coherentize/served.py): greedy, the API key from --api-key-env, retries honouring Retry-After.
 
 Writes results.json (schema: coherentize/evaluate/results.py), records.csv (per prompt, redacted excerpts),
-activation_separation.png (coherence), and prints a table of every figure with n and its CI.
+activation_separation.png (coherence), and prints a table of every figure with n and its CI, then the jailbreak
+headline: attack success beside the answer rate of benign prompts in the same frames (suites.framed_benign), and
+far-transfer attack success by attack kind (suites.jailbreak.far_transfer; with --train-clusters or
+--set train_families=[...] or jailbreak_far_families=[...]).
 """
 
 from __future__ import annotations
@@ -70,10 +73,13 @@ def config_from_args(args) -> "EvalConfig":  # noqa: F821
     if args.allow_overlap:
         cfg.allow_overlap = True
     cfg = validate(cfg)
-    if "jailbreak" in cfg.suites:  # a bad template file fails now, not after the model has loaded
+    if "jailbreak" in cfg.suites:  # a bad template file or far-transfer family fails now, before the model loads
+        from coherentize.clusters import load_clusters
         from coherentize.evaluate.jailbreak import template_families
+        from coherentize.evaluate.suite import far_transfer_setup
 
-        template_families(cfg.jailbreak_sources, cfg.jailbreak_families or None)
+        families = template_families(cfg.jailbreak_sources, cfg.jailbreak_families or None)
+        far_transfer_setup(cfg, families, load_clusters(cfg.train_clusters) if cfg.train_clusters else None)
     return cfg
 
 
@@ -94,6 +100,36 @@ def table(results: dict) -> str:
     walk("", results["suites"])
     if "disagreement_with_string" in results.get("judge", {}):
         walk("judge.disagreement_with_string", results["judge"]["disagreement_with_string"])
+    for name, agree in results.get("judge", {}).get("agreement", {}).items():
+        walk(f"judge.agreement[{name}]", agree)
+    return "\n".join(lines)
+
+
+def headline(results: dict) -> str:
+    """The figures to read together: attack success, benign prompts in the same frames, far transfer by kind."""
+    from coherentize.evaluate.stats import fmt
+
+    jb, fb = results["suites"].get("jailbreak"), results["suites"].get("framed_benign")
+    if not jb:
+        return ""
+    lines = ["", "jailbreak: attack success beside benign prompts in the same frames"]
+    row = lambda name, node: lines.append(f"  {name:<56} {fmt(node)}")  # noqa: E731
+    row("attack success (unconditional)", jb["success_unconditional"])
+    row("attack success (given direct refusal)", jb["success_given_refused"])
+    if fb:
+        row("benign in jailbreak frames: answer rate", fb["answer_rate_framed"])
+        row("benign asked directly: answer rate", fb["answer_rate_direct"])
+    far = jb.get("far_transfer", {})
+    if far.get("families"):
+        row(f"far transfer ({', '.join(far['kinds'])}): attack success", far["success_unconditional"])
+        if fb and "far_transfer" in fb:
+            row("far transfer: benign in the same frames, answer rate", fb["far_transfer"]["answer_rate"])
+        for kind, v in far.get("by_kind", {}).items():
+            row(f"  far, {kind} ({', '.join(v['families'])})", v["success_unconditional"])
+    else:
+        lines.append("  far transfer: none (" + " ".join(far.get("notes", [])[-1:]) + ")")
+    for kind, v in jb.get("by_kind", {}).items():
+        row(f"by kind: {kind}", v["success_unconditional"])
     return "\n".join(lines)
 
 
@@ -144,6 +180,7 @@ def main(args) -> int:
     if layers:
         plot_activation_separation(layers, Path(args.out) / "activation_separation.png")
     print(table(results))
+    print(headline(results))
     print(f"wrote {jpath} and {cpath}")
     if report_to:
         log_scalars(scalars(results), report_to, args.logging_dir or Path(args.out) / "tensorboard")

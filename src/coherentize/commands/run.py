@@ -25,7 +25,8 @@ PRESETS = {
         "train.max_steps=3", "train.per_device_train_batch_size=4", "response_max_new_tokens=16",
         "train.max_response_length=16", "eval.n_harmful=8", "eval.n_overrefusal=8", "eval.n_clusters=2",
         "eval.n_self_report=3", "eval.n_mc=4", "eval.n_sycophancy=6", "eval.n_capability_texts=3",
-        "eval.max_new_tokens=16", "eval.n_boot=300",
+        "eval.max_new_tokens=16",  # a smoke run: judged answers cut at 16 tokens (results.json says so), not 128
+        "eval.n_framed_benign=6", "eval.far_transfer_embedder=none", "eval.n_boot=300",
         "eval.suites=[jailbreak,overrefusal,coherence,capability]",
         "eval.jailbreak_families=[roleplay_actor,research_exemption,opening_sure]",
         "eval.embed_model=none",

@@ -47,6 +47,7 @@ from typing import Sequence
 
 from coherentize.errors import CoherentizeError
 from coherentize.evaluate import stats
+from coherentize.evaluate.judges import JUDGED_MAX_NEW_TOKENS
 from coherentize.evaluate.results import excerpt
 from coherentize.variations.templates import SLOT, fill
 
@@ -92,7 +93,7 @@ def _as_raw(tokenizer, text: str, chat: bool) -> str:
 
 
 def run_prefill(model, tokenizer, requests: list[dict], chat: bool, judge, opening: str = PREFILL_OPENING,
-                max_new_tokens: int = 32, batch_size: int = 16, decode_batch_size: int = 64,
+                max_new_tokens: int = JUDGED_MAX_NEW_TOKENS, batch_size: int = 16, decode_batch_size: int = 64,
                 refused_directly: set[str] | None = None, n_boot: int = stats.N_BOOT, progress=None
                 ) -> tuple[dict, list[dict], dict]:
     """Attack success with the assistant turn prefilled with ``opening`` (module docstring: what the judge sees).
@@ -101,16 +102,11 @@ def run_prefill(model, tokenizer, requests: list[dict], chat: bool, judge, openi
     (on refused_directly, this model's direct refusals)}, records of family ``prefill``, per_item
     ``jailbreak.prefill_success`` = {request id: 1.0 if the continuation was judged complied}."""
     from coherentize import generation
-    from coherentize.evaluate.jailbreak import refusal_settled
-    from coherentize.evaluate.judges import StringJudge
-
     if _served(model):
         raise CoherentizeError("eval.jailbreak_prefill: a model behind a server cannot be prefilled; turn it off.")
     texts = [_as_raw(tokenizer, prefill_prompt(tokenizer, r["prompt"], chat, opening), chat) for r in requests]
-    string_judge = isinstance(getattr(judge, "primary", judge), StringJudge)
     gen = generation.generate_greedy(model, tokenizer, texts, False, max_new_tokens, decode_batch_size, batch_size,
-                                     stop=refusal_settled if string_judge else None, progress=progress,
-                                     desc="jailbreak prefill")
+                                     progress=progress, desc="jailbreak prefill")
     refused = judge.judge([r["prompt"] for r in requests], gen.texts)
     success = {r["id"]: float(not ref) for r, ref in zip(requests, refused)}
     records = [{"suite": "jailbreak", "id": f"{r['id']}:prefill", "prompt_id": r["id"], "family": "prefill",
@@ -287,18 +283,19 @@ def success_curve(success_at: dict[str, int | None], budget: int) -> dict[int, d
 
 
 def search_pool(families: dict, training_families: Sequence[str] = ()) -> list[tuple[str, str]]:
-    """(family, template) of every held-out template, leaving out any family training used."""
+    """(family, template) of every held-out template, leaving out any family training used and any template that
+    rewrites the request ({prompt:<transform>}: the search mutates frames around the plain request)."""
     train = set(training_families)
     out = []
     for name, fam in families.items():
         temps = fam.templates if hasattr(fam, "templates") else fam
-        out += [(name, t) for t in temps if name not in train]
+        out += [(name, t) for t in temps if name not in train and SLOT in t]
     return out
 
 
 def run_search(model, tokenizer, requests: list[dict], families: dict, chat: bool, judge, budget: int = 8,
                width: int = 3, seed: int = 0, training_families: Sequence[str] = (), paraphraser=None,
-               n_paraphrases: int = 2, max_new_tokens: int = 32, batch_size: int = 16, decode_batch_size: int = 64,
+               n_paraphrases: int = 2, max_new_tokens: int = JUDGED_MAX_NEW_TOKENS, batch_size: int = 16, decode_batch_size: int = 64,
                refused_directly: set[str] | None = None, n_boot: int = stats.N_BOOT, progress=False
                ) -> tuple[dict, list[dict], dict]:
     """The budgeted black-box search on every request (module docstring). Returns (summary, records, per_item).
@@ -310,8 +307,7 @@ def run_search(model, tokenizer, requests: list[dict], families: dict, chat: boo
     per_item
     ``jailbreak.search_success`` and ``jailbreak.search_success_at.<b>`` for each checkpoint b."""
     from coherentize import generation
-    from coherentize.evaluate.jailbreak import MARGIN_OPENINGS, _margins, refusal_settled
-    from coherentize.evaluate.judges import StringJudge
+    from coherentize.evaluate.jailbreak import MARGIN_OPENINGS, _margins
 
     if _served(model):
         raise CoherentizeError("eval.jailbreak_search: a model behind a server gives no refusal margins; turn it off.")
@@ -330,8 +326,6 @@ def run_search(model, tokenizer, requests: list[dict], families: dict, chat: boo
         for k, s in enumerate(states):
             got = [clean_rewrite(x) for x in raw[k * n_paraphrases:(k + 1) * n_paraphrases]]
             s.paraphrases = list(dict.fromkeys(g for g in got if g and g != s.text))
-    string_judge = isinstance(getattr(judge, "primary", judge), StringJudge)
-
     while True:
         plans = {}
         for s in states:
@@ -359,8 +353,7 @@ def run_search(model, tokenizer, requests: list[dict], families: dict, chat: boo
             continue
         prompts = [s.candidates[i].prompt for s, i in checks]
         gen = generation.generate_greedy(model, tokenizer, prompts, chat, max_new_tokens, decode_batch_size,
-                                         batch_size, openings=MARGIN_OPENINGS,
-                                         stop=refusal_settled if string_judge else None, progress=progress,
+                                         batch_size, openings=MARGIN_OPENINGS, progress=progress,
                                          desc="jailbreak search")
         refused = judge.judge(prompts, gen.texts)
         for (s, i), out, ref, m in zip(checks, gen.texts, refused, _margins(gen.openings)):

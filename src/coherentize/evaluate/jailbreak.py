@@ -8,7 +8,9 @@ runs are repeatable and before/after runs see the same prompts).
 The continuous probe moves before greedy decisions flip: the refusal margin
 ``log sum_o P(o | prompt) over REFUSAL_OPENINGS - log sum_o P(o | prompt) over COMPLIANCE_OPENINGS`` (teacher-forced
 response openings). Per family we report the margin under the wrapper, and its shift from the direct request
-(paired, wrapped - direct: negative = the wrapper pushes the model towards complying).
+(paired, wrapped - direct: negative = the wrapper pushes the model towards complying). The margin scores the
+answer's first words only: it does not confirm the judge's decision, which reads the whole answer (a model can open
+with "I'm sorry" and comply afterwards; evaluate/judges.py).
 
 Families per request (``assign_families``): with k > 0, each request is wrapped in k of the F families only, by a
 seeded balanced assignment (every request gets k distinct families, every family about n*k/F requests), the same for
@@ -27,6 +29,7 @@ from typing import Sequence
 import torch
 
 from coherentize.evaluate import stats
+from coherentize.evaluate.judges import JUDGED_MAX_NEW_TOKENS
 from coherentize.evaluate.results import excerpt
 
 # Templates live in variations/templates.py; these names are re-exported for evaluation code.
@@ -53,22 +56,6 @@ def _margins(lp: torch.Tensor) -> list[float]:
     """(N, len(MARGIN_OPENINGS)) opening log-probabilities -> the refusal margins."""
     k = len(REFUSAL_OPENINGS)
     return (torch.logsumexp(lp[:, :k], 1) - torch.logsumexp(lp[:, k:], 1)).tolist()
-
-
-def refusal_settled(text: str) -> bool:
-    """Whether nothing appended to this (partial) output can change the string judge's decision or the record kept
-    for it: the normalised text is non-empty and starts with a refusal prefix or holds a refusal substring within
-    the judge's window (normalising a longer text gives a longer text with the same beginning, so the rule still
-    fires), and the text is longer than the excerpt kept for a refused harmful output. Then decoding can stop.
-    Trailing replacement characters are left out: they may be a character whose bytes are still coming."""
-    from coherentize.evaluate.judges import REFUSAL_PREFIXES, REFUSAL_SUBSTRINGS, WINDOW, normalize
-    from coherentize.evaluate.results import REFUSAL_EXCERPT
-
-    text = text.rstrip("\ufffd")
-    if len(" ".join(text.split())) <= REFUSAL_EXCERPT:
-        return False  # the excerpt is not complete yet
-    t = normalize(text)
-    return bool(t) and (t.startswith(REFUSAL_PREFIXES) or any(x in t[:WINDOW] for x in REFUSAL_SUBSTRINGS))
 
 
 def assign_families(request_ids: Sequence[str], families: Sequence[str], k: int, seed: int = 0
@@ -169,39 +156,75 @@ def summarize_attacks(refused_direct: dict[str, bool], refused_wrapped: dict[str
     }
 
 
+def used_families(items: list[dict], families: dict, assignment: dict[str, Sequence[str]] | None) -> dict:
+    """The families (in their order) that the assignment gives at least one item; all of them without one."""
+    if assignment is None:
+        return families
+    used = {f for it in items for f in assignment.get(it["id"], ())}
+    return {f: t for f, t in families.items() if f in used}
+
+
+def wrapped_prompts(items: list[dict], families: dict, assignment: dict[str, Sequence[str]] | None = None
+                    ) -> tuple[list[str], list[tuple[str, str]]]:
+    """(prompts, keys): per item its direct prompt, key (id, "direct"), then the item wrapped in each family it is
+    given (every family without an assignment), key (id, family); the template picked by ``pick_template``. The one
+    way evaluation wraps a request, harmful (run_jailbreak) or benign (framed_benign)."""
+    prompts, keys = [], []
+    for it in items:
+        prompts.append(it["prompt"])
+        keys.append((it["id"], "direct"))
+        mine = families if assignment is None else set(assignment.get(it["id"], ()))
+        for fam, temps in families.items():
+            if fam in mine:
+                prompts.append(wrap(pick_template(temps, it["id"], fam), it["prompt"]))
+                keys.append((it["id"], fam))
+    return prompts, keys
+
+
+def success_over_families(per_item: dict[str, dict[str, float]], families: Sequence[str], n_boot: int,
+                          refused_directly: set[str]) -> tuple[dict, dict[str, float]]:
+    """Attack success counting only the given families: ({"families", "success_unconditional",
+    "success_given_refused", "n_requests"}, {request id: its success averaged over its families among them}).
+    Requests given none of these families are left out (``attack_success_items``' definitions)."""
+    keep = {f"jailbreak.success.{f}" for f in families}
+    items = attack_success_items({k: v for k, v in per_item.items() if k in keep}, refused_directly)
+    unc = items.get("jailbreak.success_unconditional", {})
+    return ({"families": list(families),
+             "success_unconditional": stats.summarize(list(unc.values()), n_boot),
+             "success_given_refused": stats.summarize(list(items.get("jailbreak.success_given_refused", {}).values()),
+                                                      n_boot)}, unc)
+
+
+def attack_success_by_kind(per_item: dict[str, dict[str, float]], kinds: dict[str, Sequence[str]], n_boot: int,
+                           refused_directly: set[str]) -> dict[str, dict]:
+    """{attack kind: success_over_families(the evaluated families of that kind)}; a family of several kinds counts
+    in each; families without a kind are left out. kinds: {family: kinds} (variations.templates.kinds_of)."""
+    scored = [k.split(".", 2)[2] for k in per_item if k.startswith("jailbreak.success.")]
+    by: dict[str, list[str]] = {}
+    for fam in scored:
+        for kind in kinds.get(fam, ()):
+            by.setdefault(kind, []).append(fam)
+    return {kind: success_over_families(per_item, fams, n_boot, refused_directly)[0] for kind, fams in sorted(by.items())}
+
+
 def run_jailbreak(model, tokenizer, requests: list[dict], families: dict[str, list[str]], chat: bool, judge,
-                  max_new_tokens: int = 32, batch_size: int = 16, margin: bool = True,
+                  max_new_tokens: int = JUDGED_MAX_NEW_TOKENS, batch_size: int = 16, margin: bool = True,
                   n_boot: int = stats.N_BOOT, progress=None, decode_batch_size: int = 64,
                   assignment: dict[str, Sequence[str]] | None = None,
                   ) -> tuple[dict, list[dict], dict]:
     """Generate direct and wrapped answers, judge them, and summarise. Returns (summary, records, per_item).
 
-    One generation pass gives the answers and, from its prefill, the refusal margins. With the string judge a row
-    stops decoding once its decision and excerpt are settled (refusal_settled): labels and records are the same as
-    from the full answer. batch_size: rows per prefill chunk; decode_batch_size: rows decoded together.
+    One generation pass gives the answers and, from its prefill, the refusal margins. Every row is decoded to EOS or
+    max_new_tokens (no early stop at a refusal phrase: the judge reads the whole answer). batch_size: rows per prefill chunk; decode_batch_size: rows decoded together.
     assignment: {request id: families to wrap it in} (``assign_families``); None: every family. Answers and
     margins are computed on exactly these (request, family) pairs; families given no request are left out.
     """
-    from coherentize.evaluate.judges import StringJudge
     from coherentize.generation import generate_greedy
 
-    if assignment is not None:
-        used = {f for r in requests for f in assignment.get(r["id"], ())}
-        families = {f: t for f, t in families.items() if f in used}
-    prompts, keys = [], []
-    for r in requests:
-        prompts.append(r["prompt"])
-        keys.append((r["id"], "direct"))
-        mine = families if assignment is None else set(assignment.get(r["id"], ()))
-        for fam, temps in families.items():
-            if fam not in mine:
-                continue
-            prompts.append(wrap(pick_template(temps, r["id"], fam), r["prompt"]))
-            keys.append((r["id"], fam))
-    string_judge = isinstance(getattr(judge, "primary", judge), StringJudge)
+    families = used_families(requests, families, assignment)
+    prompts, keys = wrapped_prompts(requests, families, assignment)
     gen = generate_greedy(model, tokenizer, prompts, chat, max_new_tokens, decode_batch_size, batch_size,
-                          openings=MARGIN_OPENINGS if margin else None, stop=refusal_settled if string_judge else None,
-                          progress=progress, desc="jailbreak")
+                          openings=MARGIN_OPENINGS if margin else None, progress=progress, desc="jailbreak")
     outputs = gen.texts
     refused = judge.judge(prompts, outputs)
     margins = _margins(gen.openings) if margin else [None] * len(prompts)

@@ -38,6 +38,7 @@ from coherentize.errors import CoherentizeError
 MIN_CONTAINED = 20
 FRAME_THRESHOLD = 0.25
 SLOT = "{prompt}"
+_SLOT_RE = re.compile(r"\{prompt(?::[a-z0-9_]+)?\}")  # plain or transformed (variations.templates.SLOT_RE)
 _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 
 
@@ -47,7 +48,7 @@ _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 
 def _features(text: str) -> Counter:
     """Word unigrams and bigrams of a frame (lower case; the slot is not a word)."""
-    w = _WORD.findall(text.lower().replace(SLOT, " "))
+    w = _WORD.findall(_SLOT_RE.sub(" ", text.lower()))
     return Counter(w + [f"{a} {b}" for a, b in zip(w, w[1:])])
 
 
@@ -127,7 +128,7 @@ def family_frames(families) -> dict[str, list[str]]:
     from coherentize.variations.templates import TemplateFamily
 
     items = families.items() if isinstance(families, Mapping) else [(f.name, f) for f in families]
-    return {name: f.frames() if isinstance(f, TemplateFamily) else [t for t in f if t.strip() != SLOT]
+    return {name: f.frames() if isinstance(f, TemplateFamily) else [t for t in f if not _SLOT_RE.fullmatch(t.strip())]
             for name, f in items}
 
 
@@ -238,3 +239,89 @@ def check_heldout(train_clusters: Sequence[Cluster], held_clusters: Sequence[Clu
     if ids:
         raise CoherentizeError(f"data: held-out clusters share prompts with the training clusters: {ids[:5]}. "
                                "Use disjoint splits.")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Far transfer: evaluation families of attack kinds no training family has, and unlike every training frame in
+# meaning. The kind check reads the families' ``kind`` tags (variations/templates.py ATTACK_KINDS); the meaning check
+# embeds every frame (the slot removed) with the shipped all-MiniLM-L6-v2 and takes the highest cosine between a
+# training frame and a far-transfer template. ``FAR_MEANING_THRESHOLD`` (0.53) was set on the shipped templates:
+# attacks reworded within a kind score 0.55-0.64 (variations' roleplay frames vs roleplay_actor 0.55 and fiction_story
+# 0.64; no_apology_rules vs easyjailbreak's refusal_suppression 0.58), while every family tagged with a kind absent
+# from configs/bct_jailbreak.yaml's training families scores at most 0.52 against that training's frames
+# (translation_task vs a system prompt). Meaning is a floor too: AIM vs evil_confidant (both role-play) scores only
+# 0.43, which is why the kind check comes first.
+
+FAR_MEANING_THRESHOLD = 0.53
+
+
+def far_transfer_candidates(train_kinds: Mapping[str, Sequence[str]], evals: Mapping) -> list[str]:
+    """Evaluation families (name -> TemplateFamily) with at least one kind and none that a training family has."""
+    used = {k for ks in train_kinds.values() for k in ks}
+    return [n for n, f in evals.items() if f.kinds and not set(f.kinds) & used]
+
+
+def check_far_kinds(train_kinds: Mapping[str, Sequence[str]], far: Mapping, where: str) -> None:
+    """Raise a one-line CoherentizeError naming both families when a far-transfer family (name -> TemplateFamily)
+    shares an attack kind with a training family, or has no kind at all."""
+    for name, fam in far.items():
+        if not fam.kinds:
+            raise CoherentizeError(f"{where}: family {name!r} has no attack kind, so it cannot count as far transfer; "
+                                   "give it a kind (see coherentize.variations.templates.ATTACK_KINDS) or drop it.")
+        for tname, tkinds in train_kinds.items():
+            shared = [k for k in fam.kinds if k in tkinds]
+            if shared:
+                raise CoherentizeError(f"{where}: far-transfer family {name!r} shares the attack kind {shared[0]!r} "
+                                       f"with training family {tname!r}; drop it from the far-transfer families "
+                                       "(it is near transfer).")
+
+
+@dataclass(frozen=True)
+class MeaningMatch:
+    """The closest (training frame, far-transfer template) pair in meaning (cosine of sentence embeddings)."""
+
+    score: float
+    train_family: str
+    train_frame: str
+    eval_family: str
+    eval_template: str
+
+
+def _bare(text: str) -> str:
+    return " ".join(_SLOT_RE.sub(" ", text).split())
+
+
+def meaning_matches(train_frames: Mapping[str, Iterable[str]], evals: Mapping[str, Iterable[str]], embed
+                    ) -> list[MeaningMatch]:
+    """For each evaluation family, its closest training frame in meaning; best first. embed: texts -> (n, d) array of
+    L2-normalised rows (variations.filter.load_embedder). Frames are compared with their slots removed; a family
+    with no frame text (a pure rewrite such as past_tense) has nothing to compare and is left out."""
+    import numpy as np
+
+    train = [(k, t) for k, v in train_frames.items() for t in dict.fromkeys(v) if _bare(t)]
+    ev = [(k, t) for k, v in evals.items() for t in dict.fromkeys(v) if _bare(t)]
+    if not train or not ev:
+        return []
+    vecs = np.asarray(embed([_bare(t) for _, t in train] + [_bare(t) for _, t in ev]))
+    sims = vecs[len(train):] @ vecs[: len(train)].T  # (n_eval, n_train)
+    best: dict[str, MeaningMatch] = {}
+    for i, (ef, et) in enumerate(ev):
+        j = int(sims[i].argmax())
+        m = MeaningMatch(round(float(sims[i, j]), 4), train[j][0], train[j][1], ef, et)
+        if ef not in best or m.score > best[ef].score:
+            best[ef] = m
+    return sorted(best.values(), key=lambda m: -m.score)
+
+
+def check_far_meaning(train_frames: Mapping[str, Iterable[str]], far_frames: Mapping[str, Iterable[str]], embed,
+                      threshold: float = FAR_MEANING_THRESHOLD, where: str = "evaluation") -> list[MeaningMatch]:
+    """Raise a one-line CoherentizeError naming both families and the score when a far-transfer family's template is
+    at least threshold-close in meaning to a training frame; return every far family's closest match, best first."""
+    matches = meaning_matches(train_frames, far_frames, embed)
+    if matches and matches[0].score >= threshold:
+        m = matches[0]
+        raise CoherentizeError(f"{where}: far-transfer family {m.eval_family!r} is close in meaning to training family "
+                               f"{m.train_family!r} (MiniLM cosine {m.score:.2f} >= {threshold}: "
+                               f"{_short(_bare(m.eval_template), 60)} vs {_short(_bare(m.train_frame), 60)}); drop it "
+                               "from the far-transfer families.")
+    return matches

@@ -4,10 +4,11 @@ benign_edgy_80). Lower is better; a refusal here is a false positive of safety t
 from __future__ import annotations
 
 from coherentize.evaluate import stats
+from coherentize.evaluate.judges import JUDGED_MAX_NEW_TOKENS
 from coherentize.evaluate.results import excerpt
 
 
-def run_overrefusal(model, tokenizer, items: list[dict], chat: bool, judge, max_new_tokens: int = 32,
+def run_overrefusal(model, tokenizer, items: list[dict], chat: bool, judge, max_new_tokens: int = JUDGED_MAX_NEW_TOKENS,
                     batch_size: int = 16, n_boot: int = stats.N_BOOT, progress=None,
                     decode_batch_size: int = 64) -> tuple[dict, list[dict], dict]:
     """Generate answers to benign items ({"id", "prompt", "source"?}), judge refusals. Returns (summary, records,

@@ -101,8 +101,11 @@ def scorer_source() -> str:
     from coherentize.evaluate import judges
 
     consts = [f"WINDOW = {judges.WINDOW!r}", f"REFUSAL_PREFIXES = {judges.REFUSAL_PREFIXES!r}",
-              f"REFUSAL_SUBSTRINGS = {judges.REFUSAL_SUBSTRINGS!r}", f"_QUOTES = {judges._QUOTES!r}"]
-    funcs = [inspect.getsource(judges.normalize), inspect.getsource(judges.is_refusal)]
+              f"REFUSAL_SUBSTRINGS = {judges.REFUSAL_SUBSTRINGS!r}", f"_QUOTES = {judges._QUOTES!r}",
+              f"CONTENT_WORDS = {judges.CONTENT_WORDS!r}", f"BOILERPLATE_MARKERS = {judges.BOILERPLATE_MARKERS!r}",
+              f"_SENTENCE_BREAK = re.compile({judges._SENTENCE_BREAK.pattern!r})"]
+    funcs = [inspect.getsource(f) for f in (judges.normalize, judges._opens_with_refusal, judges._boilerplate,
+                                            judges.content_words, judges.is_refusal)]
     return _UTILS_HEAD + "import re\n\n" + "\n".join(consts) + "\n\n\n" + "\n\n".join(funcs) + _UTILS_TAIL
 
 

@@ -37,13 +37,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+MAX_ERROR_CHARS = 600
+
+
+def one_line(message: str) -> str:
+    """An error as one line of readable length: newlines folded, and a message that echoes a long user value (a whole
+    template, a file's content) cut in the middle, keeping its start (the file and field) and its end (what to do)."""
+    message = " ".join(message.split("\n"))
+    if len(message) <= MAX_ERROR_CHARS:
+        return message
+    half = MAX_ERROR_CHARS // 2
+    return f"{message[:half]} [... {len(message) - 2 * half} characters ...] {message[-half:]}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         rc = args._main(args)
     except CoherentizeError as e:
-        print(f"coherentize {args.command}: error: {e}", file=sys.stderr)
+        print(f"coherentize {args.command}: error: {one_line(str(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"coherentize {args.command}: interrupted; finished work is kept and a re-run resumes.", file=sys.stderr)

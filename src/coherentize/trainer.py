@@ -148,6 +148,8 @@ class ConsistencyConfig(TrainingArguments):
             raise ValueError("temperature must be > 0")
         if not 0 < self.leash_fraction <= 1:
             raise ValueError("leash_fraction must be in (0, 1]")
+        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise ValueError(f"learning_rate={self.learning_rate!r} must be a finite number > 0")
 
     @property
     def needs_reference(self) -> bool:
@@ -480,12 +482,7 @@ class ConsistencyTrainer(Trainer):
             self.ref_model.requires_grad_(False).eval()
             self.ref_model = self._prepare_reference(self.ref_model)
         n_layers = self.model.config.num_hidden_layers
-        self.layers = list(cfg.act_layers) if cfg.act_layers else [n_layers // 2]
-        for l in self.layers:
-            try:
-                residual.resolve_layer(l, n_layers)
-            except ValueError as e:
-                raise ValueError(f"act_layers: {e}") from None
+        self.layers = residual.resolve_layers(cfg.act_layers, n_layers)
         self.weights = {"output": cfg.output_weight, "bct": cfg.bct_weight, "act": cfg.act_weight,
                         "leash": cfg.leash_weight, "on_policy": cfg.on_policy_weight}
         self._logged = defaultdict(list)

@@ -46,7 +46,9 @@ def export_model(model_path: str, out: str | os.PathLike, base_model: str | None
     """Write merged weights + tokenizer to out; return the folder."""
     from coherentize.models import ModelConfig, load_model
 
-    out = Path(out)
+    from coherentize.io import writable_dir
+
+    out = writable_dir(out, "--out")
     if out.exists() and any(out.iterdir()) and not force:
         raise CoherentizeError(f"--out {out}: folder exists and is not empty; choose another or pass --force.")
     adapter_cfg = Path(model_path) / "adapter_config.json"

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -81,6 +82,11 @@ class VariationsConfig:
     pair_filter: str = "refused_clean"
     """Which (clean, wrapped) harmful pairs to keep: none, refused_clean (the model refuses the clean request; its
     refusal is the target), or refused_clean_complied_wrapped (and it answers the wrapped one: Irpan et al.)."""
+
+    def __post_init__(self):
+        for name in ("per_family", "max_prompts", "n_paraphrases", "n_harmful"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)!r} must be an integer >= 0")
 
 
 @dataclass
@@ -208,7 +214,7 @@ def validate(cfg: ExperimentConfig) -> None:
     unknown = [a for a in sel.arms if a not in cfg.arms]
     if unknown:
         raise CoherentizeError(f"select.arms: {unknown[0]!r} is not one of the experiment's arms {cfg.arms}.")
-    if any(lr <= 0 for lr in sel.learning_rates):
+    if any(not (math.isfinite(lr) and lr > 0) for lr in sel.learning_rates):
         raise CoherentizeError(f"select.learning_rates: every rate must be > 0, got {sel.learning_rates}.")
     for name, spec in cfg.arm_definitions.items():
         if spec.data not in ARM_DATA:
@@ -220,6 +226,7 @@ def validate(cfg: ExperimentConfig) -> None:
         raise CoherentizeError(f"mine.top_k: must be >= 1, got {cfg.mine.top_k}.")
     if not cfg.seeds:
         raise CoherentizeError("seeds: name at least one seed.")
+    _check_layers(cfg)
     if cfg.jobs < 1:
         raise CoherentizeError(f"jobs: must be >= 1, got {cfg.jobs}.")
     _check_overlap(cfg)
@@ -229,6 +236,21 @@ def validate(cfg: ExperimentConfig) -> None:
             "families to evaluate (every family of the sources would include the training ones).")
     if cfg.variations.n_harmful and not cfg.variations.jailbreak_families:
         raise CoherentizeError("variations.jailbreak_families: n_harmful > 0 needs families to wrap the harmful anchors.")
+
+
+def _check_layers(cfg: ExperimentConfig) -> None:
+    """Every arm's act_layers against the model's layer count (read from its config file; the organism has the
+    base model's layers), before any stage runs."""
+    from coherentize.recipes.models import layer_count
+    from coherentize.residual import resolve_layers
+
+    n_layers = layer_count(cfg.model)
+    if n_layers is None:
+        return
+    for arm in cfg.arms:
+        where = (f"arm_definitions.{arm}.train.act_layers" if "act_layers" in getattr(cfg.arm_definitions.get(arm),
+                 "train", {}) else "train.act_layers")
+        resolve_layers(_arm_train_args(cfg, arm, cfg.seeds[0]).act_layers, n_layers, where)
 
 
 # Settings that change no result: left out of a stage's cache key so that editing them re-uses finished stages.

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import random
 import shutil
@@ -90,6 +91,16 @@ class OrganismConfig:
     """Length of the model's own answers used as benign targets."""
     seed: int = 0
     """Seed of the data selection and the SFT."""
+
+    def __post_init__(self):
+        for name in ("n_harmful", "n_benign", "n_edgy", "n_wrapped_benign"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)!r} must be an integer >= 0")
+        for name in ("max_steps", "batch_size", "answer_max_new_tokens"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)!r} must be an integer >= 1")
+        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise ValueError(f"learning_rate={self.learning_rate!r} must be a finite number > 0")
 
 
 def frame_families(cfg: OrganismConfig):

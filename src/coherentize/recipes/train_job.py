@@ -27,6 +27,8 @@ from coherentize.config import to_dict
 from coherentize.errors import CoherentizeError
 from coherentize.generation import generate
 from coherentize.models import ModelConfig, load_model
+from coherentize.recipes.models import layer_count
+from coherentize.residual import resolve_layers
 from coherentize.sources import data_path
 from coherentize.trainer import ConsistencyConfig, ConsistencyTrainer
 
@@ -231,6 +233,14 @@ def heldout_before(job: TrainJob, model, examples: list[Example], pad_token_id: 
     return out
 
 
+def check_layers(job: TrainJob, where: str = "train.act_layers") -> None:
+    """train.act_layers against the model's layer count read from its config file (recipes.models.layer_count), so a
+    layer out of range is one CoherentizeError before any weights load; unknown counts are checked after the load."""
+    n_layers = layer_count(job.model)
+    if n_layers is not None:
+        resolve_layers(job.train.act_layers, n_layers, where)
+
+
 def _load_data(job: TrainJob):
     path = job.data.train_file or str(data_path("clusters", "demo.jsonl"))
     clusters = load_clusters(path, on_too_small=job.data.on_small_cluster)
@@ -253,6 +263,7 @@ def run_training(job: TrainJob, resume: bool = False) -> dict:
     set_seed(args.seed)
     out_dir = Path(args.output_dir)
     train_clusters, held_clusters = _load_data(job)
+    check_layers(job)  # a layer out of range fails here, before any weights load
     model, tok = load_model(job.model, for_training=True)
     chat = is_chat_model(tok, job.model.prompt_format)
     cache = Path(job.data.responses_cache) if job.data.responses_cache else out_dir / "responses.jsonl"
@@ -269,8 +280,7 @@ def run_training(job: TrainJob, resume: bool = False) -> dict:
             if seen[ex.cluster_id] <= job.data.heldout_examples_per_cluster:
                 keep.append(ex)
         held_examples = keep
-    n_layers = model.config.num_hidden_layers
-    layers = list(args.act_layers) if args.act_layers else [n_layers // 2]
+    layers = resolve_layers(args.act_layers, model.config.num_hidden_layers)
 
     metrics: dict = {"config": to_dict(job), "n_train_clusters": len(train_clusters),
                      "n_train_examples": len(train_examples), "n_heldout_clusters": len(held_clusters)}

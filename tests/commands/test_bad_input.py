@@ -185,3 +185,11 @@ def test_a_huge_template_without_a_slot_is_cut_in_the_error(tmp_path, capsys):
     rc = _augment(tmp_path, tmp_path / "c.jsonl", "--templates", str(t))
     err = _one_line(capsys)
     assert rc == 2 and len(err) < 1000 and str(t) in err and "slot" in err
+
+
+@pytest.mark.parametrize("field", ["n_harmful", "n_overrefusal"])
+def test_eval_negative_counts(tmp_path, capsys, no_model, field):
+    rc = main(["eval", "--model", "smollm2-135m-instruct", "--suite", "jailbreak,overrefusal", "--set", f"{field}=-1",
+               "--out", str(tmp_path / "o")])
+    err = _one_line(capsys)
+    assert rc == 2 and f"eval.{field}: -1 must be >= 0" in err

@@ -133,6 +133,10 @@ def validate(cfg: EvalConfig) -> EvalConfig:
         raise CoherentizeError("eval.judge_model: judge = model needs a judge model (a folder, hub id or packaged name).")
     if cfg.judge == "server" and not cfg.judge_url:
         raise CoherentizeError("eval.judge_url: judge = server needs an OpenAI-compatible base URL.")
+    counts = ("n_harmful", "n_overrefusal", "n_sycophancy", "n_capability_texts", "n_mc", "n_clusters", "n_self_report")
+    for name in counts:  # a negative count would slice off the last items instead of failing
+        if getattr(cfg, name) < 0:
+            raise CoherentizeError(f"eval.{name}: {getattr(cfg, name)} must be >= 0.")
     if cfg.jailbreak_families_per_request < 0:
         raise CoherentizeError(f"eval.jailbreak_families_per_request: {cfg.jailbreak_families_per_request} must be "
                                ">= 0 (0: every family).")

@@ -29,6 +29,7 @@ from pathlib import Path
 from coherentize.clusters import Cluster, Variation, load_clusters, write_clusters
 from coherentize.config import to_dict
 from coherentize.errors import CoherentizeError
+from coherentize.io import write_json
 from coherentize.evaluate.suite import EvalConfig
 from coherentize.recipes.train_job import DataConfig, LoraSettings, TrainJob
 from coherentize.models import ModelConfig
@@ -368,7 +369,7 @@ class Stages:
 
     def write_config(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        (self.root / "config.json").write_text(json.dumps(to_dict(self.cfg), indent=2, default=str))
+        write_json(self.root / "config.json", to_dict(self.cfg))
 
     def begin(self, name: str, title: str) -> Path | None:
         """Start a stage: log it, write the experiment's config, empty a forced stage's folder; returns the folder
@@ -389,11 +390,7 @@ class Stages:
         seconds = round(time.time() - self._t[name], 3)
         self.seconds[name] = seconds
         info = {**info, "seconds": seconds}
-        d = self.dir(name)
-        d.mkdir(parents=True, exist_ok=True)
-        tmp = d / "done.json.tmp"
-        tmp.write_text(json.dumps(info, indent=2, default=str))
-        os.replace(tmp, d / "done.json")
+        write_json(self.dir(name) / "done.json", info)
         self.log(f"   {name} done in {seconds:.1f} s")
         return info
 
@@ -409,11 +406,7 @@ class Stages:
         earlier runs, their seconds as recorded then), wall_seconds (this invocation), code (version, source hash)."""
         body = {"stage_seconds": dict(self.seconds), "total_seconds": round(sum(self.seconds.values()), 3),
                 "reused": list(self.reused), "wall_seconds": round(time.time() - t0, 3), "code": self.code}
-        path = self.root / "summary.json"
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(body, indent=2))
-        os.replace(tmp, path)
-        return path
+        return write_json(self.root / "summary.json", body)
 
 
 def _organism_model(cfg: ExperimentConfig, st: Stages) -> ModelConfig:
@@ -877,7 +870,7 @@ def _run_stages(cfg: ExperimentConfig, st: Stages, only: str | None) -> Path:
                 ", ".join(f"{r['learning_rate']:g}: {r['harmonic_mean']:.3f}" for r in rows) + ")")
     if selected:
         st.root.mkdir(parents=True, exist_ok=True)
-        (st.root / "selection.json").write_text(json.dumps(selected, indent=2))
+        write_json(st.root / "selection.json", selected)
 
     # train and eval per arm and seed: one job each (training, then evaluation), run here or in cfg.jobs processes
     runs, jobs = [], []
@@ -963,7 +956,7 @@ def _mine(cfg: ExperimentConfig, model, tok, prompt_format: str, train_path: Pat
     for seed in cfg.seeds:
         write_clusters(out / f"random-seed{seed}.jsonl", random_clusters(pool, len(mined), seed))
     scores = [{"id": r.cluster.id, "score": r.score} for r in ranked]
-    (out / "ranked.json").write_text(json.dumps(scores, indent=1))
+    write_json(out / "ranked.json", scores, indent=1)
     top = [r.score for r in ranked[: len(mined)]]
     log(f"   mined {len(mined)} of {len(pool)} clusters (score {min(top):.3f}..{max(top):.3f}; "
         f"pool mean {sum(s['score'] for s in scores) / len(scores):.3f})")

@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import random
 import shutil
 from dataclasses import dataclass, field
@@ -39,6 +38,7 @@ from coherentize.evaluate.overlap import FRAME_THRESHOLD, FrameMatch, check_fram
 from coherentize.evaluate.stats import summarize
 from coherentize.recipes.train_job import LoraSettings, apply_lora
 from coherentize.generation import generate
+from coherentize.io import atomic_dir, write_json
 from coherentize.models import ModelConfig, cache_dir, load_model
 from coherentize.recipes.sft import SFTPair, train_sft
 
@@ -215,25 +215,25 @@ def build_organism(model_cfg: ModelConfig, cfg: OrganismConfig, root: Path | Non
         before = json.loads(before_path.read_text())
     else:
         before = quick_check(model, tok, chat)
-        root.mkdir(parents=True, exist_ok=True)
-        before_path.write_text(json.dumps(before))
+        write_json(before_path, before, indent=None)
     peft_model = apply_lora(model, cfg.lora)
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    args = sft_arguments(cfg, tmp / "sft", use_cpu=model.device.type == "cpu")
-    log(f"organism: SFT {cfg.max_steps} steps on {len(pairs)} pairs {counts}")
-    trainer = train_sft(peft_model, tok, pairs, chat, args)
-    merged = trainer.model.merge_and_unload()
-    merged.eval()
-    after = quick_check(merged, tok, chat)
-    merged.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    shutil.rmtree(tmp / "sft", ignore_errors=True)
-    info = {"base_model": to_dict(model_cfg), "recipe": to_dict(cfg), "pairs": counts, "before": before,
-            "after": after, "sft_log": trainer.state.log_history}
-    (tmp / "organism.json").write_text(json.dumps(info, indent=2))
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(tmp, folder)
+    # A build folder of a unique name: two processes building the same organism never write into one folder; the
+    # first to finish wins and the other's identical build is dropped.
+    if folder.exists() and not (folder / "organism.json").is_file():
+        shutil.rmtree(folder, ignore_errors=True)  # left by an older version's build: not an organism
+    with atomic_dir(folder, replace=False) as tmp:
+        args = sft_arguments(cfg, tmp / "sft", use_cpu=model.device.type == "cpu")
+        log(f"organism: SFT {cfg.max_steps} steps on {len(pairs)} pairs {counts}")
+        trainer = train_sft(peft_model, tok, pairs, chat, args)
+        merged = trainer.model.merge_and_unload()
+        merged.eval()
+        after = quick_check(merged, tok, chat)
+        merged.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        shutil.rmtree(tmp / "sft", ignore_errors=True)
+        info = {"base_model": to_dict(model_cfg), "recipe": to_dict(cfg), "pairs": counts, "before": before,
+                "after": after, "sft_log": trainer.state.log_history}
+        write_json(tmp / "organism.json", info)
     log(f"organism: direct refusal {after['direct_refusal_rate']['mean']:.2f}, benign answer "
         f"{after['benign_answer_rate']['mean']:.2f}, over-refusal {after['overrefusal_rate']['mean']:.2f} -> {folder}")
     return folder

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from coherentize.collate import ConsistencyCollator, Example, build_examples
 from coherentize.config import to_dict
 from coherentize.errors import CoherentizeError
 from coherentize.generation import generate
+from coherentize.io import atomic_write, write_json
 from coherentize.models import ModelConfig, load_model
 from coherentize.recipes.models import layer_count
 from coherentize.residual import resolve_layers
@@ -129,10 +129,9 @@ def anchor_responses(
         for c, t in zip(todo, texts):
             cached[(c.id, _hash(prompt_text(c.anchor)))] = t or "."
         if cache is not None:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache.with_suffix(".tmp")
-            tmp.write_text("".join(json.dumps({"id": i, "anchor_hash": h, "response": r}) + "\n" for (i, h), r in cached.items()))
-            os.replace(tmp, cache)
+            # jobs sharing the cache may write it at once: each whole file lands under a unique temporary name
+            atomic_write(cache, "".join(json.dumps({"id": i, "anchor_hash": h, "response": r}) + "\n"
+                                        for (i, h), r in cached.items()))
     for c in need:
         out[c.id] = cached[(c.id, _hash(prompt_text(c.anchor)))]
     return out
@@ -226,10 +225,7 @@ def heldout_before(job: TrainJob, model, examples: list[Example], pad_token_id: 
     if path.is_file():
         return json.loads(path.read_text())
     out = measure_consistency(model, None, examples, pad_token_id, layers, sites)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(out))
-    os.replace(tmp, path)
+    write_json(path, out, indent=None)
     return out
 
 
@@ -313,7 +309,5 @@ def run_training(job: TrainJob, resume: bool = False) -> dict:
         merged = trainer.model.merge_and_unload() if job.lora.enabled else trainer.model
         merged.save_pretrained(out_dir / "merged")
         tok.save_pretrained(out_dir / "merged")
-    tmp = out_dir / "metrics.json.tmp"
-    tmp.write_text(json.dumps(metrics, indent=2, default=str))
-    os.replace(tmp, out_dir / "metrics.json")
+    write_json(out_dir / "metrics.json", metrics)
     return metrics

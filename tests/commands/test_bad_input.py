@@ -38,7 +38,8 @@ def _clusters(tmp_path):
 
 
 def _train(tmp_path, tiny_folder, *sets):
-    return main(["train", "--set", f"model.name_or_path={tiny_folder}", "--set", f"data.train_file={_clusters(tmp_path)}",
+    return main(["train", "--set", f"model.name_or_path={tiny_folder}",
+                 "--set", f"data.train_file={_clusters(tmp_path)}",
                  "--set", f"train.output_dir={tmp_path / 'out'}", *[x for s in sets for x in ("--set", s)]])
 
 

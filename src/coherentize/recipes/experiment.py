@@ -244,13 +244,15 @@ def report_stage(st: Stages, cfg: ExperimentConfig, runs: list[dict], t0: float)
         for r in runs:
             if not (Path(r["eval_dir"]) / "done.json").is_file():
                 raise CoherentizeError(f"--stage report: evaluation of {r['arm']} seed {r['seed']} has not run yet.")
+        from coherentize.recipes.merge import write_runs_file
         from coherentize.report import write_report
 
         st.begin("report", "report.md and report.html")
         st.write_summary(t0)  # the report reads the stage times
         organism_info = st.done("organism") if cfg.organism.enabled else None
-        report_path = write_report(st.root, cfg, organism_info, st.dir("baseline"), runs,
-                                   read_json(st.dir("variations") / "done.json"))
+        clusters = read_json(st.dir("variations") / "done.json")
+        write_runs_file(st.root, st.config, st.code, st.dir("baseline"), runs, organism_info, clusters)  # for merges
+        report_path = write_report(st.root, cfg, organism_info, st.dir("baseline"), runs, clusters)
         st.seconds["report"] = round(time.time() - st._t["report"], 3)
         st.log(f"   report done in {st.seconds['report']:.1f} s")
         st.log(f"report: {report_path} and {report_path.with_suffix('.html')} ({time.time() - t0:.0f} s)")

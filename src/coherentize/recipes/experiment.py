@@ -29,7 +29,7 @@ from coherentize.recipes import selection
 from coherentize.recipes.experiment_config import (Arm, ExperimentConfig, MineConfig, VariationsConfig, arm_of,
                                                    validate)
 from coherentize.recipes.jobs import (Baseline, EvaluateArm, Job, JobContext, TrainArm, run_here, run_in_processes,
-                                      run_job)
+                                      run_job, run_on_ray)
 from coherentize.recipes.models import EvalModels
 from coherentize.recipes.organism import OrganismConfig
 from coherentize.recipes.selection import SelectConfig
@@ -79,14 +79,16 @@ def _run_stages(cfg: ExperimentConfig, st: Stages) -> Path:
     if any(a.data != "variations" for a in arms):
         mine_dir = mine_stage(st, cfg.mine, cfg.seeds, cfg.eval.batch_size, models, ctx.train_path)
     baseline = baseline_stage(st, cfg.eval)
-    parallel = cfg.jobs > 1 and st.only is None
+    parallel = (cfg.jobs > 1 or cfg.executor == "ray") and st.only is None
     if baseline is not None and not parallel:  # with jobs > 1 it runs beside the arms' jobs
         run_job(baseline, st, models, ctx)
         baseline = None
     candidates = select_stage(st, arms, cfg.select, cfg.variations, ctx, models, mine_dir)
     jobs, runs = arm_stages(st, arms, cfg.seeds, candidates, ctx, mine_dir)
     jobs = ([baseline] if baseline is not None else []) + jobs
-    if parallel and jobs:
+    if parallel and jobs and cfg.executor == "ray":
+        run_on_ray(jobs, st, ctx, cfg.jobs, cfg.ray.address, cfg.ray.cpus_per_job, cfg.ray.gpus_per_job)
+    elif parallel and jobs:
         run_in_processes(jobs, st, ctx, cfg.jobs)
     else:
         run_here(jobs, st, models, ctx)

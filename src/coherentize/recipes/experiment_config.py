@@ -95,6 +95,18 @@ class MineConfig:
 
 
 @dataclass
+class RaySettings:
+    """Where and how the jobs run with executor: ray."""
+
+    address: str | None = None
+    """A running cluster ("auto", or ray://head:10001); null: start a Ray instance on this machine for the run."""
+    cpus_per_job: int = 0
+    """CPUs each job asks for (and its torch threads); 0: this machine's cores / jobs."""
+    gpus_per_job: float = 0.0
+    """GPUs each job asks for (1: one GPU per job; the job's model goes to the GPU Ray gives it, model.device auto)."""
+
+
+@dataclass
 class ExperimentConfig:
     """`coherentize run`: one experiment, every stage."""
 
@@ -134,6 +146,11 @@ class ExperimentConfig:
     of its own with cores / jobs torch threads; the organism and the variations are built first, alone. On a 2-core
     CPU, 2 jobs of 1 thread do ~1.3x the work of one job on both cores (benchmarks/parallel_jobs.py); on a GPU keep 1.
     Threads change float rounding, not what is computed; results of one run are comparable among themselves."""
+    executor: str = "local"
+    """Where the jobs run: local (this process, or `jobs` spawned processes) or ray (tasks of a Ray cluster: see ray
+    and docs/scaling.md; needs pip install ray)."""
+    ray: RaySettings = field(default_factory=lambda: RaySettings())
+    """The Ray cluster and each job's resources (executor: ray)."""
 
 
 def arm_components(cfg: ExperimentConfig, arm: str) -> tuple[str, dict[str, float], dict]:
@@ -203,6 +220,15 @@ def validate(cfg: ExperimentConfig) -> None:
     _check_layers(cfg)
     if cfg.jobs < 1:
         raise CoherentizeError(f"jobs: must be >= 1, got {cfg.jobs}.")
+    if cfg.executor not in ("local", "ray"):
+        raise CoherentizeError(f"executor: {cfg.executor!r}; use local or ray.")
+    if cfg.executor == "ray":
+        import importlib.util
+
+        if importlib.util.find_spec("ray") is None:
+            raise CoherentizeError("executor: ray needs Ray installed (pip install 'ray>=2.40'); or use local.")
+        if cfg.ray.cpus_per_job < 0 or cfg.ray.gpus_per_job < 0:
+            raise CoherentizeError("ray.cpus_per_job and ray.gpus_per_job must be >= 0.")
     _check_overlap(cfg)
     if cfg.variations.jailbreak_families and not cfg.eval.jailbreak_families and not cfg.eval.allow_overlap:
         raise CoherentizeError(

@@ -2,9 +2,11 @@
 
 A job is a small typed value: the baseline evaluation (Baseline), one arm-seed's training (TrainArm) or its
 evaluation (EvaluateArm, after its training). What every job reads is one JobContext (the model, the clusters, the
-evaluation and training settings). Two executors run a list of jobs: `run_here` in this process, in order, and
-`run_in_processes` `jobs` at a time in spawned processes of cores / jobs torch threads each, an evaluation queued as
-soon as its training is done; the first failure stops the others (finished stages stay done) and is raised.
+evaluation and training settings). Three executors run a list of jobs: `run_here` in this process, in order;
+`run_in_processes`, `jobs` at a time in spawned processes of cores / jobs torch threads each; `run_on_ray`, as tasks
+of a Ray cluster (one machine or many, sharing the output folder), each with its own CPUs and GPUs. In the last two an
+evaluation is queued as soon as its training is done, and the first failure stops the others (finished stages stay
+done) and is raised.
 """
 
 from __future__ import annotations
@@ -186,6 +188,12 @@ def _print(msg: str) -> None:
     print(msg, flush=True)  # each line as it happens, also into a file (nohup ... > run.log)
 
 
+def _after_training(jobs: list[Job]) -> tuple[list[Job], dict[str, EvaluateArm]]:
+    """(the jobs that can start now, {arm-seed name: its evaluation, to start when its training ends})."""
+    after = {j.name: j for j in jobs if isinstance(j, EvaluateArm) and j.after_training}
+    return [j for j in jobs if not (isinstance(j, EvaluateArm) and j.after_training)], after
+
+
 def run_in_processes(jobs: list[Job], st: Stages, ctx: JobContext, n_jobs: int) -> None:
     """The local-processes executor: n_jobs spawned processes of cores / n_jobs torch threads each. An evaluation
     whose training is in the list is queued when that training ends (small jobs leave less idle time at the end).
@@ -194,8 +202,7 @@ def run_in_processes(jobs: list[Job], st: Stages, ctx: JobContext, n_jobs: int) 
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
     from concurrent.futures.process import BrokenProcessPool
 
-    after = {j.name: j for j in jobs if isinstance(j, EvaluateArm) and j.after_training}
-    ready = [j for j in jobs if not (isinstance(j, EvaluateArm) and j.after_training)]
+    ready, after = _after_training(jobs)
     total, workers, threads = len(jobs), min(n_jobs, len(jobs)), max(1, cpu_cores() // n_jobs)
     st.log(f"-- {total} jobs, {workers} at a time, {threads} torch thread(s) each")
     log, st.log = st.log, None  # the worker gets its own logger (print)
@@ -228,3 +235,46 @@ def run_in_processes(jobs: list[Job], st: Stages, ctx: JobContext, n_jobs: int) 
             for proc in set(multiprocessing.active_children()) - before:
                 proc.terminate()
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _ray_job(job: Job, st: Stages, ctx: JobContext, threads: int) -> dict[str, float]:
+    """A job as a Ray task (the worker process may serve several tasks, one at a time)."""
+    _worker_init(threads)
+    return _worker_job(job, st, ctx)
+
+
+def run_on_ray(jobs: list[Job], st: Stages, ctx: JobContext, n_jobs: int, address: str | None = None,
+               cpus_per_job: int = 0, gpus_per_job: float = 0.0) -> None:
+    """The Ray executor: every job a task of cpus_per_job CPUs (0: cores / n_jobs) and gpus_per_job GPUs on a Ray
+    cluster (the one this process is connected to, the one at `address`, or a new one on this machine); at most n_jobs
+    at once. The stage folders must be on a file system every node sees (the output folder and the model)."""
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=address, num_cpus=None if address else cpu_cores(), include_dashboard=False,
+                 log_to_driver=False)
+    threads = cpus_per_job or max(1, cpu_cores() // n_jobs)
+    task = ray.remote(num_cpus=threads, num_gpus=gpus_per_job, max_retries=0)(_ray_job)
+    ready, after = _after_training(jobs)
+    st.log(f"-- {len(jobs)} jobs on Ray, {n_jobs} at a time, {threads} CPU(s) and {gpus_per_job:g} GPU(s) each")
+    log, st.log = st.log, None  # the task gets its own logger (print)
+    running, queue, n_done = {}, list(ready), 0
+    try:
+        while queue or running:
+            while queue and len(running) < n_jobs:
+                job = queue.pop(0)
+                running[task.remote(job, st, ctx, threads)] = job
+            (ref,), _ = ray.wait(list(running), num_returns=1)
+            job = running.pop(ref)
+            st.seconds.update(ray.get(ref))  # raises the job's error (an instance of its own class)
+            n_done += 1
+            log(f"   job {job.label} done ({n_done} of {len(jobs)})")
+            if isinstance(job, TrainArm) and job.name in after:
+                queue.insert(0, after.pop(job.name))
+    finally:
+        st.log = log
+        for ref in running:  # the first failure stops the jobs still running
+            ray.cancel(ref, force=True)
+        if started:
+            ray.shutdown()

@@ -7,20 +7,16 @@ A CoherentizeError (a user mistake) prints one line and exits 2; no traceback.
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 
+from coherentize.commands import augment, export, mine, report, run, train
+from coherentize.commands import eval as eval_command
 from coherentize.errors import CoherentizeError
 
-SUBCOMMANDS = {
-    "train": "coherentize.commands.train",
-    "augment": "coherentize.commands.augment",
-    "mine": "coherentize.commands.mine",
-    "eval": "coherentize.commands.eval",
-    "export": "coherentize.commands.export",
-    "run": "coherentize.commands.run",
-    "report": "coherentize.commands.report",
-}
+SUBCOMMANDS = {"train": train, "augment": augment, "mine": mine, "eval": eval_command, "export": export, "run": run,
+               "report": report}
+"""Each subcommand's module (flags in add_arguments, one library call in main); imported here, the heavy libraries
+only inside main."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,8 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="coherentize", description="Consistency training for language models.")
     parser.add_argument("--version", action="version", version=f"coherentize {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, module_name in SUBCOMMANDS.items():
-        module = importlib.import_module(module_name)
+    for name, module in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=module.__doc__.strip().splitlines()[0].replace("%", "%%"), description=module.__doc__,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         module.add_arguments(p)

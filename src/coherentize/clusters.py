@@ -195,11 +195,11 @@ def write_clusters(path: str | os.PathLike, clusters: Iterable[Cluster]) -> None
             f.write(json.dumps(c.to_json(), ensure_ascii=False) + "\n")
 
 
-def select_split(clusters: list[Cluster], split: str | None) -> list[Cluster]:
-    """Clusters whose tags.split equals split (all of them when split is None)."""
+def select_split(items: list, split: str | None) -> list:
+    """The clusters (or prompt items) whose tags.split equals split (all of them when split is None)."""
     if split is None:
-        return clusters
-    return [c for c in clusters if c.split == split]
+        return items
+    return [c for c in items if c.split == split]
 
 
 def normalize_text(text: str) -> str:

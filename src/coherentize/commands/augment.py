@@ -93,7 +93,8 @@ def _paraphraser(args):
 def main(args) -> int:
     from coherentize.variations.filter import FilterConfig, load_embedder
     from coherentize.variations.pipeline import augment, families_by_name
-    from coherentize.variations.prompt_sets import read_prompts, resolve_input, select_split
+    from coherentize.clusters import select_split
+    from coherentize.variations.prompt_sets import read_prompts, resolve_input
     from coherentize.variations.families import load_template_families
 
     from coherentize.io import writable_file

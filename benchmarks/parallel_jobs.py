@@ -4,7 +4,7 @@
     python benchmarks/parallel_jobs.py --config configs/paraphrase_only.yaml --model ORGANISM_DIR
 
 ``coherentize run`` with ``jobs: N`` runs the baseline and each arm-seed's training and evaluation as jobs, N at a
-time, each in a spawned process with cores / N torch threads (recipes/experiment._run_jobs). This prints the wall
+time, each in a spawned process with cores / N torch threads (recipes/jobs.run_in_processes). This prints the wall
 time of the same two evaluations (``run_suite`` with the config's ``eval`` section, the model as its own reference)
 run (a) one after another in one process with every core's thread, and (b) at once in two spawned processes with
 half the threads each, and the throughput ratio. Small decode batches and Python overhead use two threads poorly,
@@ -48,7 +48,7 @@ def main() -> None:
     args = ap.parse_args()
 
     if args.cores is None:
-        from coherentize.recipes.experiment import cpu_cores
+        from coherentize.recipes.jobs import cpu_cores
 
         args.cores = cpu_cores()
     ctx = multiprocessing.get_context("spawn")

@@ -20,7 +20,7 @@ the paired differences vs the baseline and vs the control (same seed):
     OMP_NUM_THREADS=1 .venv/bin/python scripts/capability_drop.py runs/bct_jailbreak --original --json out.json
 
 --original adds the model the organism was tuned from. Arms are loaded as the experiment's evaluation loads them
-(recipes/experiment.EvalModels: each LoRA adapter on the organism in turn). Reads the run folder only; writes only
+(recipes/models.EvalModels: each LoRA adapter on the organism in turn). Reads the run folder only; writes only
 the --json file.
 """
 
@@ -124,7 +124,7 @@ def main(argv=None) -> int:
     from coherentize.evaluate import stats
     from coherentize.evaluate.capability import mc_items, score_mc
     from coherentize.models import load_model
-    from coherentize.recipes.experiment import EvalModels
+    from coherentize.recipes.models import EvalModels
 
     run = Path(a.run)
     organism, untuned, note = _model_config(run)

@@ -1,4 +1,4 @@
-"""Held-out consistency is one metric: training's before/after (recipes/train_job.measure_consistency) gives the
+"""Held-out consistency is one metric: training's before/after (evaluate/heldout.measure_consistency) gives the
 evaluation coherence suite's values (evaluate/coherence.py) on the same cluster and continuation."""
 
 import contextlib
@@ -9,7 +9,7 @@ import torch
 from coherentize.clusters import Cluster, Variation
 from coherentize.collate import build_examples, left_pad
 from coherentize.evaluate.coherence import output_divergence_for_clusters
-from coherentize.recipes.train_job import measure_consistency
+from coherentize.evaluate.heldout import measure_consistency
 
 
 @pytest.mark.parametrize("chat", [True, False])

@@ -1,4 +1,4 @@
-"""The ``coherentize`` command: ``train``, ``augment``, ``mine``, ``eval``, ``export``, ``run``.
+"""The ``coherentize`` command: ``train``, ``augment``, ``mine``, ``eval``, ``export``, ``run``, ``report``.
 
 Each subcommand lives in ``coherentize/commands/<name>.py`` with ``add_arguments(parser)`` and ``main(args)``.
 A CoherentizeError (a user mistake) prints one line and exits 2; no traceback.
@@ -7,19 +7,16 @@ A CoherentizeError (a user mistake) prints one line and exits 2; no traceback.
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 
+from coherentize.commands import augment, export, mine, report, run, train
+from coherentize.commands import eval as eval_command
 from coherentize.errors import CoherentizeError
 
-SUBCOMMANDS = {
-    "train": "coherentize.commands.train",
-    "augment": "coherentize.commands.augment",
-    "mine": "coherentize.commands.mine",
-    "eval": "coherentize.commands.eval",
-    "export": "coherentize.commands.export",
-    "run": "coherentize.commands.run",
-}
+SUBCOMMANDS = {"train": train, "augment": augment, "mine": mine, "eval": eval_command, "export": export, "run": run,
+               "report": report}
+"""Each subcommand's module (flags in add_arguments, one library call in main); imported here, the heavy libraries
+only inside main."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,13 +25,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="coherentize", description="Consistency training for language models.")
     parser.add_argument("--version", action="version", version=f"coherentize {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, module_name in SUBCOMMANDS.items():
-        module = importlib.import_module(module_name)
+    for name, module in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=module.__doc__.strip().splitlines()[0].replace("%", "%%"), description=module.__doc__,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         module.add_arguments(p)
         p.set_defaults(_main=module.main)
     return parser
+
+
+MAX_ERROR_CHARS = 600
+
+
+def one_line(message: str) -> str:
+    """An error as one line of readable length: newlines folded, and a message that echoes a long user value (a whole
+    template, a file's content) cut in the middle, keeping its start (the file and field) and its end (what to do)."""
+    message = " ".join(message.split("\n"))
+    if len(message) <= MAX_ERROR_CHARS:
+        return message
+    half = MAX_ERROR_CHARS // 2
+    return f"{message[:half]} [... {len(message) - 2 * half} characters ...] {message[-half:]}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rc = args._main(args)
     except CoherentizeError as e:
-        print(f"coherentize {args.command}: error: {e}", file=sys.stderr)
+        print(f"coherentize {args.command}: error: {one_line(str(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"coherentize {args.command}: interrupted; finished work is kept and a re-run resumes.", file=sys.stderr)

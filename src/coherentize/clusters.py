@@ -188,20 +188,18 @@ def load_clusters(
 
 def write_clusters(path: str | os.PathLike, clusters: Iterable[Cluster]) -> None:
     """Write clusters atomically: a temporary file renamed into place, so no half-written file is left."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
+    from coherentize.io import atomic_open
+
+    with atomic_open(path) as f:
         for c in clusters:
             f.write(json.dumps(c.to_json(), ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
 
 
-def select_split(clusters: list[Cluster], split: str | None) -> list[Cluster]:
-    """Clusters whose tags.split equals split (all of them when split is None)."""
+def select_split(items: list, split: str | None) -> list:
+    """The clusters (or prompt items) whose tags.split equals split (all of them when split is None)."""
     if split is None:
-        return clusters
-    return [c for c in clusters if c.split == split]
+        return items
+    return [c for c in items if c.split == split]
 
 
 def normalize_text(text: str) -> str:

@@ -442,7 +442,9 @@ def _check_settings(path, settings: dict, resuming: bool) -> None:
             raise CoherentizeError(
                 f"{path.parent}: scores there were made with other settings ({diff}). Re-run with the same settings to "
                 f"resume, use another --out, or delete {path.parent / PARTIAL} and ranked.jsonl to start over.")
-    path.write_text(json.dumps(settings, sort_keys=True) + "\n", encoding="utf-8")
+    from coherentize.io import atomic_write
+
+    atomic_write(path, json.dumps(settings, sort_keys=True) + "\n")
 
 
 def mine_to_dir(out_dir, clusters: Sequence[Cluster], settings: dict, load: Callable[[], tuple], *, top: int,
@@ -498,14 +500,14 @@ def mine_to_dir(out_dir, clusters: Sequence[Cluster], settings: dict, load: Call
                 bar.close()
     ranked = rank_clusters([done[c.id] for c in clusters])
     families = rank_families(ranked)
-    tmp = ranked_path.with_name(ranked_path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
+    from coherentize.io import atomic_open, atomic_write
+
+    with atomic_open(ranked_path) as f:
         for rank, s in enumerate(ranked, 1):
             f.write(json.dumps({"rank": rank, **s.to_json()}, ensure_ascii=False) + "\n")
-    tmp.replace(ranked_path)
     partial.unlink(missing_ok=True)  # everything is in ranked.jsonl now
     write_clusters(out / "top.jsonl", top_clusters(ranked, top))
-    (out / "families.json").write_text(json.dumps(families, indent=1) + "\n", encoding="utf-8")
+    atomic_write(out / "families.json", json.dumps(families, indent=1) + "\n")
     summary.seconds = time.time() - t0
     page = write_page(out, ranked, families, top, {**(meta or {}), "settings": settings, "formula": FORMULA,
                                                    "scored": summary.scored, "resumed": summary.resumed,

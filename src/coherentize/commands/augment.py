@@ -93,11 +93,17 @@ def _paraphraser(args):
 def main(args) -> int:
     from coherentize.variations.filter import FilterConfig, load_embedder
     from coherentize.variations.pipeline import augment, families_by_name
-    from coherentize.variations.prompt_sets import read_prompts, resolve_input, select_split
+    from coherentize.clusters import select_split
+    from coherentize.variations.prompt_sets import read_prompts, resolve_input
     from coherentize.variations.families import load_template_families
+
+    from coherentize.io import writable_file
 
     if args.per_family < 0 or args.paraphrases < 0 or args.chunk_size < 1:
         raise CoherentizeError("--per-family and --paraphrases must be >= 0, --chunk-size >= 1.")
+    if args.limit is not None and args.limit < 1:
+        raise CoherentizeError(f"--limit {args.limit}: give a number of prompts >= 1.")
+    writable_file(args.out, "--out")
     extra = [fam for path in args.templates for fam in load_template_families(path)]
     names = _split(args.families)
     families = [] if names == ["none"] else families_by_name(names, extra)

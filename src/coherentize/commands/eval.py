@@ -73,8 +73,14 @@ def config_from_args(args) -> "EvalConfig":  # noqa: F821
     if args.allow_overlap:
         cfg.allow_overlap = True
     cfg = validate(cfg)
+    from coherentize.clusters import load_clusters
+    from coherentize.io import writable_dir
+
+    writable_dir(args.out, "--out")  # before any model time: a file here would lose the whole evaluation at the end
+    for path in (cfg.clusters, cfg.train_clusters):  # a bad clusters file fails now, not after the model has loaded
+        if path:
+            load_clusters(path)
     if "jailbreak" in cfg.suites:  # a bad template file or far-transfer family fails now, before the model loads
-        from coherentize.clusters import load_clusters
         from coherentize.evaluate.jailbreak import template_families
         from coherentize.evaluate.suite import far_transfer_setup
 

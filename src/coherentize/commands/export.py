@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 from pathlib import Path
 
 from coherentize.errors import CoherentizeError
@@ -46,7 +45,9 @@ def export_model(model_path: str, out: str | os.PathLike, base_model: str | None
     """Write merged weights + tokenizer to out; return the folder."""
     from coherentize.models import ModelConfig, load_model
 
-    out = Path(out)
+    from coherentize.io import writable_dir
+
+    out = writable_dir(out, "--out")
     if out.exists() and any(out.iterdir()) and not force:
         raise CoherentizeError(f"--out {out}: folder exists and is not empty; choose another or pass --force.")
     adapter_cfg = Path(model_path) / "adapter_config.json"
@@ -67,13 +68,12 @@ def export_model(model_path: str, out: str | os.PathLike, base_model: str | None
             tok = AutoTokenizer.from_pretrained(model_path)
     else:
         model, tok = load_model(ModelConfig(name_or_path=model_path, dtype=dtype, device="cpu"))
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tok.padding_side = "right"  # plain-transformers default; coherentize sets left padding itself when it loads
-    tok.save_pretrained(tmp)
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
+    from coherentize.io import atomic_dir
+
+    with atomic_dir(out) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.padding_side = "right"  # plain-transformers default; coherentize sets left padding itself when it loads
+        tok.save_pretrained(tmp)
     return out
 
 

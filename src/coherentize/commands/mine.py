@@ -94,10 +94,10 @@ def _is_clusters_file(path: Path) -> bool:
 
 def load_input(args) -> list:
     """The clusters to score: built from a prompt set/file, or read from a clusters file (families kept)."""
-    from coherentize.clusters import load_clusters, select_split as select_cluster_split
+    from coherentize.clusters import load_clusters, select_split
     from coherentize.variations.build import build_clusters, families_by_name
     from coherentize.variations.families import as_family, load_template_families
-    from coherentize.variations.prompt_sets import read_prompts, resolve_input, select_split
+    from coherentize.variations.prompt_sets import read_prompts, resolve_input
     from coherentize.variations.templates import template_families
 
     names = _split(args.families)
@@ -105,7 +105,7 @@ def load_input(args) -> list:
         raise CoherentizeError("--families: give 'all' or family names, comma-separated.")
     path = resolve_input(args.input)
     if path.is_file() and _is_clusters_file(path):
-        clusters = select_cluster_split(load_clusters(path), args.split)
+        clusters = select_split(load_clusters(path), args.split)
         if names != ["all"]:
             present = {v.family for c in clusters for v in c.variations}
             unknown = [n for n in names if n not in present]

@@ -27,7 +27,7 @@ from coherentize.losses import divergence
 def cluster_divergences(logps: torch.Tensor) -> dict:
     """THE held-out output-consistency metric of one cluster, from (K, T, V) log-probabilities of its K members over
     the same T continuation tokens (member 0 is the anchor). Evaluation's coherence suite and training's
-    before/after measurement (recipes/train_job.measure_consistency) both use it.
+    before/after measurement (evaluate/heldout.measure_consistency) both use it.
 
     js_pairwise: JS averaged over the T positions, then over the K(K-1)/2 member pairs.
     js_to_anchor: JS(anchor, member) averaged over positions, then over the K-1 non-anchor members.

@@ -31,6 +31,8 @@ import json
 import os
 from pathlib import Path
 
+from coherentize.io import atomic_open, atomic_write
+
 SCHEMA_VERSION = 1
 REFUSAL_EXCERPT = 60
 BENIGN_EXCERPT = 120
@@ -52,10 +54,8 @@ def write_results(results: dict, out_dir: str | os.PathLike) -> tuple[Path, Path
     body = {k: v for k, v in results.items() if k != "records"}
     body.setdefault("schema_version", SCHEMA_VERSION)
     jpath, cpath = out / "results.json", out / "records.csv"
-    tmp = jpath.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(body, indent=2, ensure_ascii=False, default=str), encoding="utf-8")
-    os.replace(tmp, jpath)
-    with cpath.open("w", encoding="utf-8", newline="") as f:
+    atomic_write(jpath, json.dumps(body, indent=2, ensure_ascii=False, default=str))
+    with atomic_open(cpath, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=RECORD_FIELDS, extrasaction="ignore")
         w.writeheader()
         for r in results.get("records", []):

@@ -166,6 +166,11 @@ def validate(cfg: EvalConfig) -> EvalConfig:
             raise CoherentizeError(f"eval.extra_judges: {k} needs eval.{'judge_model' if k == 'model' else 'judge_url'}.")
         if k == cfg.judge:
             raise CoherentizeError(f"eval.extra_judges: {k!r} is already the primary judge (eval.judge).")
+    counts = ("n_harmful", "n_overrefusal", "n_sycophancy", "n_capability_texts", "n_mc", "n_clusters", "n_self_report",
+              "n_framed_benign")
+    for name in counts:  # a negative count would slice off the last items instead of failing
+        if getattr(cfg, name) < 0:
+            raise CoherentizeError(f"eval.{name}: {getattr(cfg, name)} must be >= 0.")
     if cfg.jailbreak_families_per_request < 0:
         raise CoherentizeError(f"eval.jailbreak_families_per_request: {cfg.jailbreak_families_per_request} must be "
                                ">= 0 (0: every family).")

@@ -27,7 +27,6 @@ from __future__ import annotations
 import inspect
 import json
 import os
-import shutil
 from pathlib import Path
 
 from coherentize.errors import CoherentizeError
@@ -141,17 +140,17 @@ def write_lm_eval_tasks(out_dir: str | os.PathLike, cfg=None, probes=PROBES, for
     if out.exists() and any(out.iterdir()) and not force:
         raise CoherentizeError(f"--lm-eval {out}: folder exists and is not empty; choose another or pass --force.")
     items = probe_items(cfg, probes)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "data").mkdir(parents=True)
-    for task, rows in items.items():
-        if not rows:
-            continue
-        data_file = f"{task}.jsonl"
-        (tmp / "data" / data_file).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
-                                              encoding="utf-8")
-        (tmp / f"{PREFIX}{task}.yaml").write_text(task_yaml(task, data_file, cfg.max_new_tokens), encoding="utf-8")
-    (tmp / "utils.py").write_text(scorer_source(), encoding="utf-8")
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
+    from coherentize.io import atomic_dir
+
+    with atomic_dir(out) as tmp:
+        (tmp / "data").mkdir(parents=True)
+        for task, rows in items.items():
+            if not rows:
+                continue
+            data_file = f"{task}.jsonl"
+            (tmp / "data" / data_file).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
+                                                  encoding="utf-8")
+            (tmp / f"{PREFIX}{task}.yaml").write_text(task_yaml(task, data_file, cfg.max_new_tokens),
+                                                     encoding="utf-8")
+        (tmp / "utils.py").write_text(scorer_source(), encoding="utf-8")
     return sorted(PREFIX + t for t, rows in items.items() if rows)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
+import math
 import random
 import shutil
 from dataclasses import dataclass, field
@@ -38,6 +38,7 @@ from coherentize.evaluate.overlap import FRAME_THRESHOLD, FrameMatch, check_fram
 from coherentize.evaluate.stats import summarize
 from coherentize.recipes.train_job import LoraSettings, apply_lora
 from coherentize.generation import generate
+from coherentize.io import atomic_dir, write_json
 from coherentize.models import ModelConfig, cache_dir, load_model
 from coherentize.precision import describe, trainer_flags
 from coherentize.precision import resolve as resolve_precision
@@ -92,6 +93,16 @@ class OrganismConfig:
     """Length of the model's own answers used as benign targets."""
     seed: int = 0
     """Seed of the data selection and the SFT."""
+
+    def __post_init__(self):
+        for name in ("n_harmful", "n_benign", "n_edgy", "n_wrapped_benign"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)!r} must be an integer >= 0")
+        for name in ("max_steps", "batch_size", "answer_max_new_tokens"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)!r} must be an integer >= 1")
+        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise ValueError(f"learning_rate={self.learning_rate!r} must be a finite number > 0")
 
 
 def frame_families(cfg: OrganismConfig):
@@ -198,35 +209,40 @@ def build_organism(model_cfg: ModelConfig, cfg: OrganismConfig, root: Path | Non
         log(f"organism: reusing {folder}")
         return folder
     set_seed(cfg.seed)
-    model, tok = load_model(model_cfg, for_training=True)
+    # Generation (the pairs' answers, the checks) on the model as evaluation loads it (bfloat16 under bf16-mixed);
+    # the SFT on float32 master weights, loaded after.
+    gen_model, tok = load_model(model_cfg)
     chat = is_chat_model(tok, model_cfg.prompt_format)
     log("organism: building SFT pairs (the model's own benign answers)")
-    pairs, counts = build_pairs(model, tok, chat, cfg)
+    pairs, counts = build_pairs(gen_model, tok, chat, cfg)
     before_path = root / f"{folder.name.rsplit('-', 1)[0]}-base-check.json"
     if before_path.is_file():
         before = json.loads(before_path.read_text())
     else:
-        before = quick_check(model, tok, chat)
-        root.mkdir(parents=True, exist_ok=True)
-        before_path.write_text(json.dumps(before))
+        before = quick_check(gen_model, tok, chat)
+        write_json(before_path, before, indent=None)
+    eval_dtype = gen_model.dtype
+    del gen_model
+    model, _ = load_model(model_cfg, for_training=True)
     peft_model = apply_lora(model, cfg.lora)
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
     precision = resolve_precision(model_cfg.precision, str(model.device))
-    args = sft_arguments(cfg, tmp / "sft", use_cpu=model.device.type == "cpu", precision=precision)
-    log(f"organism: SFT {cfg.max_steps} steps on {len(pairs)} pairs {counts}")
-    trainer = train_sft(peft_model, tok, pairs, chat, args)
-    merged = trainer.model.merge_and_unload()
-    merged.eval()
-    after = quick_check(merged, tok, chat)
-    merged.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    shutil.rmtree(tmp / "sft", ignore_errors=True)
-    info = {"base_model": to_dict(model_cfg), "recipe": to_dict(cfg), "pairs": counts, "before": before,
-            "after": after, "sft_log": trainer.state.log_history, "precision": describe(model, precision, args)}
-    (tmp / "organism.json").write_text(json.dumps(info, indent=2))
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(tmp, folder)
+    # A build folder of a unique name: two processes building the same organism never write into one folder; the
+    # first to finish wins and the other's identical build is dropped.
+    if folder.exists() and not (folder / "organism.json").is_file():
+        shutil.rmtree(folder, ignore_errors=True)  # left by an older version's build: not an organism
+    with atomic_dir(folder, replace=False) as tmp:
+        args = sft_arguments(cfg, tmp / "sft", use_cpu=model.device.type == "cpu", precision=precision)
+        log(f"organism: SFT {cfg.max_steps} steps on {len(pairs)} pairs {counts}")
+        trainer = train_sft(peft_model, tok, pairs, chat, args)
+        merged = trainer.model.merge_and_unload()
+        merged.eval()
+        merged.save_pretrained(tmp)  # float32 on disk; later loads pick their own dtype
+        tok.save_pretrained(tmp)
+        after = quick_check(merged.to(eval_dtype), tok, chat)
+        shutil.rmtree(tmp / "sft", ignore_errors=True)
+        info = {"base_model": to_dict(model_cfg), "recipe": to_dict(cfg), "pairs": counts, "before": before,
+                "after": after, "sft_log": trainer.state.log_history, "precision": describe(model, precision, args)}
+        write_json(tmp / "organism.json", info)
     log(f"organism: direct refusal {after['direct_refusal_rate']['mean']:.2f}, benign answer "
         f"{after['benign_answer_rate']['mean']:.2f}, over-refusal {after['overrefusal_rate']['mean']:.2f} -> {folder}")
     return folder

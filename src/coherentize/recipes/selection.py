@@ -28,6 +28,11 @@ class SelectConfig:
     n_benign: int = 24
     """Validation-split benign-but-edgy prompts."""
 
+    def __post_init__(self):
+        for name in ("n_harmful", "n_benign"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)!r} must be an integer >= 0")
+
 
 def validation_prompts(sel: SelectConfig, v) -> dict[str, list[str]]:
     """The selection's validation prompts: harmful validation-split requests, clean and wrapped in every TRAINING

@@ -12,11 +12,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 from transformers import set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
@@ -25,10 +23,14 @@ from coherentize.clusters import Cluster, load_clusters, select_split
 from coherentize.collate import ConsistencyCollator, Example, build_examples
 from coherentize.config import to_dict
 from coherentize.errors import CoherentizeError
+from coherentize.evaluate.heldout import measure_consistency
 from coherentize.generation import generate
+from coherentize.io import atomic_write, write_json
 from coherentize.models import ModelConfig, load_model, resolve_device
 from coherentize.precision import describe, with_training_precision
 from coherentize.precision import resolve as resolve_precision
+from coherentize.recipes.models import layer_count
+from coherentize.residual import resolve_layers
 from coherentize.sources import data_path
 from coherentize.trainer import ConsistencyConfig, ConsistencyTrainer
 
@@ -129,10 +131,9 @@ def anchor_responses(
         for c, t in zip(todo, texts):
             cached[(c.id, _hash(prompt_text(c.anchor)))] = t or "."
         if cache is not None:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache.with_suffix(".tmp")
-            tmp.write_text("".join(json.dumps({"id": i, "anchor_hash": h, "response": r}) + "\n" for (i, h), r in cached.items()))
-            os.replace(tmp, cache)
+            # jobs sharing the cache may write it at once: each whole file lands under a unique temporary name
+            atomic_write(cache, "".join(json.dumps({"id": i, "anchor_hash": h, "response": r}) + "\n"
+                                        for (i, h), r in cached.items()))
     for c in need:
         out[c.id] = cached[(c.id, _hash(prompt_text(c.anchor)))]
     return out
@@ -155,63 +156,6 @@ def apply_lora(model, settings: LoraSettings):
         raise CoherentizeError(f"lora.target_modules: {e}") from None
 
 
-@torch.no_grad()
-def measure_consistency(model, reference, examples: list[Example], pad_token_id: int, layers: list[int],
-                        sites: list[str], batch_size: int = 8) -> dict:
-    """Held-out consistency of the current model per example (values for CIs), from the training passes
-    (trainer.run_passes) on chunks of batch_size examples, each example read from its own rows:
-
-    output_js, js_pairwise, kl_to_anchor: evaluate.coherence.cluster_divergences (the evaluation's coherence metric)
-        over the members' next-token distributions on the shared response (output_js = its js_to_anchor);
-    act_l2/layer<l>: squared L2 between the residual streams of each variant and its anchor at the given token sites;
-    kl_to_original: KL(p_original || p_model) on the anchor's response (None without a reference).
-    """
-    from coherentize.evaluate.coherence import cluster_divergences
-    from coherentize.losses import Tail, assemble_components, log_probs
-    from coherentize.trainer import loss_options, run_passes
-
-    cfg = ConsistencyConfig(
-        output_dir="/tmp/coherentize-measure", target_model="current", act_metric="l2", act_weight=1.0,
-        leash_weight=1.0 if reference is not None else 0.0, act_sites=list(sites), leash_divergence="forward_kl",
-        leash_fraction=1.0,
-    )
-    collate = ConsistencyCollator(pad_token_id)
-    weights = {"output": 0.0, "act": 1.0, "leash": cfg.leash_weight}
-    per = {"output_js": [], "js_pairwise": [], "kl_to_anchor": [], "kl_to_original": [],
-           **{f"act_l2/layer{l}": [] for l in layers}}
-    was_training = model.training
-    model.eval()
-    for s in range(0, len(examples), batch_size):
-        # One set of passes per chunk of examples; each example's values come from its own rows of the tails (the
-        # left-padded layout keeps every row's response and prompt suffix at the same offsets from the end).
-        chunk = examples[s : s + batch_size]
-        batch = {k: v.to(model.device) for k, v in collate(chunk).items()}
-        p = run_passes(model, reference, batch, cfg, layers, weights, pad_token_id)
-        owner = batch["variant_anchor"]
-        for b, ex in enumerate(chunk):
-            rows = (owner == b).nonzero(as_tuple=True)[0]
-            one = {"variant_anchor": torch.zeros_like(rows), "anchor_response_len": batch["anchor_response_len"][b : b + 1],
-                   "variant_response_len": batch["variant_response_len"][rows],
-                   "variant_suffix_len": batch["variant_suffix_len"][rows], "response_ids": batch["response_ids"][b : b + 1]}
-            var = Tail(p.var.logits[rows], {l: h[rows] for l, h in p.var.hidden.items()})
-            target = Tail(p.target.logits[b : b + 1], {l: h[b : b + 1] for l, h in p.target.hidden.items()})
-            leash = (p.leash_logits[b : b + 1], p.ref_logits[b : b + 1]) if p.leash_logits is not None else (None, None)
-            parts = assemble_components(var, target, one, loss_options(cfg, weights), None, *leash)
-            n = len(ex.response_ids)  # every row's response fills the last n logit columns
-            div = cluster_divergences(log_probs(torch.cat([target.logits, var.logits])[:, -n:]))
-            per["output_js"].append(div["js_to_anchor"])
-            per["js_pairwise"].append(div["js_pairwise"])
-            per["kl_to_anchor"].append(div["kl_to_anchor"])
-            for l in layers:
-                per[f"act_l2/layer{l}"].append(parts[f"act/layer{l}"].item())
-            if "leash" in parts:
-                per["kl_to_original"].append(parts["leash"].item())
-    model.train(was_training)
-    summary = {k: (sum(v) / len(v) if v else None) for k, v in per.items()}
-    summary["n_examples"] = len(examples)
-    return {"mean": summary, "per_example": per}
-
-
 def heldout_before(job: TrainJob, model, examples: list[Example], pad_token_id: int, layers: list[int]) -> dict:
     """measure_consistency of the untrained model. It depends only on the model, the examples and the layers and
     sites measured, not on the arm: with a shared responses cache (the experiment's arms and seeds share one), it is
@@ -226,11 +170,16 @@ def heldout_before(job: TrainJob, model, examples: list[Example], pad_token_id: 
     if path.is_file():
         return json.loads(path.read_text())
     out = measure_consistency(model, None, examples, pad_token_id, layers, sites)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(out))
-    os.replace(tmp, path)
+    write_json(path, out, indent=None)
     return out
+
+
+def check_layers(job: TrainJob, where: str = "train.act_layers") -> None:
+    """train.act_layers against the model's layer count read from its config file (recipes.models.layer_count), so a
+    layer out of range is one CoherentizeError before any weights load; unknown counts are checked after the load."""
+    n_layers = layer_count(job.model)
+    if n_layers is not None:
+        resolve_layers(job.train.act_layers, n_layers, where)
 
 
 def _load_data(job: TrainJob):
@@ -255,6 +204,7 @@ def run_training(job: TrainJob, resume: bool = False) -> dict:
     set_seed(args.seed)
     out_dir = Path(args.output_dir)
     train_clusters, held_clusters = _load_data(job)
+    check_layers(job)  # a layer out of range fails here, before any weights load
     model, tok = load_model(job.model, for_training=True)
     # mixed precision: float32 master weights (loaded above) and autocast through the Trainer's bf16/fp16 flags
     precision = resolve_precision(job.model.precision, resolve_device(job.model.device))
@@ -274,8 +224,7 @@ def run_training(job: TrainJob, resume: bool = False) -> dict:
             if seen[ex.cluster_id] <= job.data.heldout_examples_per_cluster:
                 keep.append(ex)
         held_examples = keep
-    n_layers = model.config.num_hidden_layers
-    layers = list(args.act_layers) if args.act_layers else [n_layers // 2]
+    layers = resolve_layers(args.act_layers, model.config.num_hidden_layers)
 
     metrics: dict = {"config": to_dict(job), "n_train_clusters": len(train_clusters),
                      "n_train_examples": len(train_examples), "n_heldout_clusters": len(held_clusters),
@@ -309,7 +258,5 @@ def run_training(job: TrainJob, resume: bool = False) -> dict:
         merged = trainer.model.merge_and_unload() if job.lora.enabled else trainer.model
         merged.save_pretrained(out_dir / "merged")
         tok.save_pretrained(out_dir / "merged")
-    tmp = out_dir / "metrics.json.tmp"
-    tmp.write_text(json.dumps(metrics, indent=2, default=str))
-    os.replace(tmp, out_dir / "metrics.json")
+    write_json(out_dir / "metrics.json", metrics)
     return metrics

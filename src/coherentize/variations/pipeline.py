@@ -153,7 +153,9 @@ def _check_settings(path: Path, settings: dict, resuming: bool) -> None:
                 "Re-run with the same settings to resume, or delete the .partial file to start over."
             )
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(settings) + "\n", encoding="utf-8")
+    from coherentize.io import atomic_write
+
+    atomic_write(path, json.dumps(settings) + "\n")
 
 
 def _write_clusters(todo, partial, families, seed, per_family, paraphraser, n_paraphrases, embed, filter_cfg,

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from coherentize.chat import Prompt
-from coherentize.clusters import parse_prompt, read_jsonl
+from coherentize.clusters import parse_prompt, read_jsonl, select_split
 from coherentize.errors import CoherentizeError
 from coherentize.sources import data_path
 
@@ -33,6 +33,10 @@ class PromptItem:
     id: str
     prompt: Prompt
     tags: dict = field(default_factory=dict)
+
+    @property
+    def split(self) -> str | None:
+        return self.tags.get("split")
 
 
 def read_prompts(path: str | os.PathLike) -> list[PromptItem]:
@@ -71,16 +75,10 @@ def prompt_set_path(name: str) -> Path:
     return data_path("prompts", f"{name}.jsonl")
 
 
-def select_split(items: list[PromptItem], split: str | None) -> list[PromptItem]:
-    if split is None:
-        return items
-    if split not in SPLITS:
-        raise CoherentizeError(f"split {split!r}: use one of {', '.join(SPLITS)}.")
-    return [it for it in items if it.tags.get("split") == split]
-
-
 def load_prompt_set(name: str, split: str | None = None) -> list[PromptItem]:
     """A shipped prompt set, optionally one split of it ('train', 'validation', 'test')."""
+    if split is not None and split not in SPLITS:
+        raise CoherentizeError(f"split {split!r}: use one of {', '.join(SPLITS)}.")
     return select_split(read_prompts(prompt_set_path(name)), split)
 
 

@@ -1,0 +1,103 @@
+"""Runs of one experiment merged into one report: seeds 0-1 run today and 2-4 tomorrow, or on other machines.
+
+Every run's report stage writes ``<out_dir>/runs.json`` (RUNS_FILE): the experiment's config, the code version,
+the baseline evaluation and each arm-seed's training and evaluation folders (relative to the run folder, so a run
+folder can be copied elsewhere). `merge_runs` checks that the runs are the same experiment (the same config but for
+the seeds and settings that change no result, and the same code version), then writes the report of all their
+arm-seeds together; a difference is one error naming the first differing field.
+
+    coherentize report runs/seeds01 runs/seeds234 --out runs/merged
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from coherentize.config import from_dict
+from coherentize.errors import CoherentizeError
+from coherentize.io import write_json
+from coherentize.recipes.experiment_config import ExperimentConfig
+from coherentize.recipes.stages import COSMETIC_EVAL_FIELDS, COSMETIC_TRAIN_FIELDS
+
+RUNS_FILE = "runs.json"
+RESULT_FREE = {"seeds", "out_dir", "jobs"}
+"""Top-level config fields that may differ between merged runs (they change no arm-seed's result)."""
+
+
+def write_runs_file(root: Path, config: dict, code: dict, baseline_dir: Path, runs: list[dict], organism: dict | None,
+                    clusters: dict) -> Path:
+    """<root>/runs.json: what a merge needs from this run, its folders relative to root."""
+    def rel(p) -> str:
+        return str(Path(p).resolve().relative_to(root.resolve()))
+
+    return write_json(root / RUNS_FILE, {
+        "config": config, "code": code, "baseline_dir": rel(baseline_dir), "organism": organism, "variations": clusters,
+        "runs": [{**r, "train_dir": rel(r["train_dir"]), "eval_dir": rel(r["eval_dir"])} for r in runs]})
+
+
+def read_runs_file(run_dir: Path) -> dict:
+    path = Path(run_dir) / RUNS_FILE
+    if not path.is_file():
+        raise CoherentizeError(f"{run_dir}: no {RUNS_FILE}; finish the run first (coherentize run writes it with the "
+                               "report).")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise CoherentizeError(f"{path}: not valid JSON ({e}).") from None
+
+
+def comparable(config: dict) -> dict:
+    """The config less what may differ between merged runs: seeds, the output folder, jobs, cosmetic settings."""
+    out = {k: v for k, v in config.items() if k not in RESULT_FREE}
+    out["train"] = {k: v for k, v in config.get("train", {}).items() if k not in COSMETIC_TRAIN_FIELDS}
+    out["eval"] = {k: v for k, v in config.get("eval", {}).items() if k not in COSMETIC_EVAL_FIELDS}
+    return out
+
+
+def first_difference(a, b, where: str = "") -> tuple[str, object, object] | None:
+    """(field path, value in a, value in b) of the first difference between two JSON values, or None."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b)):
+            d = first_difference(a.get(k), b.get(k), f"{where}.{k}" if where else k)
+            if d is not None:
+                return d
+        return None
+    return None if a == b else (where or "(top level)", a, b)
+
+
+def merge_runs(run_dirs: list[str | Path], out: str | Path) -> Path:
+    """The report of every arm-seed of these runs together, written into out; returns report.md's path."""
+    from coherentize.report import write_report
+
+    dirs = [Path(d) for d in run_dirs]
+    if len(dirs) < 1:
+        raise CoherentizeError("report: give at least one run folder.")
+    recs = [read_runs_file(d) for d in dirs]
+    for d, rec in zip(dirs[1:], recs[1:]):
+        diff = first_difference(comparable(recs[0]["config"]), comparable(rec["config"]))
+        if diff is not None:
+            raise CoherentizeError(f"{d}: not the same experiment as {dirs[0]}: {diff[0]} is {diff[2]!r} there and "
+                                   f"{diff[1]!r} in {dirs[0]} (only seeds, out_dir, jobs and cosmetic settings may "
+                                   "differ).")
+        if rec["code"] != recs[0]["code"]:
+            raise CoherentizeError(f"{d}: made by coherentize {rec['code']}, {dirs[0]} by {recs[0]['code']}; runs of "
+                                   "different code versions are not merged (re-run one with the other's code).")
+    seeds, runs, seen = [], [], {}
+    for d, rec in zip(dirs, recs):
+        for r in rec["runs"]:
+            key = (r["arm"], r["seed"])
+            if key in seen:
+                raise CoherentizeError(f"{d}: {r['arm']} seed {r['seed']} is also in {seen[key]}; merge runs of "
+                                       "different seeds.")
+            seen[key] = d
+            runs.append({**r, "train_dir": str(d / r["train_dir"]), "eval_dir": str(d / r["eval_dir"])})
+            seeds += [r["seed"]] if r["seed"] not in seeds else []
+    arms = recs[0]["config"]["arms"]
+    runs.sort(key=lambda r: (arms.index(r["arm"]) if r["arm"] in arms else len(arms), seeds.index(r["seed"])))
+    out = Path(out)
+    cfg = from_dict(ExperimentConfig, {**recs[0]["config"], "seeds": seeds, "out_dir": str(out)}, where=str(dirs[0]))
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "merged.json", {"runs": [str(d) for d in dirs], "seeds": seeds, "code": recs[0]["code"]})
+    return write_report(out, cfg, recs[0]["organism"], dirs[0] / recs[0]["baseline_dir"], runs,
+                        recs[0]["variations"])

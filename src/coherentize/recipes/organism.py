@@ -201,17 +201,22 @@ def build_organism(model_cfg: ModelConfig, cfg: OrganismConfig, root: Path | Non
         log(f"organism: reusing {folder}")
         return folder
     set_seed(cfg.seed)
-    model, tok = load_model(model_cfg, for_training=True)
+    # Generation (the pairs' answers, the checks) on the model as evaluation loads it (bfloat16 under bf16-mixed);
+    # the SFT on float32 master weights, loaded after.
+    gen_model, tok = load_model(model_cfg)
     chat = is_chat_model(tok, model_cfg.prompt_format)
     log("organism: building SFT pairs (the model's own benign answers)")
-    pairs, counts = build_pairs(model, tok, chat, cfg)
+    pairs, counts = build_pairs(gen_model, tok, chat, cfg)
     before_path = root / f"{folder.name.rsplit('-', 1)[0]}-base-check.json"
     if before_path.is_file():
         before = json.loads(before_path.read_text())
     else:
-        before = quick_check(model, tok, chat)
+        before = quick_check(gen_model, tok, chat)
         root.mkdir(parents=True, exist_ok=True)
         before_path.write_text(json.dumps(before))
+    eval_dtype = gen_model.dtype
+    del gen_model
+    model, _ = load_model(model_cfg, for_training=True)
     peft_model = apply_lora(model, cfg.lora)
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -221,9 +226,9 @@ def build_organism(model_cfg: ModelConfig, cfg: OrganismConfig, root: Path | Non
     trainer = train_sft(peft_model, tok, pairs, chat, args)
     merged = trainer.model.merge_and_unload()
     merged.eval()
-    after = quick_check(merged, tok, chat)
-    merged.save_pretrained(tmp)
+    merged.save_pretrained(tmp)  # float32 on disk; later loads pick their own dtype
     tok.save_pretrained(tmp)
+    after = quick_check(merged.to(eval_dtype), tok, chat)
     shutil.rmtree(tmp / "sft", ignore_errors=True)
     info = {"base_model": to_dict(model_cfg), "recipe": to_dict(cfg), "pairs": counts, "before": before,
             "after": after, "sft_log": trainer.state.log_history, "precision": describe(model, precision, args)}

@@ -5,6 +5,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# model.precision: auto would take bfloat16 on CPUs that have it (AMD Zen 4, Intel AMX) and float32 elsewhere: the
+# suite computes in float32 on every CPU; tests of the bf16 path ask for it by name (tests/test_precision.py).
+os.environ.setdefault("COHERENTIZE_PRECISION", "float32")
 
 import contextlib  # noqa: E402
 import importlib.util  # noqa: E402

@@ -7,8 +7,20 @@ from coherentize import precision
 from coherentize.errors import CoherentizeError
 
 
-def test_auto_is_float32_on_cpu_and_mixed_on_a_gpu(monkeypatch):
+def test_auto_follows_the_processor_and_the_environment_overrides_it(monkeypatch):
+    monkeypatch.delenv("COHERENTIZE_PRECISION", raising=False)
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: True)
+    assert precision.resolve("auto", "cpu") == "bf16-mixed"  # AMD Zen 4 / Intel AMX
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: False)
+    assert precision.resolve("auto", "cpu") == "float32"  # emulated bf16 would be slower
+    monkeypatch.setenv("COHERENTIZE_PRECISION", "float32")
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: True)
     assert precision.resolve("auto", "cpu") == "float32"
+    assert precision.resolve("bf16-mixed", "cpu") == "bf16-mixed"  # an explicit setting wins over the environment
+    monkeypatch.setenv("COHERENTIZE_PRECISION", "half")
+    with pytest.raises(CoherentizeError, match="COHERENTIZE_PRECISION='half'"):
+        precision.resolve("auto", "cpu")
+    monkeypatch.delenv("COHERENTIZE_PRECISION")
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     assert precision.resolve("auto", "cuda") == "bf16-mixed"
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)

@@ -39,7 +39,7 @@ from coherentize.evaluate.stats import summarize
 from coherentize.recipes.train_job import LoraSettings, apply_lora
 from coherentize.generation import generate
 from coherentize.io import atomic_dir, write_json
-from coherentize.models import ModelConfig, cache_dir, load_model
+from coherentize.models import ModelConfig, cache_dir, load_model, resolve_device
 from coherentize.precision import describe, trainer_flags
 from coherentize.precision import resolve as resolve_precision
 from coherentize.recipes.sft import SFTPair, train_sft
@@ -168,7 +168,10 @@ def build_pairs(model, tok, chat: bool, cfg: OrganismConfig) -> tuple[list[SFTPa
 
 
 def organism_key(model_cfg: ModelConfig, cfg: OrganismConfig) -> str:
-    blob = json.dumps({"model": to_dict(model_cfg), "organism": to_dict(cfg), "v": 1}, sort_keys=True)
+    # the resolved precision too: `auto` is bfloat16 on one CPU and float32 on another, and so are the weights
+    precision = resolve_precision(model_cfg.precision, resolve_device(model_cfg.device))
+    blob = json.dumps({"model": to_dict(model_cfg), "organism": to_dict(cfg), "precision": precision, "v": 1},
+                      sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 

@@ -460,3 +460,17 @@ def test_a_failing_job_stops_the_others_and_raises_here(tiny_folder, tmp_path):
 def test_jobs_must_be_positive(tiny_folder, tmp_path):
     with pytest.raises(CoherentizeError, match="jobs: must be >= 1"):
         validate(tiny_cfg(tiny_folder, tmp_path / "x", "jobs=0"))
+
+
+def test_stage_keys_carry_the_resolved_precision(tmp_path, monkeypatch):
+    """`model.precision: auto` is bfloat16 on one CPU and float32 on another: the same config's stages differ."""
+    from coherentize.recipes.stages import Stages
+
+    config = {"model": {"precision": "auto", "device": "cpu"}}
+    keys = []
+    for forced in ("float32", "bf16-mixed"):
+        monkeypatch.setenv("COHERENTIZE_PRECISION", forced)
+        st = Stages(tmp_path, config, log=lambda *a: None)
+        keys.append(st.key("baseline", {"n": 1}))
+        assert st.code["precision"] == forced
+    assert keys[0] != keys[1]

@@ -62,6 +62,15 @@ def code_version() -> dict:
     return {"version": __version__, "source": source_hash()}
 
 
+def _resolved_precision(model: dict) -> str:
+    """What model.precision resolves to here: `auto` is bfloat16 on one CPU and float32 on another, so the stages of
+    one config computed on two machines are not the same stages (and runs of both are not merged unasked)."""
+    from coherentize.models import resolve_device
+    from coherentize.precision import resolve
+
+    return resolve(model.get("precision", "auto"), resolve_device(model.get("device", "auto")))
+
+
 def without(d: dict, keys) -> dict:
     return {k: v for k, v in d.items() if k not in keys}
 
@@ -76,7 +85,7 @@ class Stages:
         self.root, self.config, self.log, self.force, self.only = Path(root), config, log, set(force), only
         self.hashes: dict[str, str] = {}
         self.aliases: dict[str, str] = {}
-        self.code = code_version()
+        self.code = {**code_version(), "precision": _resolved_precision(config.get("model", {}))}
         self.seconds: dict[str, float] = {}  # stage name -> wall seconds of the run that produced it
         self.reused: list[str] = []
         self._t: dict[str, float] = {}

@@ -105,6 +105,8 @@ def describe(model, precision: str | None = None, args=None) -> dict:
     every results and metrics file."""
     import torch
 
+    if not isinstance(model, torch.nn.Module):  # a model behind a server (eval --server): its precision is its own
+        return {"weights": None, "device": "server"}
     param = next(model.parameters(), None)
     out = {"weights": str(getattr(model, "dtype", param.dtype if param is not None else torch.float32)).replace(
         "torch.", ""), "device": str(param.device) if param is not None else "cpu"}

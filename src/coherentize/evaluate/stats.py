@@ -122,6 +122,12 @@ def _matrix(runs: Sequence[Mapping[str, float]]) -> tuple[list[str], np.ndarray,
     return list(ids), values, present
 
 
+def _tally(idx: np.ndarray, n: int) -> np.ndarray:
+    """(rows, n) counts of each index 0..n-1 in each row of idx (rows, k)."""
+    flat = (np.arange(idx.shape[0])[:, None] * n + idx).ravel()
+    return np.bincount(flat, minlength=idx.shape[0] * n).reshape(idx.shape[0], n).astype(np.float64)
+
+
 def seed_item_bootstrap(values: np.ndarray, present: np.ndarray, n_boot: int = N_BOOT, seed: int = 0
                         ) -> tuple[np.ndarray, np.ndarray]:
     """Bootstrap means of a seeds x items table (module docstring): (item_only, two_level), each (n_boot,).
@@ -135,8 +141,7 @@ def seed_item_bootstrap(values: np.ndarray, present: np.ndarray, n_boot: int = N
     n_seeds, n = values.shape
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, n, size=(n_boot, n))
-    counts = np.zeros((n_boot, n))
-    np.add.at(counts, (np.arange(n_boot)[:, None], idx), 1.0)  # (n_boot, n): times each item was drawn
+    counts = _tally(idx, n)  # (n_boot, n): times each item was drawn
     # (n_boot, S): each seed's mean over the drawn items; one matrix-vector product per seed, so that identical seeds
     # get bitwise identical columns.
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -150,8 +155,7 @@ def seed_item_bootstrap(values: np.ndarray, present: np.ndarray, n_boot: int = N
         if n_seeds == 1:
             return item_only, item_only
         picks = np.random.default_rng([seed, 1]).integers(0, n_seeds, size=(n_boot, n_seeds))
-        weights = np.zeros((n_boot, n_seeds))
-        np.add.at(weights, (np.arange(n_boot)[:, None], picks), 1.0)  # (n_boot, S): times each seed was drawn
+        weights = _tally(picks, n_seeds)  # (n_boot, S): times each seed was drawn
         two_level = ref + (weights * offsets).sum(axis=1) / (weights * ok).sum(axis=1)
     return item_only, two_level
 

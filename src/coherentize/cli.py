@@ -1,4 +1,4 @@
-"""The ``coherentize`` command: ``train``, ``augment``, ``mine``, ``eval``, ``export``, ``run``.
+"""The ``coherentize`` command: ``train``, ``augment``, ``mine``, ``eval``, ``export``, ``run``, ``report``.
 
 Each subcommand lives in ``coherentize/commands/<name>.py`` with ``add_arguments(parser)`` and ``main(args)``.
 A CoherentizeError (a user mistake) prints one line and exits 2; no traceback.
@@ -19,6 +19,7 @@ SUBCOMMANDS = {
     "eval": "coherentize.commands.eval",
     "export": "coherentize.commands.export",
     "run": "coherentize.commands.run",
+    "report": "coherentize.commands.report",
 }
 
 

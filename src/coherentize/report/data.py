@@ -95,7 +95,8 @@ def read(folder: Path) -> dict:
     names = [r["name"] for r in manifest["runs"]]
     items: dict = {n: {} for n in names}
     labels: dict = {n: [] for n in names}
-    for path, fields, sink in ((folder / "items.csv", ITEM_FIELDS, items), (folder / "labels.csv", LABEL_FIELDS, labels)):
+    for path, fields, sink in ((folder / "items.csv", ITEM_FIELDS, items),
+                               (folder / "labels.csv", LABEL_FIELDS, labels)):
         with path.open(encoding="utf-8", newline="") as f:
             reader = csv.DictReader(f)
             if tuple(reader.fieldnames or ()) != fields:

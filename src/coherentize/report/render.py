@@ -67,7 +67,7 @@ def _err(s):
 
 def forest_plot(rows: list[dict], colors: dict):
     """One panel per headline metric: each paired difference (arm − control, arm − baseline) with its 95% CI, and
-    each seed's own mean difference as a small open marker."""
+    each seed's own mean difference as a small open dot above its row (several seeds only)."""
     import matplotlib.pyplot as plt
 
     keys = list(dict.fromkeys(r["metric"] for r in rows))
@@ -85,14 +85,14 @@ def forest_plot(rows: list[dict], colors: dict):
             ax.errorbar(d["mean"], y, xerr=[[d["mean"] - d["ci_low"]], [d["ci_high"] - d["mean"]]],
                         fmt="o" if r["comparison"] == "vs_control" else "s", color=color, capsize=3, ms=5)
             if len(r["seeds"]) > 1:
-                ax.plot(r["seeds"], [y + 0.22] * len(r["seeds"]), "|", color=color, ms=7, alpha=0.8)
+                ax.plot(r["seeds"], [y + 0.25] * len(r["seeds"]), "o", mfc="none", color=color, ms=4, alpha=0.9)
         ax.axvline(0, color="0.4", lw=0.8, ls="--")
         ax.set_yticks(range(len(mine)), [f"{r['label']} (n={r['diff']['n']})" for r in reversed(mine)], fontsize=7)
         ax.tick_params(axis="x", labelsize=7)
         arrow = "lower is better" if HEADLINE[k][1] == "down" else "higher is better"
         ax.set_title(textwrap.fill(f"{describe(k)} ({arrow})", 46), fontsize=7)
-    fig.suptitle("Paired differences with 95% CI (● vs control, ■ vs baseline; ticks above a row: each seed's own "
-                 "difference)", fontsize=9)
+    fig.suptitle("Paired differences with 95% CI (● vs control, ■ vs baseline; open dots above a row: each seed's "
+                 "own difference)", fontsize=9)
     fig.tight_layout()
     return fig
 

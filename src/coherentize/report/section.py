@@ -42,7 +42,8 @@ def figures(data: dict, n_boot: int | None = None) -> dict:
     metrics, table = tables.build_table(base_items, by_arm, n_boot)
     fams, cond, uncond = tables.family_tables(base_items, by_arm, n_boot)
     return {"arms": arms, "metrics": metrics, "table": table, "fams": fams, "cond": cond, "uncond": uncond,
-            "forest": tables.forest_rows(metrics, table, arms), "curves": tables.search_curves(base_items, by_arm, n_boot),
+            "forest": tables.forest_rows(metrics, table, arms),
+            "curves": tables.search_curves(base_items, by_arm, n_boot),
             "base_items": base_items, "n_refused": len(refused0)}
 
 
@@ -71,7 +72,8 @@ def section_markdown(data: dict, name: str, figs: dict | None = None, data_link:
                                   len(figs["base_items"].get("jailbreak.refused_direct", {})), figs["n_refused"])
     md += render.adaptive_section(figs["base_items"], table, arms, figs["curves"], "control" in arms)
     if figs["forest"]:
-        md += ["", f"![paired differences with 95% CIs; ticks: each seed's own difference](results/{name}_forest.png)"]
+        md += ["", f"![paired differences with 95% CIs; open dots: each seed's own difference]"
+                   f"(results/{name}_forest.png)"]
     md.append(end_marker(name))
     return "\n".join(md)
 

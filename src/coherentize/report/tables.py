@@ -5,7 +5,8 @@ Every figure is computed by ``evaluate.stats`` with n = items: several seeds of 
 prompts, and their interval is a two-level bootstrap (seeds, then the same prompts within them; paired differences
 formed within a seed first), so it includes training noise; rates get Wilson intervals, paired rate differences
 Newcombe's, at n divided by the seeds' design effect (see the stats module). Each summary carries each seed's own
-value ("per_seed"); a one-seed figure covers prompt sampling only and says so (``interval_note``, the Summary). Attack success is defined in ``evaluate.jailbreak.attack_success_items``; the
+value ("per_seed"); a one-seed figure covers prompt sampling only and says so (``interval_note``, the Summary).
+Attack success is defined in ``evaluate.jailbreak.attack_success_items``; the
 report only passes it the baseline's directly-refused requests, so every run is scored on the same requests.
 """
 

@@ -65,6 +65,13 @@ def _err(s):
     return s["mean"], [[s["mean"] - s["ci_low"]], [s["ci_high"] - s["mean"]]]
 
 
+def _seed_dots(ax, x: float, s: dict | None) -> None:
+    """Each seed's own value of a summary from several seeds, as small open dots on the bar at x."""
+    per_seed = [v for v in (s or {}).get("per_seed") or [] if v is not None]
+    if len(per_seed) > 1:
+        ax.plot([x] * len(per_seed), per_seed, "o", mfc="none", color="0.15", ms=3, zorder=3)
+
+
 def forest_plot(rows: list[dict], colors: dict):
     """One panel per headline metric: each paired difference (arm − control, arm − baseline) with its 95% CI, and
     each seed's own mean difference as a small open dot above its row (several seeds only)."""
@@ -125,9 +132,10 @@ def make_plots(table: dict, arms: list[str], families: dict, train_logs: dict, p
             for j, name in enumerate(names):
                 m, e = _err(table[k][name]["value"])
                 ax.bar(j, m, yerr=e, color=colors[name], capsize=3)
+                _seed_dots(ax, j, table[k][name]["value"])
             ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=7)
             ax.set_title(textwrap.fill(describe(k), 38), fontsize=7)
-        fig.suptitle("Before / after per metric (95% CI)", fontsize=9)
+        fig.suptitle("Before / after per metric (95% CI; open dots: each seed's own value)", fontsize=9)
         fig.tight_layout()
         plots["metrics.png"] = _fig_png(fig)
 
@@ -145,6 +153,8 @@ def make_plots(table: dict, arms: list[str], families: dict, train_logs: dict, p
                 hi.append(e[1][0])
             ax.bar(np.arange(len(fams)) + j * width, ms, width, yerr=[lo, hi], label=name, color=colors[name],
                    capsize=2)
+            for i, f in enumerate(fams):
+                _seed_dots(ax, i + j * width, families[name].get(f))
         ax.set_xticks(np.arange(len(fams)) + 0.4 - width / 2, fams, rotation=45, ha="right", fontsize=7)
         ax.set_ylabel("attack success (all requests)")
         ax.set_ylim(0, 1.05)

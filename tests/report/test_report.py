@@ -1,6 +1,6 @@
 """write_report on small fake experiment folders with known per-item values: the table's means, n and CIs, the
-paired differences, the Summary's wording, seeds clustered by prompt, the HTML, example outputs, stage times and
-export commands."""
+paired differences, the Summary's wording, per-seed values and the two-level interval, the per-item data, the HTML,
+example outputs, stage times and export commands."""
 
 import csv
 import json

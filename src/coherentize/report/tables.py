@@ -117,8 +117,8 @@ def family_tables(base_items: dict, by_arm: dict[str, list[tuple[int, dict]]], n
 def search_curves(base_items: dict, by_arm: dict[str, list[tuple[int, dict]]], n_boot: int = stats.N_BOOT
                   ) -> tuple[list[int], dict[str, list[dict]]]:
     """(budgets, {run name: [summary over seeds at each budget]}): the search's attack success against its query
-    budget, per run (baseline, arms), from the per-item ``jailbreak.search_success_at.<b>`` (Wilson intervals,
-    seeds clustered by request). Empty when the search did not run."""
+    budget, per run (baseline, arms), from the per-item ``jailbreak.search_success_at.<b>`` (Wilson intervals
+    at n / the seeds' design effect). Empty when the search did not run."""
     budgets = sorted(int(k[len(CURVE_PREFIX):]) for k in base_items if k.startswith(CURVE_PREFIX))
     runs = {"baseline": [base_items], **{a: [it for _, it in rs] for a, rs in by_arm.items()}}
     return budgets, {n: [stats.summarize_seeds([it.get(f"{CURVE_PREFIX}{b}", {}) for it in its], n_boot, rate=True)

@@ -93,27 +93,68 @@ def test_newcombe_paired_interval_by_hand():
     assert (fwd["ci_low"], fwd["ci_high"]) == pytest.approx((-back["ci_high"], -back["ci_low"]))
 
 
-# ---- seeds: items are the unit, seeds of the same items are clustered
+# ---- seeds: a two-level bootstrap (seeds crossed with items); items are never counted twice
 
 
-def test_three_copies_of_one_seed_give_the_ci_of_one_seed():
+def _interval(s):
+    return s["mean"], s["ci_low"], s["ci_high"]
+
+
+def test_three_copies_of_one_seed_give_exactly_the_ci_of_one_seed():
+    # The seed level adds nothing when every seed agrees: the same item draws, and offsets from the first seed of
+    # exactly 0, so the interval is equal to the last bit (not within a Monte-Carlo tolerance).
     rng = np.random.default_rng(4)
     ids = [f"p{i}" for i in range(40)]
     base = dict(zip(ids, rng.normal(size=40)))
     arm = {i: v + 0.1 + rng.normal(scale=0.5) for i, v in base.items()}
     one, three = stats.summarize_seeds([arm]), stats.summarize_seeds([arm] * 3)
-    summary = lambda s: (s["mean"], s["ci_low"], s["ci_high"])  # noqa: E731
-    assert summary(three) == pytest.approx(summary(one))
-    assert three["n"] == one["n"] == 40 and three["seeds"] == 3
+    assert (three["ci_low"], three["ci_high"]) == (one["ci_low"], one["ci_high"])
+    assert three["mean"] == pytest.approx(one["mean"], abs=1e-15)
+    assert three["n"] == one["n"] == 40 and three["seeds"] == 3 and three["deff"] == 1.0
+    assert three["per_seed"] == [one["mean"]] * 3
     p1, p3 = stats.paired_seeds([(base, arm)]), stats.paired_seeds([(base, arm)] * 3)
-    assert (p3["mean"], p3["ci_low"], p3["ci_high"]) == pytest.approx((p1["mean"], p1["ci_low"], p1["ci_high"]))
+    assert (p3["ci_low"], p3["ci_high"]) == (p1["ci_low"], p1["ci_high"])
     assert p3["n"] == 40 and p3["seeds"] == 3
-    # ... and for rates.
+    # ... and for rates (Wilson and Newcombe with n / deff, deff exactly 1).
     rate = {i: float(v > 0) for i, v in arm.items()}
-    assert stats.summarize_seeds([rate] * 3) == {**stats.summarize_seeds([rate]), "seeds": 3}
+    r1, r3 = stats.summarize_seeds([rate]), stats.summarize_seeds([rate] * 3)
+    assert _interval(r3) == _interval(r1) and r3["method"] == "wilson"
     rb = {i: float(v > 0.5) for i, v in base.items()}
-    r1, r3 = stats.paired_seeds([(rb, rate)]), stats.paired_seeds([(rb, rate)] * 3)
-    assert (r3["ci_low"], r3["ci_high"]) == pytest.approx((r1["ci_low"], r1["ci_high"]))
+    d1, d3 = stats.paired_seeds([(rb, rate)]), stats.paired_seeds([(rb, rate)] * 3)
+    assert _interval(d3) == _interval(d1) and d3["method"] == "newcombe"
+
+
+def test_seeds_shifted_by_a_constant_widen_the_interval_beyond_the_item_only_bootstrap():
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=40)
+    runs = [{f"p{i}": v + shift for i, v in enumerate(x)} for shift in (-0.6, 0.0, 0.7)]
+    s = stats.summarize_seeds(runs)
+    # The item-only bootstrap (items resampled with all their seeds, seeds fixed) sees no shift: the shifts cancel in
+    # each item's average over seeds, so it gives the interval of the mean seed alone.
+    alone = stats.summarize_seeds([{f"p{i}": v + 0.1 / 3 for i, v in enumerate(x)}])
+    assert s["ci_low"] < alone["ci_low"] - 0.1 and s["ci_high"] > alone["ci_high"] + 0.1
+    assert s["ci_items"] == pytest.approx([alone["ci_low"], alone["ci_high"]])
+    assert s["deff"] > 2 and s["per_seed"] == pytest.approx([x.mean() - 0.6, x.mean(), x.mean() + 0.7])
+    # Paired within a seed: an arm whose effect vs control changes sign between seeds gets a wide interval.
+    ctrl = [{f"p{i}": v for i, v in enumerate(x)}] * 3
+    d = stats.paired_seeds([(c, {i: v + e for i, v in c.items()}) for c, e in zip(ctrl, (-0.049, -0.036, 0.056))])
+    assert d["per_seed"] == pytest.approx([-0.049, -0.036, 0.056])
+    assert d["ci_low"] < -0.04 and d["ci_high"] > 0.05  # the item-only interval is a point: every item moved alike
+    assert d["ci_items"] == pytest.approx([d["mean"], d["mean"]])
+
+
+def test_seeds_that_disagree_on_a_rate_widen_wilson_by_the_design_effect():
+    rng = np.random.default_rng(7)
+    p = rng.random(60)
+    runs = [{f"p{i}": float(v < q) for i, v in enumerate(p)} for q in (0.2, 0.5, 0.8)]  # 20%, 50%, 80% seeds
+    s = stats.summarize_seeds(runs)
+    pooled_only = stats.wilson_ci(s["mean"], s["n"])
+    assert s["method"] == "wilson" and s["deff"] > 2
+    assert (s["ci_low"], s["ci_high"]) == pytest.approx(stats.wilson_ci(s["mean"], s["n"] / s["deff"]))
+    assert s["ci_high"] - s["ci_low"] > 1.4 * (pooled_only[1] - pooled_only[0])
+    # Seeds that are all 0 or all 1 (no item varies within its seeds' average): n_eff = 1.
+    split = stats.summarize_seeds([{f"p{i}": 0.0 for i in range(20)}, {f"p{i}": 1.0 for i in range(20)}])
+    assert split["deff"] == 20 and (split["ci_low"], split["ci_high"]) == pytest.approx(stats.wilson_ci(0.5, 1))
 
 
 def test_one_seed_equals_the_plain_summary_and_single_arrays():
@@ -122,16 +163,6 @@ def test_one_seed_equals_the_plain_summary_and_single_arrays():
     assert {k: s[k] for k in ("mean", "n", "ci_low", "ci_high")} == stats.summarize(values)
     lo, hi = stats.bootstrap_ci(values)
     assert (s["ci_low"], s["ci_high"]) == pytest.approx((lo, hi))
-
-
-def test_seeds_that_disagree_average_within_an_item():
-    # Two seeds give opposite shifts on each item: the item's mean change is 0, so the interval sits on 0.
-    base = {f"p{i}": float(i) for i in range(30)}
-    up = {i: v + 1.0 for i, v in base.items()}
-    down = {i: v - 1.0 for i, v in base.items()}
-    d = stats.paired_seeds([(base, up), (base, down)])
-    assert d["mean"] == pytest.approx(0.0) and d["ci_low"] == pytest.approx(0.0) and d["ci_high"] == pytest.approx(0.0)
-    assert d["n"] == 30
 
 
 def test_items_missing_in_a_seed_are_dropped_from_that_seed_only():

@@ -1,9 +1,10 @@
 """write_report on small fake experiment folders with known per-item values: the table's means, n and CIs, the
-paired differences, the Summary's wording, seeds clustered by prompt, the HTML, example outputs, stage times and
-export commands."""
+paired differences, the Summary's wording, per-seed values and the two-level interval, the per-item data, the HTML,
+example outputs, stage times and export commands."""
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 
@@ -97,7 +98,9 @@ def test_table_values_paired_differences_and_summary_wording(tmp_path):
     # The Summary names exactly what moved beyond its CI, against the baseline and against the control.
     summ = md.split("## Summary")[1].split("##")[0].splitlines()
     vs_base = next(line for line in summ if line.startswith("- **output-kl** vs baseline"))
-    assert vs_base.startswith("- **output-kl** vs baseline, changes whose 95% CI excludes 0: ")
+    assert vs_base.startswith("- **output-kl** vs baseline, changes whose 95% CI excludes 0 (1 seed: the CI covers "
+                              "prompt sampling only, not training noise): ")
+    assert "One training seed per arm: every interval covers prompt sampling only" in md.split("## Results")[1]
     assert "; capability: NLL on neutral text -0.5 [-0.5, -0.5] (n=10)." in vs_base
     vs_ctrl = next(line for line in summ if line.startswith("  - vs the control arm"))
     assert "capability: NLL on neutral text -0.3 [-0.3, -0.3] (n=10)" in vs_ctrl
@@ -139,6 +142,38 @@ def test_three_copies_of_one_seed_give_the_ci_of_one_seed(tmp_path):
         assert b["ci_high"] - b["ci_low"] > 0
         assert (b["mean"], b["ci_low"], b["ci_high"]) == pytest.approx((a["mean"], a["ci_low"], a["ci_high"]))
         assert b["n"] == a["n"] == 10
+
+
+def test_seeds_that_disagree_show_their_values_and_widen_the_interval(tmp_path):
+    # Seed s of the arm lowers NLL by 0.2, 0.5 or 0.8 on every prompt: the report lists each seed's value beside the
+    # figure and its interval includes the seeds' spread (an item-only interval would sit at -0.5 exactly).
+    root, cfg, org, base_dir, runs, clusters = experiment(tmp_path, seeds=(0, 1, 2))
+    for r in runs:
+        if r["arm"] == "output-kl":
+            shift = (0.2, 0.5, 0.8)[r["seed"]]
+            write_dir(Path(r["eval_dir"]), results([v - shift for v in NLL], [1.0] * 6 + [0.0] * 4,
+                                                   {"f1": [0.0] * 10, "f2": [0.0] * 5 + [1.0] * 5}, [0.0] * 10))
+    md = write_report(root, cfg, org, base_dir, runs, clusters).read_text()
+    d = json.loads((root / "report.json").read_text())["table"]["capability.nll"]["output-kl"]["vs_baseline"]
+    assert d["per_seed"] == pytest.approx([-0.2, -0.5, -0.8]) and d["ci_items"] == pytest.approx([-0.5, -0.5])
+    assert d["ci_low"] <= -0.7 and d["ci_high"] >= -0.3
+    cells = row(md, "capability: NLL on neutral text").split(" | ")
+    assert cells[5].endswith(f"(n=10); seeds -0.200, -0.500, -0.800")  # Δ output-kl vs baseline
+    assert "3 training seeds per arm: an arm's interval resamples seeds" in md
+    assert "(3 seeds; the CI includes between-seed variation)" in md.split("## Summary")[1].split("##")[0]
+
+
+def test_the_report_writes_its_per_item_data_and_the_figures_recompute_from_it(tmp_path):
+    from coherentize.report import data, section
+
+    root, md, summary = report(tmp_path, seeds=(0, 1))
+    loaded = data.read(root / "data")
+    assert loaded["manifest"]["runs"][1] == {"name": "control-seed0", "arm": "control", "seed": 0}
+    assert loaded["items"]["output-kl-seed1"]["capability.nll"] == dict(zip(IDS, [v - 0.5 for v in NLL]))
+    figs = section.figures(loaded)
+    assert json.loads(json.dumps(figs["table"], default=str)) == summary["table"]
+    text = "\n".join((root / "data" / f).read_text() for f in data.FILES)
+    assert "excerpt" not in text
 
 
 def test_html_is_rendered_markdown_with_the_plots_embedded(tmp_path):

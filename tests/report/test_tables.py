@@ -72,7 +72,8 @@ def test_a_bootstrap_change_on_few_items_is_not_named_but_a_rate_change_is():
     assert js["ci_low"] > 0 and js["method"] == "bootstrap" and not tables.moved(js)  # 2 items: their range
     assert over["ci_low"] > 0 and over["method"] == "newcombe" and tables.moved(over)  # 3 of 3 refuse now
     lines = tables.summary_lines(metrics, t, ["x"], {}, 0)
-    assert lines[0].startswith("- **x** vs baseline, changes whose 95% CI excludes 0: over-refusal")
+    assert lines[0].startswith("- **x** vs baseline, changes whose 95% CI excludes 0 (1 seed: the CI covers prompt "
+                               "sampling only, not training noise): over-refusal")
     assert "pairwise JS" not in lines[0]
     assert lines[1] == ("  - **regressions** (moved the wrong way beyond the CI): over-refusal on benign-but-edgy "
                         "prompts (vs baseline).")

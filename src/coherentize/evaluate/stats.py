@@ -5,19 +5,33 @@ goes straight into the results JSON. Resampling is seeded: the same inputs alway
 
 Which interval (alpha = 0.05 throughout):
 
-- **The unit of resampling is the item** (a prompt, a request, a cluster). With several training seeds evaluated on
-  the same items, ``summarize_seeds`` and ``paired_seeds`` run a cluster bootstrap: each draw picks n items with
-  replacement and takes every seed's value of each picked item; the mean is over all values drawn. n is the number
-  of items, never of (seed, item) pairs, so three copies of one seed's results give the interval of one seed: seeds
-  add precision only as far as they disagree. One seed is the ordinary percentile bootstrap of the mean.
+- **Two sources of noise: prompts and training seeds.** Items (prompts, requests, clusters) are sampled from a
+  population, and so is the training run: another seed trains another model. With one seed an interval covers prompt
+  sampling only (the percentile bootstrap over items). With several seeds evaluated on the same items,
+  ``summarize_seeds`` and ``paired_seeds`` use a **two-level bootstrap** for seeds crossed with items: each draw picks
+  S seeds with replacement and, independently, n items with replacement (one item draw shared by every drawn seed,
+  because the seeds are scored on the same items); the draw's value is the average over the drawn seeds of each
+  seed's mean over the drawn items. A paired difference (arm - control within a seed; arm seed s - baseline) is
+  formed per item within its seed first, then bootstrapped the same way. n is the number of items, never of (seed,
+  item) pairs, and "per_seed" lists each seed's own mean (or mean difference) so a reader sees the spread.
+  Exactness: the item draws come from the same generator as the one-seed bootstrap and each draw is written as the
+  first seed's mean plus the average of the seeds' offsets from it, so S identical seeds give exactly the interval of
+  one seed (the seed level adds nothing), while seeds that disagree (a whole seed shifted) widen it. Known limit:
+  with S seeds the bootstrap's between-seed variance is (S - 1) / S of the unbiased one and a percentile interval has
+  no small-sample (t) correction, so with 2-3 seeds it is still narrower than a t-interval over the seed means; use
+  5 seeds or more for a claim, and read the per-seed values.
 - **A rate** (every value 0 or 1: refused, succeeded, correct) gets a Wilson score interval instead, because a
   percentile interval at 0% or 100% has zero width (0/20 gives [0%, 16.1%], not [0%, 0%]). With several seeds it is
   Wilson at the pooled rate with n = items: an item's seed-average lies in [0, 1], so its variance is at most
-  p(1 - p) and this interval is at least as wide as the clustered one (conservative when seeds disagree).
+  p(1 - p). With several seeds n is divided by the design effect of the seeds: deff = (variance of the two-level
+  bootstrap) / (variance of the item-only bootstrap, seeds held fixed), both from the same item draws and never below
+  1, so Wilson's interval widens by about sqrt(deff) when seeds disagree and is unchanged when they agree (deff is
+  exactly 1 for identical seeds). Where the item-only variance is 0 but the seeds differ, n_eff = 1.
 - **A paired difference of rates** (after - before on the same items; arm - control within a seed) gets Newcombe's
   hybrid score interval for paired proportions (Newcombe 1998, Stat Med 17:2635, method 10), which also keeps its
   width when no item changed. With several seeds the 2x2 table's cells are the pooled fractions of (before, after)
-  pairs scaled to n = items, as for Wilson above. Other paired differences: the cluster bootstrap of the differences.
+  pairs scaled to n_eff = items / deff, deff from the per-seed paired differences as for Wilson above. Other paired
+  differences: the two-level bootstrap of the per-seed differences.
 - Known limit: values that are fractions but not 0/1 (e.g. attack success averaged over families per request) get
   the percentile bootstrap, which is a little narrow with few items, and zero-width when no item changed (such a
   difference has mean 0 and is never reported as a change).
@@ -48,30 +62,6 @@ def _z(alpha: float) -> float:
 
 def _is_rate(*arrays: np.ndarray) -> bool:
     return all(np.isin(a, (0.0, 1.0)).all() for a in arrays)
-
-
-def bootstrap_ci(
-    values: Sequence[float], n_boot: int = N_BOOT, alpha: float = ALPHA, seed: int = 0
-) -> tuple[float, float]:
-    """Percentile bootstrap CI of the mean: resample the n values with replacement n_boot times."""
-    arr = _values(values)
-    if arr.size == 0:
-        raise ValueError("bootstrap_ci of an empty sample")
-    return cluster_bootstrap_ci(arr, np.ones_like(arr), n_boot, alpha, seed)
-
-
-def cluster_bootstrap_ci(
-    sums: np.ndarray, counts: np.ndarray, n_boot: int = N_BOOT, alpha: float = ALPHA, seed: int = 0
-) -> tuple[float, float]:
-    """Percentile CI of a pooled mean when values come in clusters (an item's values over seeds).
-
-    sums, counts: (n_clusters,) sum and number of the values of each cluster. Each draw picks n_clusters clusters
-    with replacement; its mean is sum(picked sums) / sum(picked counts).
-    """
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, sums.size, size=(n_boot, sums.size))
-    means = sums[idx].sum(axis=1) / counts[idx].sum(axis=1)  # (n_boot,)
-    return float(np.quantile(means, alpha / 2)), float(np.quantile(means, 1 - alpha / 2))
 
 
 def wilson_ci(p: float, n: float, alpha: float = ALPHA) -> tuple[float, float]:
@@ -112,74 +102,159 @@ def _empty(**extra) -> dict:
     return {"mean": None, "n": 0, "ci_low": None, "ci_high": None, **extra}
 
 
-def _item_table(runs: Sequence[Mapping[str, float]]) -> tuple[list[str], list[list[float]]]:
-    """Item ids (first-seen order) and each item's finite values over runs."""
-    by_item: dict[str, list[float]] = {}
+def _matrix(runs: Sequence[Mapping[str, float]]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(item ids in first-seen order, values (S, n), present (S, n)): one row per run with at least one finite value
+    (runs with none are dropped); a missing or non-finite value is 0 with present False."""
+    ids: dict[str, int] = {}
+    rows = []
     for run in runs:
-        for i, v in run.items():
-            if v is not None and np.isfinite(float(v)):
-                by_item.setdefault(i, []).append(float(v))
-    return list(by_item), list(by_item.values())
+        row = {i: float(v) for i, v in run.items() if v is not None and np.isfinite(float(v))}
+        if row:
+            rows.append(row)
+            for i in row:
+                ids.setdefault(i, len(ids))
+    values = np.zeros((len(rows), len(ids)))
+    present = np.zeros((len(rows), len(ids)), dtype=bool)
+    for s, row in enumerate(rows):
+        for i, v in row.items():
+            values[s, ids[i]] = v
+            present[s, ids[i]] = True
+    return list(ids), values, present
 
 
-def _clustered(vals: list[list[float]], rate: bool | None, n_boot: int, seed: int) -> dict:
-    if not vals:
-        return _empty()
-    sums = np.asarray([sum(v) for v in vals])
-    counts = np.asarray([len(v) for v in vals], dtype=np.float64)
-    mean = float(sums.sum() / counts.sum())
-    flat = np.concatenate([np.asarray(v) for v in vals])
-    if rate if rate is not None else _is_rate(flat):
-        lo, hi = wilson_ci(mean, len(vals))
+def _tally(idx: np.ndarray, n: int) -> np.ndarray:
+    """(rows, n) counts of each index 0..n-1 in each row of idx (rows, k)."""
+    flat = (np.arange(idx.shape[0])[:, None] * n + idx).ravel()
+    return np.bincount(flat, minlength=idx.shape[0] * n).reshape(idx.shape[0], n).astype(np.float64)
+
+
+def seed_item_bootstrap(values: np.ndarray, present: np.ndarray, n_boot: int = N_BOOT, seed: int = 0
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """Bootstrap means of a seeds x items table (module docstring): (item_only, two_level), each (n_boot,).
+
+    values, present: (S, n). Every draw resamples the n items with replacement (one draw shared by all seeds, from
+    ``default_rng(seed)`` as the one-seed bootstrap); item_only averages every seed's mean over the drawn items,
+    two_level averages the means of S seeds drawn with replacement (from an independent generator). Each draw is the
+    first seed's mean plus the (weighted) average offset of the seeds from it, so identical seeds give offsets of
+    exactly 0 and both arrays equal the one-seed bootstrap exactly. A draw where no drawn seed has a drawn item is NaN.
+    """
+    n_seeds, n = values.shape
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, n, size=(n_boot, n))
+    counts = _tally(idx, n)  # (n_boot, n): times each item was drawn
+    # (n_boot, S): each seed's mean over the drawn items; one matrix-vector product per seed, so that identical seeds
+    # get bitwise identical columns.
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_seed = np.stack([(counts @ np.where(present[s], values[s], 0.0)) / (counts @ present[s].astype(float))
+                             for s in range(n_seeds)], axis=1)
+    ok = ~np.isnan(per_seed)
+    ref = per_seed[np.arange(n_boot), np.argmax(ok, axis=1)]  # (n_boot,): the first seed with a drawn item
+    offsets = np.where(ok, per_seed - ref[:, None], 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        item_only = ref + offsets.sum(axis=1) / ok.sum(axis=1)
+        if n_seeds == 1:
+            return item_only, item_only
+        picks = np.random.default_rng([seed, 1]).integers(0, n_seeds, size=(n_boot, n_seeds))
+        weights = _tally(picks, n_seeds)  # (n_boot, S): times each seed was drawn
+        two_level = ref + (weights * offsets).sum(axis=1) / (weights * ok).sum(axis=1)
+    return item_only, two_level
+
+
+def bootstrap_ci(
+    values: Sequence[float], n_boot: int = N_BOOT, alpha: float = ALPHA, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile bootstrap CI of the mean: resample the n values with replacement n_boot times."""
+    arr = _values(values)
+    if arr.size == 0:
+        raise ValueError("bootstrap_ci of an empty sample")
+    means, _ = seed_item_bootstrap(arr[None, :], np.ones((1, arr.size), dtype=bool), n_boot, seed)
+    return _percentile(means, alpha)
+
+
+def _percentile(draws: np.ndarray, alpha: float = ALPHA) -> tuple[float, float]:
+    return float(np.nanquantile(draws, alpha / 2)), float(np.nanquantile(draws, 1 - alpha / 2))
+
+
+def _design_effect(item_only: np.ndarray, two_level: np.ndarray, n: int) -> float:
+    """Variance of the two-level bootstrap over the item-only one (>= 1; n when only the seeds vary)."""
+    v1, v2 = float(np.nanvar(item_only)), float(np.nanvar(two_level))
+    if v2 <= v1:
+        return 1.0
+    return v2 / v1 if v1 > 0 else float(n)
+
+
+def _seed_summary(values: np.ndarray, present: np.ndarray, rate: bool | None, n_boot: int, seed: int,
+                  pooled: np.ndarray | None = None) -> dict:
+    """The summary of a seeds x items table: pooled mean, n = items, the interval (Wilson for rates, else the
+    two-level percentile bootstrap), "per_seed" means, "deff" (the seeds' design effect) and the item-only interval
+    ("ci_items", seeds held fixed) for comparison. pooled: the values whose mean is reported (default: all present)."""
+    n_seeds, n = values.shape
+    if n == 0:
+        return _empty(seeds=0, per_seed=[])
+    flat = values[present]
+    mean = float(flat.mean())
+    is_rate = rate if rate is not None else _is_rate(flat if pooled is None else pooled)
+    item_only, two_level = seed_item_bootstrap(values, present, n_boot, seed)
+    deff = _design_effect(item_only, two_level, n)
+    if is_rate:
+        lo, hi = wilson_ci(mean, n / deff)
     else:
-        lo, hi = cluster_bootstrap_ci(sums, counts, n_boot, ALPHA, seed)
-    return {"mean": mean, "n": len(vals), "ci_low": lo, "ci_high": hi}
+        lo, hi = _percentile(two_level)
+    per_seed = [float(values[s][present[s]].mean()) for s in range(n_seeds)]
+    return {"mean": mean, "n": n, "ci_low": lo, "ci_high": hi, "seeds": n_seeds, "per_seed": per_seed,
+            "deff": deff, "ci_items": list(_percentile(item_only)), "method": "wilson" if is_rate else "bootstrap"}
 
 
 def summarize(values: Sequence[float], n_boot: int = N_BOOT, seed: int = 0, rate: bool | None = None) -> dict:
     """{"mean", "n", "ci_low", "ci_high"} of a sample of independent items (None entries and NaNs are dropped and
     not counted). A 0/1 sample gets a Wilson interval, any other a percentile bootstrap (module docstring)."""
-    return _clustered([[v] for v in _values(values)], rate, n_boot, seed)
+    s = summarize_seeds([dict(enumerate(_values(values)))], n_boot, seed, rate)
+    return {k: s[k] for k in ("mean", "n", "ci_low", "ci_high")}
 
 
 def summarize_seeds(runs: Sequence[Mapping[str, float]], n_boot: int = N_BOOT, seed: int = 0,
                     rate: bool | None = None) -> dict:
-    """Pooled mean over seeds of per-item values, clustered by item. runs: one {item id: value} per seed.
-    n counts items; "seeds" counts runs with at least one value; "method" names the interval (wilson, bootstrap)."""
-    _, vals = _item_table(runs)
-    is_rate = rate if rate is not None else _is_rate(np.asarray([v for vs in vals for v in vs]))
-    return {**_clustered(vals, is_rate, n_boot, seed), "seeds": sum(1 for r in runs if _item_table([r])[0]),
-            "method": "wilson" if is_rate else "bootstrap"}
+    """Pooled mean over seeds of per-item values, with the two-level (seeds x items) interval of the module
+    docstring. runs: one {item id: value} per seed. n counts items; "seeds" counts runs with at least one value;
+    "per_seed" is each such run's mean; "method" names the interval (wilson, bootstrap); "deff" the seeds' design
+    effect; "ci_items" the item-only interval (seeds held fixed), for comparison."""
+    _, values, present = _matrix(runs)
+    return _seed_summary(values, present, rate, n_boot, seed)
 
 
 def paired_seeds(pairs: Sequence[tuple[Mapping[str, float], Mapping[str, float]]], n_boot: int = N_BOOT,
                  seed: int = 0, rate: bool | None = None) -> dict:
-    """Mean of (after - before) over the items each pair shares, clustered by item across pairs.
+    """Mean of (after - before) over the items each pair shares, formed within each pair (seed) first, with the
+    two-level interval of the module docstring.
 
     pairs: one (before, after) per seed, each {item id: value} (e.g. (control seed s, arm seed s), or (baseline, arm
     seed s)). Items missing or non-finite on either side of a pair are dropped from that pair. Returns {"mean", "n"
-    (items), "ci_low", "ci_high", "seeds", "paired": True, "method": "newcombe" | "bootstrap"}.
+    (items), "ci_low", "ci_high", "seeds", "per_seed" (each pair's mean difference), "deff", "ci_items", "paired":
+    True, "method": "newcombe" | "bootstrap"}.
     """
-    cells: dict[str, list[tuple[float, float]]] = {}
+    diffs, both = [], []
     for before, after in pairs:
+        d, ba = {}, []
         for i in before:
             if i in after and before[i] is not None and after[i] is not None:
                 b, a = float(before[i]), float(after[i])
                 if np.isfinite(a) and np.isfinite(b):
-                    cells.setdefault(i, []).append((b, a))
-    n_pairs = sum(1 for before, after in pairs if any(i in cells for i in before if i in after))
-    if not cells:
-        return _empty(seeds=0, paired=True)
-    ba = np.asarray([p for ps in cells.values() for p in ps])  # (n values, 2): before, after
+                    d[i] = a - b
+                    ba.append((b, a))
+        diffs.append(d)
+        both += ba
+    _, values, present = _matrix(diffs)
+    if values.shape[1] == 0:
+        return _empty(seeds=0, per_seed=[], paired=True)
+    ba = np.asarray(both)  # (n values, 2): before, after
     is_rate = rate if rate is not None else _is_rate(ba)
+    out = _seed_summary(values, present, False, n_boot, seed)
+    out["mean"] = float(np.mean(ba[:, 1] - ba[:, 0]))
     if is_rate:
-        n = len(cells)
-        frac = lambda x, y: n * float(np.mean((ba[:, 0] == x) & (ba[:, 1] == y)))  # noqa: E731
-        lo, hi = newcombe_paired_ci(frac(1, 1), frac(1, 0), frac(0, 1), frac(0, 0))
-        out = {"mean": float(np.mean(ba[:, 1] - ba[:, 0])), "n": n, "ci_low": lo, "ci_high": hi}
-    else:
-        out = _clustered([[a - b for b, a in ps] for ps in cells.values()], False, n_boot, seed)
-    return {**out, "seeds": n_pairs, "paired": True, "method": "newcombe" if is_rate else "bootstrap"}
+        n_eff = out["n"] / out["deff"]
+        frac = lambda x, y: n_eff * float(np.mean((ba[:, 0] == x) & (ba[:, 1] == y)))  # noqa: E731
+        out["ci_low"], out["ci_high"] = newcombe_paired_ci(frac(1, 1), frac(1, 0), frac(0, 1), frac(0, 0))
+    return {**out, "paired": True, "method": "newcombe" if is_rate else "bootstrap"}
 
 
 def paired_difference(
@@ -193,8 +268,8 @@ def paired_difference(
     if len(before) != len(after):
         raise ValueError(f"paired_difference needs aligned arrays, got lengths {len(before)} and {len(after)}")
     d = paired_seeds([(dict(enumerate(before)), dict(enumerate(after)))], n_boot, seed, rate)
-    d.pop("seeds")
-    d.pop("method", None)
+    for k in ("seeds", "per_seed", "deff", "ci_items", "method"):
+        d.pop(k, None)
     return d
 
 

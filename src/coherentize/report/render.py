@@ -18,6 +18,7 @@ import numpy as np
 
 from coherentize.config import to_dict
 from coherentize.evaluate import stats
+from coherentize.report import data as report_data
 from coherentize.report import tables
 from coherentize.report.tables import HEADLINE, describe
 
@@ -64,9 +65,16 @@ def _err(s):
     return s["mean"], [[s["mean"] - s["ci_low"]], [s["ci_high"] - s["mean"]]]
 
 
+def _seed_dots(ax, x: float, s: dict | None) -> None:
+    """Each seed's own value of a summary from several seeds, as small open dots on the bar at x."""
+    per_seed = [v for v in (s or {}).get("per_seed") or [] if v is not None]
+    if len(per_seed) > 1:
+        ax.plot([x] * len(per_seed), per_seed, "o", mfc="none", color="0.15", ms=3, zorder=3)
+
+
 def forest_plot(rows: list[dict], colors: dict):
     """One panel per headline metric: each paired difference (arm − control, arm − baseline) with its 95% CI, and
-    each seed's own mean difference as a small open marker."""
+    each seed's own mean difference as a small open dot above its row (several seeds only)."""
     import matplotlib.pyplot as plt
 
     keys = list(dict.fromkeys(r["metric"] for r in rows))
@@ -84,14 +92,14 @@ def forest_plot(rows: list[dict], colors: dict):
             ax.errorbar(d["mean"], y, xerr=[[d["mean"] - d["ci_low"]], [d["ci_high"] - d["mean"]]],
                         fmt="o" if r["comparison"] == "vs_control" else "s", color=color, capsize=3, ms=5)
             if len(r["seeds"]) > 1:
-                ax.plot(r["seeds"], [y + 0.22] * len(r["seeds"]), "|", color=color, ms=7, alpha=0.8)
+                ax.plot(r["seeds"], [y + 0.25] * len(r["seeds"]), "o", mfc="none", color=color, ms=4, alpha=0.9)
         ax.axvline(0, color="0.4", lw=0.8, ls="--")
         ax.set_yticks(range(len(mine)), [f"{r['label']} (n={r['diff']['n']})" for r in reversed(mine)], fontsize=7)
         ax.tick_params(axis="x", labelsize=7)
         arrow = "lower is better" if HEADLINE[k][1] == "down" else "higher is better"
         ax.set_title(textwrap.fill(f"{describe(k)} ({arrow})", 46), fontsize=7)
-    fig.suptitle("Paired differences with 95% CI (● vs control, ■ vs baseline; ticks above a row: each seed's own "
-                 "difference)", fontsize=9)
+    fig.suptitle("Paired differences with 95% CI (● vs control, ■ vs baseline; open dots above a row: each seed's "
+                 "own difference)", fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -124,9 +132,10 @@ def make_plots(table: dict, arms: list[str], families: dict, train_logs: dict, p
             for j, name in enumerate(names):
                 m, e = _err(table[k][name]["value"])
                 ax.bar(j, m, yerr=e, color=colors[name], capsize=3)
+                _seed_dots(ax, j, table[k][name]["value"])
             ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=7)
             ax.set_title(textwrap.fill(describe(k), 38), fontsize=7)
-        fig.suptitle("Before / after per metric (95% CI)", fontsize=9)
+        fig.suptitle("Before / after per metric (95% CI; open dots: each seed's own value)", fontsize=9)
         fig.tight_layout()
         plots["metrics.png"] = _fig_png(fig)
 
@@ -144,6 +153,8 @@ def make_plots(table: dict, arms: list[str], families: dict, train_logs: dict, p
                 hi.append(e[1][0])
             ax.bar(np.arange(len(fams)) + j * width, ms, width, yerr=[lo, hi], label=name, color=colors[name],
                    capsize=2)
+            for i, f in enumerate(fams):
+                _seed_dots(ax, i + j * width, families[name].get(f))
         ax.set_xticks(np.arange(len(fams)) + 0.4 - width / 2, fams, rotation=45, ha="right", fontsize=7)
         ax.set_ylabel("attack success (all requests)")
         ax.set_ylim(0, 1.05)
@@ -223,11 +234,47 @@ def make_plots(table: dict, arms: list[str], families: dict, train_logs: dict, p
 
 
 def _cell(s: dict | None, pct: bool = False) -> str:
-    return stats.fmt(s, pct=pct) if s else "n/a"
+    """A summary as 'mean [low, high] (n=..)', followed by each seed's own value when it comes from several."""
+    if not s:
+        return "n/a"
+    text = stats.fmt(s, pct=pct)
+    per_seed = [v for v in s.get("per_seed") or [] if v is not None]
+    if s.get("mean") is not None and len(per_seed) > 1:
+        f = (lambda v: f"{100 * v:.1f}%") if pct else (lambda v: f"{v:.3f}")
+        text += "; seeds " + ", ".join(f(v) for v in per_seed)
+    return text
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def results_table(metrics: list[str], table: dict, arms: list[str]) -> list[str]:
+    """The main table's Markdown: every metric for the baseline and each arm, with the paired differences vs the
+    baseline and vs the control, and each seed's value beside a figure from several seeds."""
+    has_control = "control" in arms
+    header = ["metric", "baseline"]
+    for a in arms:
+        header += [a, f"Δ {a} vs baseline"] + ([f"Δ {a} vs control"] if has_control and a != "control" else [])
+    rows = []
+    for k in metrics:
+        row = [md_text(describe(k)), _cell(table[k]["baseline"]["value"])]
+        for a in arms:
+            row += [_cell(table[k][a]["value"]), _cell(table[k][a]["vs_baseline"])]
+            if has_control and a != "control":
+                row.append(_cell(table[k][a].get("vs_control")))
+        rows.append(row)
+    return _table(header, rows)
+
+
+def family_table(fams: list[str], cond: dict, uncond: dict, names: list[str], n_requests: int,
+                 n_refused: int) -> list[str]:
+    """Attack success per held-out family (tables.family_tables), all requests and the baseline-refused ones."""
+    return ([f"Over all {n_requests} harmful requests (the headline, unconditional), and beside it on the "
+             f"{n_refused} the baseline refused when asked directly (conditional).\n"]
+            + _table(["family"] + [f"{n}: {w}" for n in names for w in ("all requests", "baseline-refused")],
+                     [[md_text(f)] + [c for n in names for c in (_cell(uncond[n][f], True), _cell(cond[n][f], True))]
+                      for f in fams]))
 
 
 def render_html(markdown: str, plots: dict) -> str:
@@ -346,6 +393,10 @@ def write_report(root: Path, cfg, organism: dict | None, baseline_dir: Path, run
     lines = tables.summary_lines(metrics, table, arms, jb, len(refused0))
     summary = _load_json(root / "summary.json") or {}
     times = tables.stage_times(done, summary)
+    # The per-item data behind every figure (no text), for docs/results/data/ (report/data.py).
+    manifest = {"experiment": root.name, "model": str(cfg.model.name_or_path), "arms": arms,
+                "seeds": list(cfg.seeds), "n_boot": n_boot, "code": summary.get("code"), "stage_seconds": times}
+    report_data.write(report_data.collect(Path(baseline_dir), runs, manifest), root / "data")
     base_model = (organism or {}).get("folder") or str(cfg.model.name_or_path)
     model_dirs = [{**r, "model_dir": str(Path(r["train_dir"]) / "model")} for r in runs]
     adapters = {d["model_dir"]: (Path(d["model_dir"]) / "adapter_config.json").is_file()
@@ -363,8 +414,10 @@ def write_report(root: Path, cfg, organism: dict | None, baseline_dir: Path, run
                "The figure behind the Summary: each headline metric's paired differences with their 95% CIs "
                "(a CI clear of the dashed zero line is a change the Summary names).\n"]
     md += ["Figures are means over prompts with 95% CIs and n = the number of prompts. Seeds are not new prompts: "
-           "with several seeds a prompt's values over seeds are resampled together (cluster bootstrap). Rates get "
-           "Wilson intervals and paired rate differences Newcombe's, so 0% and 100% keep a width; other figures a "
+           "with several seeds the interval resamples seeds and, within them, the same prompts (a two-level "
+           "bootstrap, evaluate/stats.py), so it includes training noise, and each seed's own value follows it. Rates "
+           "get Wilson intervals and paired rate differences Newcombe's (with several seeds at n divided by the "
+           "seeds' design effect), so 0% and 100% keep a width; other figures a "
            f"percentile bootstrap, and the Summary names a bootstrap change only on {tables.MIN_BOOTSTRAP_ITEMS} "
            "prompts or more. Δ columns are "
            "paired differences on the same prompts (arm − baseline; arm − control within a seed). Refusals are "
@@ -387,26 +440,11 @@ def write_report(root: Path, cfg, organism: dict | None, baseline_dir: Path, run
 
     md += selection_section(_load_json(root / "selection.json"), getattr(cfg, "arm_definitions", {}))
 
-    header = ["metric", "baseline"]
-    for a in arms:
-        header += [a, f"Δ {a} vs baseline"] + ([f"Δ {a} vs control"] if has_control and a != "control" else [])
-    rows = []
-    for k in metrics:
-        row = [md_text(describe(k)), _cell(table[k]["baseline"]["value"])]
-        for a in arms:
-            row += [_cell(table[k][a]["value"]), _cell(table[k][a]["vs_baseline"])]
-            if has_control and a != "control":
-                row.append(_cell(table[k][a].get("vs_control")))
-        rows.append(row)
-    md += ["## Results\n"] + _table(header, rows)
+    md += ["## Results\n", tables.interval_note(table, arms) + "\n"] + results_table(metrics, table, arms)
     if fams:
-        md += ["", "### Jailbreak success per held-out family\n",
-               f"Over all {len(base_items.get('jailbreak.refused_direct', {}))} harmful requests (the headline, "
-               f"unconditional), and beside it on the {len(refused0)} the baseline refused when asked directly "
-               "(conditional).\n"]
-        md += _table(["family"] + [f"{n}: {w}" for n in names for w in ("all requests", "baseline-refused")],
-                     [[md_text(f)] + [c for n in names for c in (_cell(fam_uncond[n][f], True),
-                                                                   _cell(fam_cond[n][f], True))] for f in fams])
+        md += ["", "### Jailbreak success per held-out family\n"]
+        md += family_table(fams, fam_cond, fam_uncond, names, len(base_items.get("jailbreak.refused_direct", {})),
+                           len(refused0))
     md += adaptive_section(base_items, table, arms, curves, has_control)
     if heldout:
         md += ["", "### Held-out clusters during training (training-side measurement)\n"]

@@ -1,9 +1,12 @@
 """The report's numbers: pure functions from per-item results to tables, Summary sentences, forest-plot rows, example
 outputs, stage times and export commands. Nothing here reads or writes a file (``render.py`` does).
 
-Every figure is computed by ``evaluate.stats`` with the item as the unit: several seeds of the same prompts are
-clustered by prompt (they never count as new prompts), rates get Wilson intervals, paired rate differences
-Newcombe's (see the stats module). Attack success is defined in ``evaluate.jailbreak.attack_success_items``; the
+Every figure is computed by ``evaluate.stats`` with n = items: several seeds of the same prompts never count as new
+prompts, and their interval is a two-level bootstrap (seeds, then the same prompts within them; paired differences
+formed within a seed first), so it includes training noise; rates get Wilson intervals, paired rate differences
+Newcombe's, at n divided by the seeds' design effect (see the stats module). Each summary carries each seed's own
+value ("per_seed"); a one-seed figure covers prompt sampling only and says so (``interval_note``, the Summary).
+Attack success is defined in ``evaluate.jailbreak.attack_success_items``; the
 report only passes it the baseline's directly-refused requests, so every run is scored on the same requests.
 """
 
@@ -114,8 +117,8 @@ def family_tables(base_items: dict, by_arm: dict[str, list[tuple[int, dict]]], n
 def search_curves(base_items: dict, by_arm: dict[str, list[tuple[int, dict]]], n_boot: int = stats.N_BOOT
                   ) -> tuple[list[int], dict[str, list[dict]]]:
     """(budgets, {run name: [summary over seeds at each budget]}): the search's attack success against its query
-    budget, per run (baseline, arms), from the per-item ``jailbreak.search_success_at.<b>`` (Wilson intervals,
-    seeds clustered by request). Empty when the search did not run."""
+    budget, per run (baseline, arms), from the per-item ``jailbreak.search_success_at.<b>`` (Wilson intervals
+    at n / the seeds' design effect). Empty when the search did not run."""
     budgets = sorted(int(k[len(CURVE_PREFIX):]) for k in base_items if k.startswith(CURVE_PREFIX))
     runs = {"baseline": [base_items], **{a: [it for _, it in rs] for a, rs in by_arm.items()}}
     return budgets, {n: [stats.summarize_seeds([it.get(f"{CURVE_PREFIX}{b}", {}) for it in its], n_boot, rate=True)
@@ -149,15 +152,41 @@ def delta_text(d: dict) -> str:
     return f"{d['mean']:+.3g} [{d['ci_low']:+.3g}, {d['ci_high']:+.3g}] (n={d['n']})"
 
 
+def seed_counts(table: dict, arm: str) -> int:
+    """The number of seeds behind an arm's figures (the most over its metrics; 1 when none is recorded)."""
+    return max([table[k][arm]["value"].get("seeds") or 1 for k in table if arm in table[k]] or [1])
+
+
+def interval_note(table: dict, arms: list[str]) -> str:
+    """One sentence saying what the intervals cover: prompt sampling only (one seed), or seeds and prompts."""
+    counts = sorted({seed_counts(table, a) for a in arms})
+    if counts == [1] or not counts:
+        return ("One training seed per arm: every interval covers prompt sampling only, not training noise (another "
+                "seed could land outside it).")
+    per = "/".join(str(c) for c in counts)
+    one = " Arms with one seed cover prompt sampling only." if 1 in counts else ""
+    return (f"{per} training seeds per arm: an arm's interval resamples seeds and, within them, the same prompts "
+            "(two-level bootstrap; differences paired within a seed first), so it includes training noise; each "
+            "seed's own value follows the interval (\"seeds ...\"). The baseline is one model: its interval covers "
+            "prompt sampling only." + one)
+
+
+def _scope(n_seeds: int) -> str:
+    return (" (1 seed: the CI covers prompt sampling only, not training noise)" if n_seeds == 1
+            else f" ({n_seeds} seeds; the CI includes between-seed variation)")
+
+
 def summary_lines(metrics: list[str], table: dict, arms: list[str], baseline_jailbreak: dict,
                   n_refused: int) -> list[str]:
-    """Markdown bullets naming only the headline changes whose CI excludes 0; regressions named as such."""
+    """Markdown bullets naming only the headline changes whose CI excludes 0; regressions named as such. Each arm's
+    first line says whether its CIs include training noise (several seeds) or prompt sampling only (one seed)."""
     has_control = "control" in arms
     head = [k for k in metrics if k in HEADLINE]
     lines = []
     for a in arms:
         if a == "control":
             continue
+        scope = _scope(seed_counts(table, a))
         comps = {"vs baseline": {k: table[k][a]["vs_baseline"] for k in head},
                  "vs control": {k: table[k][a]["vs_control"] for k in head if "vs_control" in table[k][a]}}
         named = {w: [(k, d) for k, d in ds.items() if moved(d)] for w, ds in comps.items()}
@@ -166,10 +195,11 @@ def summary_lines(metrics: list[str], table: dict, arms: list[str], baseline_jai
                    and (d["ci_low"] > 0 or d["ci_high"] < 0)] for w, ds in comps.items()}
         qual = {w: " on enough prompts to name it" if few[w] else "" for w in comps}
         if named["vs baseline"]:
-            lines.append(f"- **{a}** vs baseline, changes whose 95% CI excludes 0: "
+            lines.append(f"- **{a}** vs baseline, changes whose 95% CI excludes 0{scope}: "
                          + "; ".join(f"{describe(k)} {delta_text(d)}" for k, d in named["vs baseline"]) + ".")
         else:
-            lines.append(f"- **{a}**: no metric moved beyond its 95% CI{qual['vs baseline']} relative to the baseline.")
+            lines.append(f"- **{a}**: no metric moved beyond its 95% CI{qual['vs baseline']} relative to the "
+                         f"baseline{scope}.")
         if has_control:
             if named["vs control"]:
                 lines.append("  - vs the control arm (same steps, no variations): "

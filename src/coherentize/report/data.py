@@ -1,0 +1,128 @@
+"""An experiment's per-item results in a form small enough to commit, and read back to recompute every figure.
+
+Every report writes its data beside it (``<out_dir>/data/``); ``export_run`` copies a finished run's data folder to
+``docs/results/data/<experiment>/`` and ``coherentize report --from-data`` recomputes that section of
+docs/results.md from these files alone (report/section.py).
+
+Format (``FORMAT`` 1), one folder:
+
+- ``manifest.json``: {"format": 1, "experiment", "model", "judge" (the refusal judge's name), "arms", "seeds",
+  "n_boot", "runs": [{"name": "baseline"}, {"name": "<arm>-seed<s>", "arm", "seed"}, ...], "code" (package version
+  and source hash from summary.json), "stage_seconds"}.
+- ``items.csv``: run, metric, item, value: every run's ``per_item`` from results.json (the numbers behind every
+  figure: labels as 0/1, margins, scores, divergences), a value written as Python's repr of the float (it reads
+  back bit for bit).
+- ``labels.csv``: run, suite, id, prompt_id, family, label, value: the judge's label of every scored output
+  (records.csv without its excerpt column).
+
+No text is kept: neither a prompt, nor a request, nor any excerpt of an output, only ids, labels and numbers, so a
+harmful request or a complied answer can never reach the repository through this folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+from pathlib import Path
+
+from coherentize.errors import CoherentizeError
+
+FORMAT = 1
+ITEM_FIELDS = ("run", "metric", "item", "value")
+LABEL_FIELDS = ("run", "suite", "id", "prompt_id", "family", "label", "value")
+FILES = ("manifest.json", "items.csv", "labels.csv")
+
+
+def _read_csv(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    with path.open(encoding="utf-8", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def collect(baseline_dir: Path, runs: list[dict], manifest: dict) -> dict:
+    """{"manifest", "items": {run name: per_item}, "labels": {run name: [label rows]}} from the evaluation folders
+    (results.json, records.csv). runs: [{"arm", "seed", "eval_dir"}]; manifest: the fields of the experiment
+    (experiment, model, arms, seeds, n_boot, code, stage_seconds), completed here with "format", "judge", "runs"."""
+    folders = {"baseline": Path(baseline_dir), **{f"{r['arm']}-seed{r['seed']}": Path(r["eval_dir"]) for r in runs}}
+    items, labels, judge = {}, {}, None
+    for name, folder in folders.items():
+        res = json.loads((folder / "results.json").read_text(encoding="utf-8"))
+        judge = judge or res.get("judge", {}).get("name")
+        items[name] = res.get("per_item", {})
+        labels[name] = [{k: r.get(k, "") for k in LABEL_FIELDS[1:]} for r in _read_csv(folder / "records.csv")]
+    entries = [{"name": "baseline"}] + [{"name": f"{r['arm']}-seed{r['seed']}", "arm": r["arm"], "seed": r["seed"]}
+                                        for r in runs]
+    return {"manifest": {"format": FORMAT, **manifest, "judge": judge or "string", "runs": entries},
+            "items": items, "labels": labels}
+
+
+def write(data: dict, dest: Path) -> Path:
+    """Write the three files into dest (replacing what is there); return dest."""
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / "manifest.json").write_text(json.dumps(data["manifest"], indent=1, default=str) + "\n", encoding="utf-8")
+    with (dest / "items.csv").open("w", encoding="utf-8", newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(ITEM_FIELDS)
+        for run, per_item in data["items"].items():
+            for metric, vals in per_item.items():
+                for item, v in vals.items():
+                    w.writerow([run, metric, item, repr(float(v)) if v is not None else ""])
+    with (dest / "labels.csv").open("w", encoding="utf-8", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=LABEL_FIELDS, lineterminator="\n")
+        w.writeheader()
+        for run, rows in data["labels"].items():
+            for r in rows:
+                w.writerow({"run": run, **r})
+    return dest
+
+
+def read(folder: Path) -> dict:
+    """The data written by ``write`` (the same dict); a missing file or an unknown run is one clear error."""
+    folder = Path(folder)
+    for name in FILES:
+        if not (folder / name).is_file():
+            raise CoherentizeError(f"{folder / name}: not found (a results data folder holds {', '.join(FILES)}).")
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise CoherentizeError(f"{folder / 'manifest.json'}: not valid JSON ({e.msg}, line {e.lineno}).") from None
+    if manifest.get("format") != FORMAT:
+        raise CoherentizeError(f"{folder / 'manifest.json'}: format {manifest.get('format')!r}, expected {FORMAT}.")
+    names = [r["name"] for r in manifest["runs"]]
+    items: dict = {n: {} for n in names}
+    labels: dict = {n: [] for n in names}
+    for path, fields, sink in ((folder / "items.csv", ITEM_FIELDS, items),
+                               (folder / "labels.csv", LABEL_FIELDS, labels)):
+        with path.open(encoding="utf-8", newline="") as f:
+            reader = csv.DictReader(f)
+            if tuple(reader.fieldnames or ()) != fields:
+                raise CoherentizeError(f"{path}: columns {reader.fieldnames}, expected {list(fields)}.")
+            for line, r in enumerate(reader, start=2):
+                if r["run"] not in sink:
+                    raise CoherentizeError(f"{path}:{line}: run {r['run']!r} is not in manifest.json's runs.")
+                if sink is items:
+                    items[r["run"]].setdefault(r["metric"], {})[r["item"]] = (float(r["value"]) if r["value"] != ""
+                                                                              else None)
+                else:
+                    labels[r["run"]].append({k: r[k] for k in fields[1:]})
+    return {"manifest": manifest, "items": items, "labels": labels}
+
+
+def export_run(run_dir: Path, dest: Path) -> Path:
+    """Copy a finished run's data folder (``<run_dir>/data``, written by its report) to dest; return dest."""
+    src = Path(run_dir) / "data"
+    if not (src / "manifest.json").is_file():
+        raise CoherentizeError(f"{src}: no results data here; run the experiment's report stage with this version "
+                               "of coherentize first (the report writes it).")
+    read(src)  # check it reads back before anything is copied
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in FILES:
+        tmp = dest / f".{name}.tmp"
+        shutil.copyfile(src / name, tmp)
+        os.replace(tmp, dest / name)
+    return dest

@@ -1,0 +1,107 @@
+"""docs/results.md sections recomputed from committed per-item data (report/data.py, report/section.py,
+`coherentize report`)."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from coherentize.cli import main
+from coherentize.errors import CoherentizeError
+from coherentize.report import data, section
+
+ROOT = Path(__file__).resolve().parents[2]
+PAGE = ROOT / "docs" / "results.md"
+DATA = ROOT / "docs" / "results" / "data"
+# Every data folder committed under docs/results/data/ has its section in docs/results.md.
+COMMITTED = sorted(p.name for p in DATA.iterdir() if (p / "manifest.json").is_file()) if DATA.is_dir() else []
+
+
+def test_at_least_one_section_is_backed_by_committed_data():
+    assert COMMITTED, f"no data folder under {DATA}"
+
+
+@pytest.mark.parametrize("name", COMMITTED)
+def test_a_committed_section_is_exactly_what_its_data_recompute(name):
+    text = PAGE.read_text(encoding="utf-8")
+    span = section.find_section(text, name)
+    assert span is not None, f"docs/results.md has no {section.begin_marker(name)} section"
+    loaded = data.read(DATA / name)
+    assert text[span[0]:span[1]] == section.section_markdown(loaded, name)
+    # The committed data hold no text: ids, labels and numbers only (never a prompt or an output excerpt).
+    header = (DATA / name / "labels.csv").read_text(encoding="utf-8").splitlines()[0]
+    assert header == ",".join(data.LABEL_FIELDS)
+    assert (ROOT / "docs" / "results" / f"{name}_forest.png").is_file()
+
+
+@pytest.mark.parametrize("name", COMMITTED[:1])
+def test_report_check_passes_on_the_page_and_fails_when_a_figure_is_edited(name, tmp_path, capsys):
+    page = tmp_path / "results.md"
+    shutil.copyfile(PAGE, page)
+    args = ["report", "--from-data", str(DATA / name), "--into", str(page), "--check"]
+    assert main(args) == 0
+    text = page.read_text(encoding="utf-8")
+    start, end = section.find_section(text, name)
+    body = text[start:end]
+    edited = body.replace("(n=", "(n=1", 1)
+    assert edited != body
+    page.write_text(text[:start] + edited + text[end:], encoding="utf-8")
+    assert main(args) == 1
+    assert f"section {name} differs" in capsys.readouterr().err
+    # Without --check the section is rewritten (and its plot written beside the page).
+    assert main(args[:-1]) == 0
+    assert page.read_text(encoding="utf-8") == text
+    assert (tmp_path / "results" / f"{name}_forest.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_replace_section_between_its_markers_or_appended():
+    sec = f"{section.begin_marker('x')}\nnew\n{section.end_marker('x')}"
+    page = f"# R\n\n{section.begin_marker('x')}\nold\n{section.end_marker('x')}\n\nReading.\n"
+    assert section.replace_section(page, "x", sec) == f"# R\n\n{sec}\n\nReading.\n"
+    assert section.replace_section("# R\n", "x", sec) == f"# R\n\n{sec}\n"
+    with pytest.raises(CoherentizeError, match="has no <!-- /generated:x -->"):
+        section.replace_section(f"{section.begin_marker('x')}\nold\n", "x", sec)
+
+
+def write_small(folder):
+    d = {"manifest": {"experiment": "e", "model": "m", "arms": ["a"], "seeds": [0], "n_boot": 50, "code": None,
+                      "stage_seconds": {}, "format": data.FORMAT, "judge": "string",
+                      "runs": [{"name": "baseline"}, {"name": "a-seed0", "arm": "a", "seed": 0}]},
+         "items": {"baseline": {"m.x": {"i,1": 0.1, "i2": 1 / 3}}, "a-seed0": {"m.x": {"i,1": 0.2, "i2": None}}},
+         "labels": {"baseline": [{"suite": "s", "id": "i,1", "prompt_id": "i", "family": "f", "label": "refused",
+                                  "value": "1"}], "a-seed0": []}}
+    data.write(d, folder)
+    return d
+
+
+def test_data_round_trip_is_exact(tmp_path):
+    d = write_small(tmp_path / "d")
+    back = data.read(tmp_path / "d")
+    assert back == d  # floats bit for bit, ids with commas, None kept
+    assert back["items"]["baseline"]["m.x"]["i2"] == 1 / 3
+
+
+def test_bad_data_folders_name_the_file_and_line(tmp_path):
+    write_small(tmp_path / "d")
+    with pytest.raises(CoherentizeError, match=r"labels\.csv: not found"):
+        (tmp_path / "d" / "labels.csv").unlink()
+        data.read(tmp_path / "d")
+    write_small(tmp_path / "d")
+    with (tmp_path / "d" / "items.csv").open("a") as f:
+        f.write("b-seed9,m.x,i2,0.5\n")
+    with pytest.raises(CoherentizeError, match=r"items\.csv:6: run 'b-seed9' is not in manifest"):
+        data.read(tmp_path / "d")
+    man = json.loads((tmp_path / "d" / "manifest.json").read_text())
+    (tmp_path / "d" / "manifest.json").write_text(json.dumps({**man, "format": 99}))
+    with pytest.raises(CoherentizeError, match="format 99, expected 1"):
+        data.read(tmp_path / "d")
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    assert main(["report", "--from-data", str(tmp_path / "missing")]) == 2
+    assert "manifest.json: not found" in capsys.readouterr().err
+    assert main(["report", "--export", str(tmp_path)]) == 2
+    assert "--export RUN_DIR needs --out DIR" in capsys.readouterr().err
+    assert main(["report", "--export", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    assert "no results data here" in capsys.readouterr().err

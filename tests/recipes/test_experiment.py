@@ -474,3 +474,23 @@ def test_stage_keys_carry_the_resolved_precision(tmp_path, monkeypatch):
         keys.append(st.key("baseline", {"n": 1}))
         assert st.code["precision"] == forced
     assert keys[0] != keys[1]
+
+
+def test_far_transfer_family_sharing_a_kind_with_training_fails_before_any_stage(tmp_path, capsys):
+    """eval.jailbreak_far_families is checked against the training families (variations' families and the jailbreak
+    families around harmful anchors) in validate: one line naming both, no traceback, no stage folder."""
+    out = tmp_path / "run"
+    sets = [f"out_dir={out}", "organism.enabled=false", "variations.n_harmful=10",
+            "variations.jailbreak_families=[roleplay_actor]", "eval.jailbreak_families=[evil_confidant,past_tense]",
+            "eval.far_transfer_embedder=none"]
+    with pytest.raises(CoherentizeError, match=r"far-transfer family 'evil_confidant' shares the attack kind "
+                                               r"'roleplay' with training family 'roleplay_actor'"):
+        validate(from_dict(ExperimentConfig, apply_overrides({}, sets + ["eval.jailbreak_far_families=[evil_confidant]"])))
+    validate(from_dict(ExperimentConfig, apply_overrides({}, sets + ["eval.jailbreak_far_families=[past_tense]"])))
+    args = ["run"] + [a for s in sets + ["eval.jailbreak_far_families=[past_tense,evil_confidant]"]
+                      for a in ("--set", s)]
+    rc = main(args)
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "'evil_confidant'" in err and "'roleplay_actor'" in err and "eval.jailbreak_far_families" in err
+    assert not out.exists()

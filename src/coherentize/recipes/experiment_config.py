@@ -276,10 +276,32 @@ def _check_overlap(cfg: ExperimentConfig) -> None:
                      allow=cfg.eval.allow_overlap,
                      hint="Training would wrap its prompts in an evaluation family: evaluate on held-out families, "
                           "or set eval.allow_overlap: true if that is deliberate.")
+    _check_far_transfer(cfg, evals)
     if cfg.organism.enabled:
         from coherentize.recipes.organism import check_organism_frames
 
         check_organism_frames(cfg.organism, cfg.eval.jailbreak_sources)
+
+
+def training_families(cfg: ExperimentConfig) -> list[str]:
+    """The template families training uses: the variations' families and, with harmful anchors, the jailbreak
+    families wrapped around them (the same families the evaluation later reads off the training clusters)."""
+    v = cfg.variations
+    return list(dict.fromkeys(list(v.families) + (list(v.jailbreak_families) if v.n_harmful else [])))
+
+
+def _check_far_transfer(cfg: ExperimentConfig, evals: dict) -> None:
+    """eval.jailbreak_far_families against the training families (evaluate.suite.far_transfer_setup: by kind, and by
+    meaning unless eval.far_transfer_embedder is none), before any stage: a far-transfer family sharing an attack kind
+    with a training family, or close in meaning to one of its frames, is a one-line CoherentizeError naming both.
+    Without far families configured nothing can fail here (the evaluation picks them), so no embedder is loaded."""
+    if not cfg.eval.jailbreak_far_families:
+        return
+    from coherentize.evaluate.suite import far_transfer_setup
+
+    train = training_families(cfg)
+    far_transfer_setup(dataclasses.replace(cfg.eval, train_families=list(dict.fromkeys(
+        list(cfg.eval.train_families) + train))), evals)
 
 
 def selects(cfg: ExperimentConfig, arm: str) -> bool:

@@ -485,7 +485,8 @@ def test_far_transfer_family_sharing_a_kind_with_training_fails_before_any_stage
             "eval.far_transfer_embedder=none"]
     with pytest.raises(CoherentizeError, match=r"far-transfer family 'evil_confidant' shares the attack kind "
                                                r"'roleplay' with training family 'roleplay_actor'"):
-        validate(from_dict(ExperimentConfig, apply_overrides({}, sets + ["eval.jailbreak_far_families=[evil_confidant]"])))
+        validate(from_dict(ExperimentConfig,
+                           apply_overrides({}, sets + ["eval.jailbreak_far_families=[evil_confidant]"])))
     validate(from_dict(ExperimentConfig, apply_overrides({}, sets + ["eval.jailbreak_far_families=[past_tense]"])))
     args = ["run"] + [a for s in sets + ["eval.jailbreak_far_families=[past_tense,evil_confidant]"]
                       for a in ("--set", s)]

@@ -307,3 +307,21 @@ def test_stage_times_with_jobs_say_the_wall_clock(tmp_path):
     times = md.split("## Stage times")[1].split("\n## ")[0]
     assert "| **total** | **60** |" in times
     assert "with jobs: 2 the jobs overlapped, and this invocation took 33 s of wall clock" in times
+
+
+def test_attack_success_by_kind_table_with_the_far_transfer_kinds_marked(tmp_path):
+    def res(roleplay, past):
+        r = results(NLL, [1.0] * 10, {"roleplay_actor": roleplay, "past_tense": past}, [0.0] * 10)
+        r["suites"]["jailbreak"]["far_transfer"] = {"families": ["past_tense"], "kinds": ["past_tense"]}
+        return r
+
+    args = experiment(tmp_path, arm=res([0.0] * 10, [1.0] * 5 + [0.0] * 5), control=res([1.0] * 10, [1.0] * 10))
+    write_dir(args[3], res([1.0] * 10, [1.0] * 5 + [0.0] * 5))  # the baseline with these families
+    md = write_report(*args).read_text()
+    kinds = json.loads((args[0] / "report.json").read_text())["by_kind"]
+    assert kinds["values"]["baseline"]["roleplay"]["mean"] == pytest.approx(1.0)
+    assert kinds["vs_control"]["output-kl"]["roleplay"]["mean"] == pytest.approx(-1.0)
+    assert kinds["vs_control"]["output-kl"]["past_tense"]["mean"] == pytest.approx(-0.5)
+    assert "### Attack success by attack kind" in md
+    assert row(md, "past\\_tense (far transfer)").split(" | ")[1].startswith("50.0%")
+    assert row(md, "roleplay").count("|") == 6  # kind, baseline, control, output-kl, Δ output-kl vs control

@@ -133,3 +133,25 @@ def test_a_drop_in_attack_success_is_never_summarised_without_the_framed_benign_
     metrics, t = _framed_runs(None)
     lines = tables.summary_lines(metrics, t, ["control", "bct"], {}, 30)
     assert any("vs control, attack success fell" in ln and "was not measured" in ln for ln in lines)
+
+
+def test_attack_success_by_kind_averages_a_requests_families_of_that_kind_and_pairs_with_the_control():
+    ids = [f"r{i}" for i in range(12)]
+
+    def run(a: float, b: float, c: float, seed: int) -> dict:
+        per = {f"jailbreak.success.{f}": {i: float((j + seed) % 4 < 4 * p) for j, i in enumerate(ids)}
+               for f, p in (("a", a), ("b", b), ("c", c))}
+        return tables.run_items({"per_item": {"jailbreak.refused_direct": {i: 1.0 for i in ids}, **per}}, set(ids))
+
+    kinds = {"a": ("roleplay",), "b": ("roleplay", "style"), "c": ()}
+    base = run(1.0, 0.5, 1.0, 0)
+    by_arm = {"control": [(s, run(1.0, 0.5, 1.0, s)) for s in (0, 1)],
+              "bct": [(s, run(0.0, 0.5, 1.0, s)) for s in (0, 1)]}
+    names, values, vs_control = tables.kind_tables(base, by_arm, kinds, n_boot=200)
+    assert names == ["roleplay", "style"]  # c has no kind: in none
+    assert values["baseline"]["roleplay"]["mean"] == pytest.approx(0.75)  # (1 + 0.5) / 2 per request
+    assert values["baseline"]["style"]["mean"] == pytest.approx(0.5)
+    assert values["bct"]["roleplay"]["mean"] == pytest.approx(0.25) and values["bct"]["roleplay"]["seeds"] == 2
+    assert vs_control["bct"]["roleplay"]["mean"] == pytest.approx(-0.5) and vs_control["bct"]["roleplay"]["seeds"] == 2
+    assert vs_control["bct"]["style"]["mean"] == pytest.approx(0.0)
+    assert "control" not in vs_control

@@ -8,7 +8,8 @@ Format (``FORMAT`` 1), one folder:
 
 - ``manifest.json``: {"format": 1, "experiment", "model", "judge" (the refusal judge's name), "arms", "seeds",
   "n_boot", "runs": [{"name": "baseline"}, {"name": "<arm>-seed<s>", "arm", "seed"}, ...], "code" (package version
-  and source hash from summary.json), "stage_seconds"}.
+  and source hash from summary.json), "stage_seconds", "jailbreak_sources" (whence the families' attack kinds; absent
+  in older folders: the default sources)}.
 - ``items.csv``: run, metric, item, value: every run's ``per_item`` from results.json (the numbers behind every
   figure: labels as 0/1, margins, scores, divergences), a value written as Python's repr of the float (it reads
   back bit for bit).

@@ -277,6 +277,32 @@ def family_table(fams: list[str], cond: dict, uncond: dict, names: list[str], n_
                       for f in fams]))
 
 
+def family_kinds(sources) -> dict[str, tuple[str, ...]]:
+    """{family: attack kinds} of the jailbreak sources' families and the built-in variation families (an unknown
+    source gives no kinds rather than an error: the report is written after the evaluation read them)."""
+    from coherentize.errors import CoherentizeError
+    from coherentize.variations.families import TEMPLATE_FAMILIES
+    from coherentize.variations.templates import kinds_of, template_families
+
+    try:
+        found = template_families(list(sources))
+    except (CoherentizeError, OSError):
+        found = {}
+    return kinds_of({**TEMPLATE_FAMILIES, **found})
+
+
+def kind_table(kinds: list[str], values: dict, vs_control: dict, arms: list[str], far_kinds=()) -> list[str]:
+    """Attack success by attack kind (tables.kind_tables): one row per kind, each run's value and each arm's paired
+    difference vs the control; kinds of the far-transfer families (no training family has them) marked."""
+    header = ["attack kind", "baseline"] + list(arms) + [f"Δ {a} vs control" for a in arms if a in vs_control]
+    rows = []
+    for k in kinds:
+        label = md_text(k) + (" (far transfer)" if k in far_kinds else "")
+        rows.append([label, _cell(values["baseline"][k], True)] + [_cell(values[a][k], True) for a in arms]
+                    + [_cell(vs_control[a][k], True) for a in arms if a in vs_control])
+    return _table(header, rows)
+
+
 def render_html(markdown: str, plots: dict) -> str:
     """report.md rendered by markdown-it-py (CommonMark + tables, raw HTML off) with the PNGs embedded."""
     from markdown_it import MarkdownIt
@@ -388,6 +414,9 @@ def write_report(root: Path, cfg, organism: dict | None, baseline_dir: Path, run
     fams, fam_cond, fam_uncond = tables.family_tables(base_items, by_arm, n_boot)
     forest = tables.forest_rows(metrics, table, arms)
     curves = tables.search_curves(base_items, by_arm, n_boot)
+    kinds, kind_values, kind_vs_control = tables.kind_tables(
+        base_items, by_arm, family_kinds(getattr(getattr(cfg, "eval", None), "jailbreak_sources", ())), n_boot)
+    far_kinds = base["suites"].get("jailbreak", {}).get("far_transfer", {}).get("kinds", [])
     plots = make_plots(table, arms, fam_uncond if fams else {}, train_logs, per_layer, forest, root, curves)
     jb = base["suites"].get("jailbreak", {})
     lines = tables.summary_lines(metrics, table, arms, jb, len(refused0))
@@ -395,7 +424,8 @@ def write_report(root: Path, cfg, organism: dict | None, baseline_dir: Path, run
     times = tables.stage_times(done, summary)
     # The per-item data behind every figure (no text), for docs/results/data/ (report/data.py).
     manifest = {"experiment": root.name, "model": str(cfg.model.name_or_path), "arms": arms,
-                "seeds": list(cfg.seeds), "n_boot": n_boot, "code": summary.get("code"), "stage_seconds": times}
+                "seeds": list(cfg.seeds), "n_boot": n_boot, "code": summary.get("code"), "stage_seconds": times,
+                "jailbreak_sources": list(getattr(getattr(cfg, "eval", None), "jailbreak_sources", ()))}
     report_data.write(report_data.collect(Path(baseline_dir), runs, manifest), root / "data")
     base_model = (organism or {}).get("folder") or str(cfg.model.name_or_path)
     model_dirs = [{**r, "model_dir": str(Path(r["train_dir"]) / "model")} for r in runs]
@@ -445,6 +475,11 @@ def write_report(root: Path, cfg, organism: dict | None, baseline_dir: Path, run
         md += ["", "### Jailbreak success per held-out family\n"]
         md += family_table(fams, fam_cond, fam_uncond, names, len(base_items.get("jailbreak.refused_direct", {})),
                            len(refused0))
+    if kinds:
+        md += ["", "### Attack success by attack kind\n",
+               "Over all harmful requests, a request's success averaged over the families of that kind it was wrapped "
+               "in (a family of several kinds counts in each). \"far transfer\": a kind no training family has.\n"]
+        md += kind_table(kinds, kind_values, kind_vs_control, arms, far_kinds)
     md += adaptive_section(base_items, table, arms, curves, has_control)
     if heldout:
         md += ["", "### Held-out clusters during training (training-side measurement)\n"]
@@ -494,6 +529,7 @@ def write_report(root: Path, cfg, organism: dict | None, baseline_dir: Path, run
     figures = {"table": table, "family_success_unconditional": fam_uncond, "family_success_given_refused": fam_cond,
                "adaptive": {"labels": tables.adaptive_labels(base_items, curves[0]),
                             "search_curve": {"budgets": curves[0], "runs": curves[1]}},
+               "by_kind": {"values": kind_values, "vs_control": kind_vs_control, "far_transfer_kinds": far_kinds},
                "stage_seconds": times, "exports": exports}
     (root / "report.json").write_text(json.dumps(figures, indent=1, default=str))
     return out

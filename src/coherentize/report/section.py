@@ -5,7 +5,7 @@
 
 The section is the text between ``<!-- generated:<experiment> -->`` and ``<!-- /generated:<experiment> -->`` in
 docs/results.md: the run's provenance, what its intervals cover, the Summary, the results table with each seed's
-value, attack success per held-out family, the adaptive probes when they ran, and the forest plot
+value, attack success per held-out family and per attack kind, the adaptive probes when they ran, and the forest plot
 (``results/<experiment>_forest.png`` beside docs/results.md). The reading of the figures stays outside the markers,
 written by a person; everything inside is regenerated and a test compares it with the committed page.
 """
@@ -15,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from coherentize.errors import CoherentizeError
+from coherentize.evaluate.suite import EvalConfig
 from coherentize.report import render, tables
 
 
@@ -27,8 +28,10 @@ def end_marker(name: str) -> str:
 
 
 def figures(data: dict, n_boot: int | None = None) -> dict:
-    """Every figure of the section from the data: {"arms", "metrics", "table", "fams", "cond", "uncond", "forest",
-    "curves", "base_items", "n_refused"}, computed exactly as the experiment's report computes them."""
+    """Every figure of the section from the data: {"arms", "metrics", "table", "fams", "cond", "uncond", "kinds",
+    "kind_values", "kind_vs_control", "forest", "curves", "base_items", "n_refused"}, computed exactly as the
+    experiment's report computes them (attack kinds: the families of the manifest's jailbreak_sources, or of the
+    default sources when it names none)."""
     man = data["manifest"]
     n_boot = n_boot or man.get("n_boot") or tables.stats.N_BOOT
     base = {"per_item": data["items"]["baseline"]}
@@ -41,7 +44,10 @@ def figures(data: dict, n_boot: int | None = None) -> dict:
             by_arm[r["arm"]].append((r["seed"], tables.run_items({"per_item": data["items"][r["name"]]}, refused0)))
     metrics, table = tables.build_table(base_items, by_arm, n_boot)
     fams, cond, uncond = tables.family_tables(base_items, by_arm, n_boot)
+    sources = man.get("jailbreak_sources") or EvalConfig().jailbreak_sources
+    kinds, kind_values, kind_vs_control = tables.kind_tables(base_items, by_arm, render.family_kinds(sources), n_boot)
     return {"arms": arms, "metrics": metrics, "table": table, "fams": fams, "cond": cond, "uncond": uncond,
+            "kinds": kinds, "kind_values": kind_values, "kind_vs_control": kind_vs_control,
             "forest": tables.forest_rows(metrics, table, arms),
             "curves": tables.search_curves(base_items, by_arm, n_boot),
             "base_items": base_items, "n_refused": len(refused0)}
@@ -70,6 +76,10 @@ def section_markdown(data: dict, name: str, figs: dict | None = None, data_link:
         md += ["", f"Jailbreak success per held-out family ({name}):\n"]
         md += render.family_table(figs["fams"], figs["cond"], figs["uncond"], ["baseline"] + arms,
                                   len(figs["base_items"].get("jailbreak.refused_direct", {})), figs["n_refused"])
+    if figs["kinds"]:
+        md += ["", f"Jailbreak success by attack kind ({name}; all harmful requests, a request's success averaged over "
+                   "the families of that kind it was wrapped in):\n"]
+        md += render.kind_table(figs["kinds"], figs["kind_values"], figs["kind_vs_control"], arms)
     md += render.adaptive_section(figs["base_items"], table, arms, figs["curves"], "control" in arms)
     if figs["forest"]:
         md += ["", f"![paired differences with 95% CIs; open dots: each seed's own difference]"

@@ -121,6 +121,37 @@ def family_tables(base_items: dict, by_arm: dict[str, list[tuple[int, dict]]], n
     return fams, cond, uncond
 
 
+def kind_tables(base_items: dict, by_arm: dict[str, list[tuple[int, dict]]], kinds: dict[str, tuple[str, ...]],
+                n_boot: int = stats.N_BOOT) -> tuple[list[str], dict, dict]:
+    """(kinds, values, vs_control): attack success over all harmful requests by attack kind (a request's success
+    averaged over the families of that kind it was wrapped in; a family of several kinds counts in each, one without
+    a kind nowhere), values[run name][kind] a summary over seeds (baseline, arms) and vs_control[arm][kind] the
+    paired difference arm − control within a seed (arms other than the control, when there is one).
+    kinds: {family: attack kinds} (variations.templates.kinds_of)."""
+    fams = sorted(k.split(".", 2)[2] for k in base_items if k.startswith("jailbreak.success."))
+    of_kind: dict[str, list[str]] = {}
+    for f in fams:
+        for kind in kinds.get(f, ()):
+            of_kind.setdefault(kind, []).append(f)
+
+    def per_kind(items: dict) -> dict[str, dict]:
+        out = {}
+        for kind, fs in of_kind.items():
+            keep = {k: v for k, v in items.items() if k in {f"jailbreak.success.{f}" for f in fs}}
+            out[kind] = attack_success_items(keep, set()).get("jailbreak.success_unconditional", {})
+        return out
+
+    base = per_kind(base_items)
+    runs = {a: [(s, per_kind(it)) for s, it in rs] for a, rs in by_arm.items()}
+    values = {"baseline": {k: stats.summarize_seeds([base[k]], n_boot) for k in of_kind},
+              **{a: {k: stats.summarize_seeds([it[k] for _, it in rs], n_boot) for k in of_kind}
+                 for a, rs in runs.items()}}
+    ctrl = dict(runs.get("control", []))
+    vs_control = {a: {k: stats.paired_seeds([(ctrl[s][k], it[k]) for s, it in rs if s in ctrl], n_boot)
+                      for k in of_kind} for a, rs in runs.items() if ctrl and a != "control"}
+    return sorted(of_kind), values, vs_control
+
+
 def search_curves(base_items: dict, by_arm: dict[str, list[tuple[int, dict]]], n_boot: int = stats.N_BOOT
                   ) -> tuple[list[int], dict[str, list[dict]]]:
     """(budgets, {run name: [summary over seeds at each budget]}): the search's attack success against its query

@@ -36,6 +36,9 @@ def test_every_stage_runs_then_a_rerun_skips_them(tiny_folder, tmp_path):
     report = run_experiment(tiny_cfg(tiny_folder, out), log=lambda *a: None)
     text = report.read_text()
     assert "## Summary" in text and "output-kl+activation" in text and "control" in text
+    # beside attack success: the framed-benign answer rate, far-transfer success (training has no attack kind), by kind
+    assert "| answer rate of benign prompts in the held\\-out jailbreak frames |" in text
+    assert "| far\\-transfer jailbreak success" in text and "### Attack success by attack kind" in text
     assert (out / "report.html").read_text().count("data:image/png;base64,") >= 3
     for png in ("metrics.png", "jailbreak_families.png", "training.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,9 +1,11 @@
 """Organism recipes side by side: build each (OrganismConfig overrides) and measure its held-out room.
 
 For each recipe: the build's wall time, its own check (recipes/organism.quick_check), and an evaluation like
-configs/paraphrase_only.yaml's baseline (48 test requests, each in 3 of the 26 held-out families; over-refusal on the
-37 benign-edgy test prompts): direct refusal, attack success over the families, over-refusal, and how many families
-sit strictly between 5% and 95% attack success. Prints one JSON line per recipe ("RESULT {...}"); figures carry n.
+configs/paraphrase_only.yaml's baseline, on the VALIDATION split (up to 48 requests, each in 3 of the 26 held-out
+families; over-refusal on the validation benign-edgy prompts): direct refusal, attack success over the families,
+over-refusal, and how many families sit strictly between 5% and 95% attack success. Prints one JSON line per recipe
+("RESULT {...}"); figures carry n. A recipe is chosen on validation prompts, never on the test split that the
+experiments report (issue 18: before 2026-12-04 this script scored the test split).
 
     OMP_NUM_THREADS=2 .venv/bin/python scripts/organism_sweep.py \\
         '{"max_steps": 30}' '{"n_harmful": 120, "max_steps": 30}' --root /tmp/organisms
@@ -48,7 +50,8 @@ def main() -> None:
         build_s = time.time() - t0
         info = json.loads((folder / "organism.json").read_text())
         model, tok = load_model(ModelConfig(name_or_path=str(folder)))
-        cfg = EvalConfig(suites=["jailbreak", "overrefusal"], n_harmful=48, jailbreak_families_per_request=3,
+        cfg = EvalConfig(suites=["jailbreak", "overrefusal"], split="validation", n_harmful=48,
+                         jailbreak_families_per_request=3,
                          jailbreak_families=read_config_file(CONFIG)["eval"]["jailbreak_families"])
         res = run_suite(model, tok, cfg, quiet=True)
         jb, orf = res["suites"]["jailbreak"], res["suites"]["overrefusal"]["refusal_rate"]

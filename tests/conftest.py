@@ -8,6 +8,13 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # model.precision: auto would take bfloat16 on CPUs that have it (AMD Zen 4, Intel AMX) and float32 elsewhere: the
 # suite computes in float32 on every CPU; tests of the bf16 path ask for it by name (tests/test_precision.py).
 os.environ.setdefault("COHERENTIZE_PRECISION", "float32")
+# The converted packaged model and every other cache go to one temporary folder per test session, shared by the
+# xdist workers (they inherit this environment) and removed at the end: tests write nothing outside temporary folders.
+if "COHERENTIZE_CACHE" not in os.environ:
+    import tempfile
+
+    os.environ["COHERENTIZE_CACHE"] = tempfile.mkdtemp(prefix="coherentize-test-cache-")
+    os.environ["COHERENTIZE_TEST_CACHE_OWNER"] = str(os.getpid())
 
 import contextlib  # noqa: E402
 import importlib.util  # noqa: E402
@@ -132,3 +139,11 @@ def llama_server(tmp_path_factory):
             "--port", str(port), "--n_ctx", "2048", "--n_threads", "1", "--model_alias", "smollm2"]
     with _serve("llama_server", argv, base + "/models", tmp_path_factory, name="llama_cpp.server"):
         yield base
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """The session's temporary cache goes with the process that made it (the controller under xdist)."""
+    if os.environ.get("COHERENTIZE_TEST_CACHE_OWNER") == str(os.getpid()):
+        import shutil
+
+        shutil.rmtree(os.environ["COHERENTIZE_CACHE"], ignore_errors=True)

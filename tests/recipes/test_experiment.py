@@ -331,7 +331,7 @@ def test_learning_rate_chosen_on_validation_and_its_run_reused_as_that_seed(tiny
         lr = fake_score.lrs.pop(0)
         return {"harmful_refusal": scores[lr], "n_harmful_prompts": len(prompts["harmful"]), "benign_answer": 1.0,
                 "n_benign": len(prompts["benign"]), "harmonic_mean": scores[lr]}
-    fake_score.lrs = [0.01, 0.03]
+    fake_score.lrs = [0.01, 0.03, 0.01, 0.03]  # the control's candidates, then the other arm's
     monkeypatch.setattr(selection, "validation_score", fake_score)
     trained = []
     real_train = jobs.train_arm
@@ -342,13 +342,13 @@ def test_learning_rate_chosen_on_validation_and_its_run_reused_as_that_seed(tiny
                    "select.n_benign=2", "eval.suites=[overrefusal]")
     run_experiment(cfg, log=lambda *a: None)
     sel = json.loads((out / "selection.json").read_text())
-    assert list(sel) == ["output-kl+activation"]
-    assert sel["output-kl+activation"]["chosen_learning_rate"] == 0.03
+    assert list(sel) == ["control", "output-kl+activation"]  # every arm that trains, the control too (equal arms)
+    assert sel["output-kl+activation"]["chosen_learning_rate"] == 0.03 == sel["control"]["chosen_learning_rate"]
     assert [c["harmonic_mean"] for c in sel["output-kl+activation"]["candidates"]] == [0.4, 0.7]
-    assert seen_splits == [("h", "validation"), ("b", "validation")]  # never the test split the evaluation scores
+    assert set(seen_splits) == {("h", "validation"), ("b", "validation")}  # never the test split the eval scores
     assert sorted(trained) == sorted([("output-kl+activation@lr0.01-seed0", 0.01), ("output-kl+activation@lr0.03-seed0", 0.03),
-                                      ("output-kl+activation-seed1", 0.03), ("control-seed0", 0.01),
-                                      ("control-seed1", 0.01)])
+                                      ("output-kl+activation-seed1", 0.03), ("control@lr0.01-seed0", 0.01),
+                                      ("control@lr0.03-seed0", 0.03), ("control-seed1", 0.03)])
     evals = {json.loads(p.read_text())["seed"]: p.parent for p in out.glob("stages/eval/output-kl+activation-seed*/done.json")}
     assert len(evals) == 2
     report = (out / "report.md").read_text()
@@ -498,3 +498,14 @@ def test_far_transfer_family_sharing_a_kind_with_training_fails_before_any_stage
     assert rc == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert "'evil_confidant'" in err and "'roleplay_actor'" in err and "eval.jailbreak_far_families" in err
     assert not out.exists()
+
+
+def test_selecting_the_rate_of_some_arms_only_is_refused(tiny_folder, tmp_path):
+    """Equal arms: a rate tuned for one arm and not the control would confound the comparison with the rate."""
+    from coherentize.errors import CoherentizeError
+    from coherentize.recipes.experiment_config import validate
+
+    cfg = tiny_cfg(tiny_folder, tmp_path / "x", "select.learning_rates=[0.01,0.03]", "select.arms=[output-kl+activation]")
+    with pytest.raises(CoherentizeError, match=r"select.arms: .* the control included, or to none"):
+        validate(cfg)
+    assert not (tmp_path / "x").exists()

@@ -205,6 +205,10 @@ def validate(cfg: ExperimentConfig) -> None:
     unknown = [a for a in sel.arms if a not in cfg.arms]
     if unknown:
         raise CoherentizeError(f"select.arms: {unknown[0]!r} is not one of the experiment's arms {cfg.arms}.")
+    if sel.learning_rates and sel.arms and set(sel.arms) != set(cfg.arms):
+        raise CoherentizeError(f"select.arms: {sel.arms} would choose the learning rate of some arms only; selection "
+                               f"applies to every arm that trains, the control included, or to none (equal arms): "
+                               f"drop select.arms or list every arm {cfg.arms}.")
     if any(not (math.isfinite(lr) and lr > 0) for lr in sel.learning_rates):
         raise CoherentizeError(f"select.learning_rates: every rate must be > 0, got {sel.learning_rates}.")
     for name, spec in cfg.arm_definitions.items():
@@ -309,7 +313,7 @@ def selects(cfg: ExperimentConfig, arm: str) -> bool:
     sel = cfg.select
     if not sel.learning_rates:
         return False
-    return arm in sel.arms if sel.arms else arm_components(cfg, arm)[0] != "control"
+    return True  # every arm, the control included (validate refuses a subset): arms compared at rates chosen alike
 
 
 def arm_data(cfg: ExperimentConfig, arm: str) -> str:

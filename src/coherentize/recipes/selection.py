@@ -11,7 +11,7 @@ from coherentize.errors import CoherentizeError
 
 @dataclass
 class SelectConfig:
-    """The learning rate chosen on a validation split, as Irpan et al. choose their checkpoint: each selected arm
+    """The learning rate chosen on a validation split, as Irpan et al. choose their checkpoint: each arm
     trains once per candidate rate at `seed`, and keeps the rate with the best harmonic mean of the harmful-refusal
     rate (validation-split harmful requests, clean and wrapped in the TRAINING jailbreak families, never an evaluation
     family) and the benign answer rate (validation split of the benign-but-edgy prompts); ties go to the smaller rate.
@@ -20,7 +20,8 @@ class SelectConfig:
     learning_rates: list[float] = field(default_factory=list)
     """Candidate learning rates (empty: no selection; every arm trains at train.learning_rate)."""
     arms: list[str] = field(default_factory=list)
-    """Arms whose rate is selected (empty: every arm but control, which trains at train.learning_rate)."""
+    """Empty, or every arm of the experiment: the rate is selected for every arm that trains, the control included, so
+    that no difference between arms comes from one arm's tuned rate (a subset is an error)."""
     seed: int = 0
     """Seed at which the candidates train."""
     n_harmful: int = 16

@@ -11,6 +11,7 @@ import pytest
 from coherentize.config import apply_overrides, from_dict
 from coherentize.evaluate import stats
 from coherentize.recipes.experiment import ExperimentConfig
+from coherentize.recipes.experiment_config import report_facts
 from coherentize.report import write_report
 
 IDS = [f"p{i}" for i in range(10)]
@@ -18,7 +19,8 @@ NLL = [1.0, 1.4, 2.2, 0.7, 3.1, 1.9, 2.6, 0.9, 1.5, 2.8]
 
 
 def cfg_for(out, seeds):
-    return from_dict(ExperimentConfig, apply_overrides({}, [f"out_dir={out}", f"seeds={seeds}", "eval.n_boot=400"]))
+    return report_facts(from_dict(ExperimentConfig, apply_overrides({}, [f"out_dir={out}", f"seeds={seeds}",
+                                                                         "eval.n_boot=400"])))
 
 
 def results(nll, refused_direct, success, overrefusal):

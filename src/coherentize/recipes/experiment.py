@@ -27,7 +27,7 @@ from coherentize.io import write_json
 from coherentize.models import ModelConfig
 from coherentize.recipes import selection
 from coherentize.recipes.experiment_config import (Arm, ExperimentConfig, MineConfig, VariationsConfig, arm_of,
-                                                   validate)
+                                                   report_facts, validate)
 from coherentize.recipes.jobs import (Baseline, EvaluateArm, Job, JobContext, TrainArm, run_here, run_in_processes,
                                       run_job, run_on_ray)
 from coherentize.recipes.models import EvalModels
@@ -254,7 +254,7 @@ def report_stage(st: Stages, cfg: ExperimentConfig, runs: list[dict], t0: float)
         organism_info = st.done("organism") if cfg.organism.enabled else None
         clusters = read_json(st.dir("variations") / "done.json")
         write_runs_file(st.root, st.config, st.code, st.dir("baseline"), runs, organism_info, clusters)  # for merges
-        report_path = write_report(st.root, cfg, organism_info, st.dir("baseline"), runs, clusters)
+        report_path = write_report(st.root, report_facts(cfg), organism_info, st.dir("baseline"), runs, clusters)
         st.seconds["report"] = round(time.time() - st._t["report"], 3)
         st.log(f"   report done in {st.seconds['report']:.1f} s")
         st.log(f"report: {report_path} and {report_path.with_suffix('.html')} ({time.time() - t0:.0f} s)")

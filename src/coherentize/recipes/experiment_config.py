@@ -7,6 +7,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
+from coherentize.config import to_dict
 from coherentize.errors import CoherentizeError
 from coherentize.evaluate.suite import EvalConfig
 from coherentize.models import ModelConfig
@@ -351,7 +352,7 @@ def arm_of(cfg: ExperimentConfig, arm: str) -> Arm:
     """The Arm named `arm` in the experiment (components, weights and training fields resolved and checked)."""
     import typing
 
-    from coherentize.config import _coerce
+    from coherentize.config import to_dict, _coerce
 
     components, weights, overrides = arm_components(cfg, arm)
     hints = typing.get_type_hints(ConsistencyConfig)
@@ -367,3 +368,15 @@ def arm_train_args(cfg: ExperimentConfig, arm: str, seed: int, learning_rate: fl
     """The training arguments of one arm and seed: the experiment's `train`, the arm's own settings, its component
     weights, the seed, and the chosen learning rate when there is one."""
     return arm_of(cfg, arm).train_args(seed, learning_rate)
+
+
+def report_facts(cfg: ExperimentConfig):
+    """What the report needs of this config (report/facts.py), so that the report never reads the config itself."""
+    from coherentize.report.facts import ExperimentFacts
+
+    return ExperimentFacts(
+        model=str(cfg.model.name_or_path), seeds=list(cfg.seeds), n_boot=cfg.eval.n_boot,
+        jailbreak_sources=list(cfg.eval.jailbreak_sources), lora=bool(cfg.lora.enabled),
+        families=list(cfg.variations.families), jailbreak_families=list(cfg.variations.jailbreak_families),
+        arm_labels={name: d.label for name, d in cfg.arm_definitions.items() if d.label}, jobs=cfg.jobs,
+        config=to_dict(cfg))

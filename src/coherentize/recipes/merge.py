@@ -17,7 +17,7 @@ from pathlib import Path
 from coherentize.config import from_dict
 from coherentize.errors import CoherentizeError
 from coherentize.io import write_json
-from coherentize.recipes.experiment_config import ExperimentConfig
+from coherentize.recipes.experiment_config import ExperimentConfig, report_facts
 from coherentize.recipes.stages import COSMETIC_EVAL_FIELDS, COSMETIC_TRAIN_FIELDS
 
 RUNS_FILE = "runs.json"
@@ -99,5 +99,5 @@ def merge_runs(run_dirs: list[str | Path], out: str | Path) -> Path:
     cfg = from_dict(ExperimentConfig, {**recs[0]["config"], "seeds": seeds, "out_dir": str(out)}, where=str(dirs[0]))
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "merged.json", {"runs": [str(d) for d in dirs], "seeds": seeds, "code": recs[0]["code"]})
-    return write_report(out, cfg, recs[0]["organism"], dirs[0] / recs[0]["baseline_dir"], runs,
+    return write_report(out, report_facts(cfg), recs[0]["organism"], dirs[0] / recs[0]["baseline_dir"], runs,
                         recs[0]["variations"])

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from coherentize.config import to_dict
 from coherentize.evaluate import stats
 from coherentize.report import data as report_data
 from coherentize.report import tables
+from coherentize.report.facts import ExperimentFacts, RunRecord
 from coherentize.report.tables import HEADLINE, describe
 
 STYLE = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;font-size:14px}"
@@ -353,11 +353,11 @@ def adaptive_section(base_items: dict, table: dict, arms: list[str], curves: tup
     return md
 
 
-def selection_section(selection: dict | None, definitions: dict) -> list[str]:
+def selection_section(selection: dict | None, labels: dict[str, str]) -> list[str]:
     """The learning rate each selected arm trained at, with every candidate's validation score (selection.json), and
     the named arms' descriptions."""
     md = []
-    labelled = {a: d.label for a, d in definitions.items() if getattr(d, "label", "")}
+    labelled = {a: label for a, label in labels.items() if label}
     if labelled:
         md += ["## Arms\n"] + _table(["arm", "what it is"], [[md_text(a), md_text(t)] for a, t in labelled.items()])
         md.append("")
@@ -378,14 +378,15 @@ def selection_section(selection: dict | None, definitions: dict) -> list[str]:
     return md
 
 
-def write_report(root: Path, cfg, organism: dict | None, baseline_dir: Path, runs: list[dict], clusters: dict) -> Path:
+def write_report(root: Path, facts: ExperimentFacts, organism: dict | None, baseline_dir: Path,
+                 runs: list[RunRecord], clusters: dict) -> Path:
     """Write report.md, report.html, the PNGs and report.json into root; return report.md's path.
 
-    runs: [{"arm", "seed", "train_dir", "eval_dir"}]; organism and clusters: the organism's and the variations
-    stage's done.json contents (organism None when disabled)."""
+    facts: the experiment's settings (report/facts.py); runs: one RunRecord per arm-seed; organism and clusters: the
+    organism's and the variations stage's done.json contents (organism None when disabled)."""
     t0 = time.time()
     root = Path(root)
-    n_boot = getattr(getattr(cfg, "eval", None), "n_boot", stats.N_BOOT)
+    n_boot = facts.n_boot
     base = _load_json(Path(baseline_dir) / "results.json")
     refused0 = tables.refused_directly(base)
     base_items = tables.run_items(base, refused0)
@@ -415,7 +416,7 @@ def write_report(root: Path, cfg, organism: dict | None, baseline_dir: Path, run
     forest = tables.forest_rows(metrics, table, arms)
     curves = tables.search_curves(base_items, by_arm, n_boot)
     kinds, kind_values, kind_vs_control = tables.kind_tables(
-        base_items, by_arm, family_kinds(getattr(getattr(cfg, "eval", None), "jailbreak_sources", ())), n_boot)
+        base_items, by_arm, family_kinds(facts.jailbreak_sources), n_boot)
     far_kinds = base["suites"].get("jailbreak", {}).get("far_transfer", {}).get("kinds", [])
     plots = make_plots(table, arms, fam_uncond if fams else {}, train_logs, per_layer, forest, root, curves)
     jb = base["suites"].get("jailbreak", {})
@@ -423,21 +424,21 @@ def write_report(root: Path, cfg, organism: dict | None, baseline_dir: Path, run
     summary = _load_json(root / "summary.json") or {}
     times = tables.stage_times(done, summary)
     # The per-item data behind every figure (no text), for docs/results/data/ (report/data.py).
-    manifest = {"experiment": root.name, "model": str(cfg.model.name_or_path), "arms": arms,
-                "seeds": list(cfg.seeds), "n_boot": n_boot, "code": summary.get("code"), "stage_seconds": times,
-                "jailbreak_sources": list(getattr(getattr(cfg, "eval", None), "jailbreak_sources", ()))}
+    manifest = {"experiment": root.name, "model": facts.model, "arms": arms,
+                "seeds": list(facts.seeds), "n_boot": n_boot, "code": summary.get("code"), "stage_seconds": times,
+                "jailbreak_sources": list(facts.jailbreak_sources)}
     report_data.write(report_data.collect(Path(baseline_dir), runs, manifest), root / "data")
-    base_model = (organism or {}).get("folder") or str(cfg.model.name_or_path)
+    base_model = (organism or {}).get("folder") or facts.model
     model_dirs = [{**r, "model_dir": str(Path(r["train_dir"]) / "model")} for r in runs]
     adapters = {d["model_dir"]: (Path(d["model_dir"]) / "adapter_config.json").is_file()
-                or (not Path(d["model_dir"]).is_dir() and bool(getattr(cfg.lora, "enabled", True)))
+                or (not Path(d["model_dir"]).is_dir() and facts.lora)
                 for d in model_dirs}
     exports = tables.export_commands(model_dirs, base_model, adapters)
     names = ["baseline"] + arms
     has_control = "control" in arms
 
     md = ["# coherentize experiment report\n", f"Output folder: `{root}`. Arms: {', '.join(arms)}; seeds: "
-          f"{', '.join(str(s) for s in cfg.seeds)}. Model: `{cfg.model.name_or_path}`.\n",
+          f"{', '.join(str(s) for s in facts.seeds)}. Model: `{facts.model}`.\n",
           "## Summary\n", *lines, ""]
     if "forest.png" in plots:
         md += ["![forest.png](forest.png)\n",
@@ -464,11 +465,11 @@ def write_report(root: Path, cfg, organism: dict | None, baseline_dir: Path, run
                        _cell(organism.get(when, {}).get("overrefusal_rate"), True)] for when in ("before", "after")])
         md.append("")
     counts = {k: v for k, v in (clusters or {}).items() if k != tables.WALL_KEY}
-    md += ["## Training data\n", f"Clusters: {counts}. Families: {', '.join(cfg.variations.families)}"
-           + (f"; harmful anchors wrapped in {', '.join(cfg.variations.jailbreak_families)}"
-              if cfg.variations.jailbreak_families else "") + ".\n"]
+    md += ["## Training data\n", f"Clusters: {counts}. Families: {', '.join(facts.families)}"
+           + (f"; harmful anchors wrapped in {', '.join(facts.jailbreak_families)}"
+              if facts.jailbreak_families else "") + ".\n"]
 
-    md += selection_section(_load_json(root / "selection.json"), getattr(cfg, "arm_definitions", {}))
+    md += selection_section(_load_json(root / "selection.json"), facts.arm_labels)
 
     md += ["## Results\n", tables.interval_note(table, arms) + "\n"] + results_table(metrics, table, arms)
     if fams:
@@ -508,8 +509,8 @@ def write_report(root: Path, cfg, organism: dict | None, baseline_dir: Path, run
     if times:
         md += _table(["stage", "wall time (s)"], [[md_text(s), f"{t:.0f}"] for s, t in times.items()]
                      + [["**total**", f"**{sum(times.values()):.0f}**"]])
-        if getattr(cfg, "jobs", 1) > 1 and isinstance(summary.get("wall_seconds"), (int, float)):
-            md.append(f"\nThe total adds up every stage's own time; with jobs: {cfg.jobs} the jobs overlapped, and "
+        if facts.jobs > 1 and isinstance(summary.get("wall_seconds"), (int, float)):
+            md.append(f"\nThe total adds up every stage's own time; with jobs: {facts.jobs} the jobs overlapped, and "
                       f"this invocation took {summary['wall_seconds']:.0f} s of wall clock up to the report "
                       "(summary.json: wall_seconds).")
     else:
@@ -520,7 +521,7 @@ def write_report(root: Path, cfg, organism: dict | None, baseline_dir: Path, run
     md += _table(["run", "folder", "export"], [[e["run"], f"`{e['path']}`", f"`{e['command']}`"] for e in exports])
     rest = [n for n in plots if n != "forest.png"]
     md += ["", "## Plots\n"] + [f"![{n}]({n})\n" for n in rest]
-    md += ["## Configuration\n", "```json", json.dumps(to_dict(cfg), indent=1, default=str)[:6000], "```"]
+    md += ["## Configuration\n", "```json", json.dumps(facts.config, indent=1, default=str)[:6000], "```"]
     md.append(f"\nReport written in {time.time() - t0:.1f} s.")
     text = "\n".join(md) + "\n"
     out = root / "report.md"

@@ -8,7 +8,7 @@
 line; clusters are built from --families with the one cluster builder) or a clusters JSONL ({"id", "anchor",
 "variations"} a line; --families then keeps only those families' variations). Each cluster is scored by decision
 flips (string refusal judge; multiple-choice letters on MC items), JS divergence on the anchor's own greedy answer
-and the residual-stream distance at --layers (the formula: coherentize/mining.py). Writes into --out: ranked.jsonl
+and the residual-stream distance at --layers (the formula: coherentize/evaluate/mining.py). Writes into --out: ranked.jsonl
 (every cluster, most incoherent first), top.jsonl (the top clusters, training-ready), families.json, mine.md,
 mine.html and families.png. Scores are appended to <out>/scores.partial.jsonl as they finish; re-running the same
 command skips the clusters already scored (another --top only rewrites the outputs).
@@ -134,7 +134,7 @@ def load_input(args) -> list:
 
 
 def main(args) -> int:
-    from coherentize.mining import mine_to_dir
+    from coherentize.recipes.mine import mine_to_dir
 
     if args.top < 1 or args.per_family < 1 or args.max_new_tokens < 1 or args.batch_size < 1 or args.chunk_size < 1:
         raise CoherentizeError("--top, --per-family, --max-new-tokens, --batch-size and --chunk-size must be >= 1.")
@@ -149,7 +149,7 @@ def main(args) -> int:
 
     def load():
         from coherentize.chat import is_chat_model
-        from coherentize.mining import resolve_layers
+        from coherentize.evaluate.mining import resolve_layers
         from coherentize.models import ModelConfig, load_model
 
         model, tok = load_model(ModelConfig(name_or_path=args.model, device=args.device, dtype=args.dtype,

@@ -96,7 +96,7 @@ def load_input(args) -> list:
     """The clusters to score: built from a prompt set/file, or read from a clusters file (families kept)."""
     from coherentize.clusters import load_clusters, select_split
     from coherentize.variations.build import build_clusters, families_by_name
-    from coherentize.variations.families import as_family, load_template_families
+    from coherentize.variations.families import load_template_families
     from coherentize.variations.prompt_sets import read_prompts, resolve_input
     from coherentize.variations.templates import template_families
 
@@ -119,7 +119,7 @@ def load_input(args) -> list:
         for src in args.jailbreak:
             if src not in ("project", "easyjailbreak") and not Path(src).is_file():
                 raise CoherentizeError(f"--jailbreak {src}: not a file, nor 'project' or 'easyjailbreak'.")
-            extra += [as_family(t) for t in template_families([src]).values()]
+            extra += list(template_families([src]).values())
         families = families_by_name(names, extra)
         items = select_split(read_prompts(path), args.split)
         if args.max_prompts is not None:

@@ -34,7 +34,7 @@ from coherentize.evaluate.results import excerpt
 
 # Templates live in variations/templates.py; these names are re-exported for evaluation code.
 from coherentize.variations.templates import (  # noqa: F401
-    SLOT, TemplateFamily, pick_template, project_templates_path, template_families,
+    SLOT, TemplateFamily, project_templates_path, template_families,
 )
 
 PROJECT_TEMPLATES = project_templates_path()

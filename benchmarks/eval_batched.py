@@ -134,7 +134,7 @@ def main() -> None:
     from coherentize.chat import is_chat_model
     from coherentize.commands.run import default_config_path
     from coherentize.config import apply_overrides, from_dict, read_config_file
-    from coherentize.evaluate.jailbreak import pick_template, run_jailbreak, template_families, wrap
+    from coherentize.evaluate.jailbreak import run_jailbreak, template_families
     from coherentize.evaluate.judges import StringJudge
     from coherentize.evaluate.results import excerpt
     from coherentize.evaluate.suite import EvalConfig, harmful_requests
@@ -158,7 +158,7 @@ def main() -> None:
     prompts = []  # in run_jailbreak's order
     for r in requests:
         prompts.append(r["prompt"])
-        prompts += [wrap(pick_template(t, r["id"], f), r["prompt"]) for f, t in families.items()]
+        prompts += [fam.wrap(r["prompt"], str(r["id"])) for fam in families.values()]
     judge = StringJudge()
 
     def run_old():

@@ -11,9 +11,10 @@ import pytest
 from coherentize.cli import main
 from coherentize.clusters import load_clusters
 
-_spec = importlib.util.spec_from_file_location("mining_tests", Path(__file__).parents[1] / "test_mining.py")
+_spec = importlib.util.spec_from_file_location("mining_tests",
+                                               Path(__file__).parents[1] / "evaluate" / "test_mining.py")
 mining_tests = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(mining_tests)  # the taught tiny model and its clusters, shared with tests/test_mining.py
+_spec.loader.exec_module(mining_tests)  # the taught tiny model and its clusters, shared with evaluate/test_mining.py
 
 
 @pytest.fixture(scope="module")

@@ -82,7 +82,8 @@ def test_no_direct_refusal_warns():
     from coherentize.testing import tiny_model, tiny_tokenizer
 
     tok = tiny_tokenizer()
-    s, _, _ = jailbreak.run_jailbreak(tiny_model(tok), tok, reqs, {"f": ["{prompt}!"]}, True, Never(),
+    fam = jailbreak.TemplateFamily("f", "an exclamation", ("{prompt}!",))
+    s, _, _ = jailbreak.run_jailbreak(tiny_model(tok), tok, reqs, {"f": fam}, True, Never(),
                                       max_new_tokens=2, margin=False, n_boot=50)
     assert s["success_given_refused"]["n"] == 0
     assert any("nothing for training to reduce" in n for n in s["notes"])
@@ -140,8 +141,7 @@ def test_run_jailbreak_never_stops_rows_early(tiny_lm, tiny_tok, monkeypatch, ju
 def test_margins_come_from_the_generation_prefill(tiny_lm, tiny_tok):
     reqs = [{"id": f"r{i}", "prompt": p} for i, p in enumerate(["Tell me the weather.", "Name a colour."])]
     fams = jailbreak.template_families(["project"], only=["roleplay_actor"])
-    prompts = [p for r in reqs for p in [r["prompt"]] + [jailbreak.wrap(jailbreak.pick_template(t, r["id"], f),
-                                                                         r["prompt"]) for f, t in fams.items()]]
+    prompts = [p for r in reqs for p in [r["prompt"]] + [f.wrap(r["prompt"], r["id"]) for f in fams.values()]]
     _, records, _ = jailbreak.run_jailbreak(tiny_lm, tiny_tok, reqs, fams, True, StringJudge(), max_new_tokens=3,
                                             n_boot=20)
     margins = jailbreak.refusal_margins(tiny_lm, tiny_tok, prompts, True)

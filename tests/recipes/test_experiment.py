@@ -362,7 +362,7 @@ def test_learning_rate_chosen_on_validation_and_its_run_reused_as_that_seed(tiny
 
 
 def test_mined_and_random_arms_train_on_the_mined_and_random_clusters(tiny_folder, tmp_path, monkeypatch):
-    """data: mined trains on the mine stage's top_k clusters (ranked by coherentize.mining on the untrained model);
+    """data: mined trains on the mine stage's top_k clusters (ranked by coherentize.evaluate.mining on the untrained model);
     data: random on as many clusters drawn per seed; both the same steps; the mine stage runs once."""
     from coherentize.clusters import load_clusters
     from coherentize.recipes import jobs

@@ -68,3 +68,35 @@ def test_runs_of_another_experiment_or_code_are_refused(runs, tiny_folder, tmp_p
     rc = main(["report", str(runs / "s0"), str(runs / "both"), "--out", str(tmp_path / "m")])
     assert rc == 2 and "control seed 0 is also in" in capsys.readouterr().err
     assert not (tmp_path / "m").exists()
+
+
+def test_allow_differences_merges_runs_that_differ_and_names_every_field(runs, tmp_path, capsys):
+    """A run whose config differs in train.learning_rate (and code in one field) is refused without the flag; with
+    --allow-differences it merges, and merged.json and MERGE_NOTES.md name both fields."""
+    import shutil
+
+    other = tmp_path / "s1-other"
+    shutil.copytree(runs / "s1", other)
+    rec = json.loads((other / "runs.json").read_text())
+    (other / "runs.json").write_text(json.dumps({
+        **rec, "config": {**rec["config"], "train": {**rec["config"]["train"], "learning_rate": 0.02}},
+        "code": {**rec["code"], "source": "edited"}}))
+    rc = main(["report", str(runs / "s0"), str(other), "--out", str(tmp_path / "refused")])
+    assert rc == 2 and "train.learning_rate" in capsys.readouterr().err
+    assert not (tmp_path / "refused" / "report.md").exists()
+    rc = main(["report", str(runs / "s0"), str(other), "--out", str(tmp_path / "m"), "--allow-differences"])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert (tmp_path / "m" / "report.md").is_file() and "MERGE_NOTES.md" in err
+    merged = json.loads((tmp_path / "m" / "merged.json").read_text())
+    assert merged["seeds"] == [0, 1]
+    assert {(d["field"], d["value"]) for d in merged["differences"]} == {("train.learning_rate", 0.02),
+                                                                        ("code.source", "edited")}
+    notes = (tmp_path / "m" / "MERGE_NOTES.md").read_text()
+    assert "--allow-differences" in (tmp_path / "m" / "report.md").read_text()  # the report itself says so
+    assert "train.learning_rate is 0.02 there and 0.01" in notes and "code.source" in notes
+    assert notes.count("\n> ") + notes.startswith("> ") == len(merged["notes"]) == 1
+    # the same runs merged again into that folder agree with themselves; runs that do not differ leave no note
+    rc = main(["report", str(runs / "s0"), str(runs / "s1"), "--out", str(tmp_path / "m"), "--allow-differences"])
+    assert rc == 0 and not (tmp_path / "m" / "MERGE_NOTES.md").exists()
+    assert json.loads((tmp_path / "m" / "merged.json").read_text())["differences"] == []

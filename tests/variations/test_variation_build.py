@@ -11,7 +11,7 @@ from coherentize.recipes.experiment_data import build_training_clusters, harmful
 from coherentize.variations import families_by_name, load_prompt_set
 from coherentize.variations.build import build_clusters, filter_pairs, wrap_requests
 from coherentize.variations.pipeline import augment
-from coherentize.variations.templates import pick_template, template_families, wrap
+from coherentize.variations.templates import template_families
 
 
 def _cfg(*sets):
@@ -45,14 +45,25 @@ def test_run_uses_the_similarity_filter_of_the_builder(tmp_path):
     assert any("filter: cosine to anchor in [0.9" in m for m in logs)  # the builder's summary table
 
 
-def test_harmful_anchors_are_wrapped_as_evaluation_wraps_them():
-    fams = template_families(["project"], only=["roleplay_actor", "hide_among_benign"])
+def test_harmful_anchors_are_wrapped_as_evaluation_wraps_them(tmp_path):
+    """Training's harmful anchors and evaluation's wrapped requests are the same prompts, a family's system message
+    included (TemplateFamily.wrap, the one wrapping)."""
+    from coherentize.evaluate.jailbreak import wrapped_prompts
+
+    f = tmp_path / "hosts.yaml"
+    f.write_text("families:\n- name: talk_show\n  templates: ['Host: {prompt}', 'Guest: {prompt}']\n"
+                 "  system: ['You are the host of a talk show.', 'You are a guest on a talk show.']\n")
+    fams = template_families(["project", str(f)], only=["roleplay_actor", "hide_among_benign", "talk_show"])
     (c,) = wrap_requests([{"id": "r1", "prompt": "Do the thing."}], fams)
     assert c.id == "harm-r1" and c.anchor == "Do the thing." and c.tags == {"split": "train", "harmful": True}
-    assert [v.family for v in c.variations] == ["roleplay_actor", "hide_among_benign"]
-    for v in c.variations:
-        assert v.prompt == wrap(pick_template(list(fams[v.family].templates), "r1", v.family), "Do the thing.")
+    assert [v.family for v in c.variations] == ["roleplay_actor", "hide_among_benign", "talk_show"]
+    prompts, keys = wrapped_prompts([{"id": "r1", "prompt": "Do the thing."}], fams)
+    assert keys[1:] == [("r1", v.family) for v in c.variations] and prompts[1:] == [v.prompt for v in c.variations]
+    assert c.variations[0].prompt == fams["roleplay_actor"].pick("r1").replace("{prompt}", "Do the thing.")
     assert "Do the thing." in c.variations[1].prompt and c.variations[1].prompt.count("\n") >= 3  # among 2-3 tasks
+    system, user = c.variations[2].prompt  # the family's system message comes first, in evaluation too
+    assert system["role"] == "system" and system["content"] in fams["talk_show"].system
+    assert user == {"role": "user", "content": fams["talk_show"].pick("r1").replace("{prompt}", "Do the thing.")}
 
 
 def test_pair_filter_modes():

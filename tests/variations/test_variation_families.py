@@ -132,3 +132,11 @@ def test_formatting_keeps_the_end_of_an_open_ended_base_model_prompt():
             assert out.lower().replace("  ", " ").endswith(text.lower().replace("  ", " ")[-3:]), (text, out)
     assert not any(reorder("User: Hi.\nAssistant: Hello. How are you? Fine.\nUser:", random.Random(s)) or ""
                    for s in range(5))
+
+
+def test_template_families_are_families_as_they_are():
+    """One family type for vary: a rule family (RuleFamily) or a template family used as it is (no conversion)."""
+    from coherentize.variations.families import TEMPLATE_FAMILIES, RuleFamily
+
+    assert BUILTIN_FAMILIES["wrapper"] is TEMPLATE_FAMILIES["wrapper"]
+    assert isinstance(BUILTIN_FAMILIES["typos"], RuleFamily) and BUILTIN_FAMILIES["typos"].doc

@@ -64,7 +64,8 @@ from coherentize.variations import templates  # noqa: E402
 
 
 def test_project_templates_all_have_the_slot_and_several_families():
-    fams = templates.load_template_file(templates.project_templates_path())
+    fams = templates.template_families([templates.project_templates_path()])
+    assert list(fams) == list(templates.template_families(["project"]))
     assert len(fams) >= 5
     assert all(templates.SLOT_RE.search(t) for f in fams.values() for t in f.templates)
     assert all(isinstance(f, templates.TemplateFamily) and f.doc for f in fams.values())
@@ -80,9 +81,9 @@ def test_easyjailbreak_templates_are_read_at_run_time_with_the_one_slot():
 def test_old_slot_is_a_clear_error_and_old_mapping_shape_is_read(tmp_path):
     f = _write(tmp_path, "families:\n  mine:\n    - 'Please answer: {prompt}'\n    - 'Old slot: {query}'\n")
     with pytest.raises(CoherentizeError, match=r"families\[0\]\.templates\[1\].*write \{prompt\} instead of \{query\}"):
-        templates.load_template_file(f)
+        templates.template_families([f])
     f = _write(tmp_path, "families:\n  mine: 'Please answer: {prompt}'\n")
-    assert templates.load_template_file(f)["mine"].templates == ("Please answer: {prompt}",)
+    assert templates.template_families([f])["mine"].templates == ("Please answer: {prompt}",)
 
 
 def test_family_given_twice_is_an_error(tmp_path):
@@ -96,8 +97,8 @@ def test_unknown_family_is_an_error():
         templates.template_families(["project"], only=["no_such_family"])
 
 
-def test_wrap_keeps_other_braces_and_pick_is_stable():
-    assert templates.wrap('{"a": 1} {prompt}', "hi") == '{"a": 1} hi'
+def test_fill_keeps_other_braces_and_pick_is_stable():
+    assert templates.fill('{"a": 1} {prompt}', "hi") == '{"a": 1} hi'
     fam = templates.template_families(["project"], only=["roleplay_actor"])["roleplay_actor"]
     assert fam.pick("req-1") == templates.pick_template(list(fam.templates), "req-1", "roleplay_actor")
 
@@ -136,10 +137,10 @@ def test_every_shipped_jailbreak_family_has_a_known_kind():
 def test_kind_field_is_checked(tmp_path):
     f = tmp_path / "t.yaml"
     f.write_text("families:\n- name: a\n  kind: [style, roleplay]\n  templates: ['{prompt} please']\n")
-    assert templates.read_template_file(f)[0].kinds == ("style", "roleplay")
+    assert templates.template_families([f])["a"].kinds == ("style", "roleplay")
     f.write_text("families:\n- name: a\n  kind: teleport\n  templates: ['{prompt} please']\n")
     with pytest.raises(CoherentizeError, match=r"families\[0\]\.kind: 'teleport' is not an attack kind"):
-        templates.read_template_file(f)
+        templates.template_families([f])
 
 
 def test_transformed_slots_rewrite_the_request(tmp_path):
@@ -150,7 +151,7 @@ def test_transformed_slots_rewrite_the_request(tmp_path):
     f = tmp_path / "t.yaml"
     f.write_text("families:\n- name: a\n  templates: ['{prompt:klingon}']\n")
     with pytest.raises(CoherentizeError, match=r"unknown transform \{prompt:klingon\}"):
-        templates.read_template_file(f)
+        templates.template_families([f])
     fam = templates.template_families(["project"], only=["past_tense", "base64_request"])
     assert fam["past_tense"].transformed and fam["past_tense"].frames() == []
     assert fam["base64_request"].wrap("Name a fruit.", "k").endswith("TmFtZSBhIGZydWl0Lg==")

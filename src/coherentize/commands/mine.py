@@ -8,7 +8,7 @@
 line; clusters are built from --families with the one cluster builder) or a clusters JSONL ({"id", "anchor",
 "variations"} a line; --families then keeps only those families' variations). Each cluster is scored by decision
 flips (string refusal judge; multiple-choice letters on MC items), JS divergence on the anchor's own greedy answer
-and the residual-stream distance at --layers (the formula: coherentize/mining.py). Writes into --out: ranked.jsonl
+and the residual-stream distance at --layers (the formula: coherentize/evaluate/mining.py). Writes into --out: ranked.jsonl
 (every cluster, most incoherent first), top.jsonl (the top clusters, training-ready), families.json, mine.md,
 mine.html and families.png. Scores are appended to <out>/scores.partial.jsonl as they finish; re-running the same
 command skips the clusters already scored (another --top only rewrites the outputs).
@@ -96,7 +96,7 @@ def load_input(args) -> list:
     """The clusters to score: built from a prompt set/file, or read from a clusters file (families kept)."""
     from coherentize.clusters import load_clusters, select_split
     from coherentize.variations.build import build_clusters, families_by_name
-    from coherentize.variations.families import as_family, load_template_families
+    from coherentize.variations.families import load_template_families
     from coherentize.variations.prompt_sets import read_prompts, resolve_input
     from coherentize.variations.templates import template_families
 
@@ -119,7 +119,7 @@ def load_input(args) -> list:
         for src in args.jailbreak:
             if src not in ("project", "easyjailbreak") and not Path(src).is_file():
                 raise CoherentizeError(f"--jailbreak {src}: not a file, nor 'project' or 'easyjailbreak'.")
-            extra += [as_family(t) for t in template_families([src]).values()]
+            extra += list(template_families([src]).values())
         families = families_by_name(names, extra)
         items = select_split(read_prompts(path), args.split)
         if args.max_prompts is not None:
@@ -134,7 +134,7 @@ def load_input(args) -> list:
 
 
 def main(args) -> int:
-    from coherentize.mining import mine_to_dir
+    from coherentize.recipes.mine import mine_to_dir
 
     if args.top < 1 or args.per_family < 1 or args.max_new_tokens < 1 or args.batch_size < 1 or args.chunk_size < 1:
         raise CoherentizeError("--top, --per-family, --max-new-tokens, --batch-size and --chunk-size must be >= 1.")
@@ -149,7 +149,7 @@ def main(args) -> int:
 
     def load():
         from coherentize.chat import is_chat_model
-        from coherentize.mining import resolve_layers
+        from coherentize.evaluate.mining import resolve_layers
         from coherentize.models import ModelConfig, load_model
 
         model, tok = load_model(ModelConfig(name_or_path=args.model, device=args.device, dtype=args.dtype,

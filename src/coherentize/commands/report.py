@@ -9,8 +9,9 @@ section from committed per-item data.
 
 Merging: each RUN_DIR is a finished `coherentize run` output folder (its runs.json). The runs must be the same
 experiment: the same config but for seeds, out_dir, jobs and cosmetic settings, and the same code version (the
-resolved precision included); otherwise one error names the first field that differs. Writes report.md, report.html,
-the PNGs, report.json and merged.json into --out.
+resolved precision included); otherwise one error names the first field that differs. With --allow-differences such
+runs are merged all the same (the first run's config heads the report) and MERGE_NOTES.md and merged.json list every
+differing field. Writes report.md, report.html, the PNGs, report.json and merged.json into --out.
 
 Per-item data: the folder (manifest.json, items.csv, labels.csv: ids, labels and numbers, never text; report/data.py)
 is what every experiment's report writes into <out_dir>/data/. A section is everything between
@@ -36,6 +37,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                                   "(default: print the section)")
     p.add_argument("--check", action="store_true", help="with --into: write nothing; exit 1 when the page's section "
                                                         "differs from the recomputed one")
+    p.add_argument("--allow-differences", dest="allow_differences", action="store_true",
+                   help="merge runs whose configs or code versions differ in more than seeds; MERGE_NOTES.md and "
+                        "merged.json then list every differing field")
     p.add_argument("--export", metavar="RUN_DIR", help="a finished experiment's out_dir whose data to copy to --out")
 
 
@@ -44,6 +48,8 @@ def main(args) -> int:
     if sum(modes) != 1:
         raise CoherentizeError("give RUN_DIR... --out DIR (merge runs), --export RUN_DIR --out DIR (a run's data), "
                                "or --from-data DIR (recompute a section); one of the three.")
+    if args.allow_differences and not args.run_dirs:
+        raise CoherentizeError("--allow-differences applies to merging runs (RUN_DIR... --out DIR) only.")
     if args.run_dirs:
         return _merge(args)
     if args.export:
@@ -53,13 +59,16 @@ def main(args) -> int:
 
 def _merge(args) -> int:
     from coherentize.io import writable_dir
-    from coherentize.recipes.merge import merge_runs
+    from coherentize.recipes.merge import NOTES_FILE as MERGE_NOTES, merge_runs
 
     if not args.out:
         raise CoherentizeError("merging runs needs --out DIR.")
     out = writable_dir(args.out, "--out")
-    report = merge_runs(args.run_dirs, out)
+    report = merge_runs(args.run_dirs, out, allow_differences=args.allow_differences)
     print(f"report: {report}  (and {report.with_suffix('.html')})")
+    notes = report.parent / MERGE_NOTES
+    if notes.is_file():
+        print(f"these runs differ in more than seeds: see {notes}", file=sys.stderr)
     return 0
 
 

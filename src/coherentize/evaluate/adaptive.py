@@ -28,8 +28,8 @@ shared batches): round 0 scores ``width`` held-out templates drawn without repla
 ``width`` mutations of candidates among the TOP lowest-margin ones so far (a round scores at most the budget left
 minus one). After each round's scoring, the lowest-margin candidate not yet checked is generated and judged. The
 pool is every template of every held-out family (not only the k families a request was given for the fixed-template
-figures by ``jailbreak_families_per_request``); system messages of template families are not used, as in the fixed
-suite. Mutations (``mutate``), each with a held-out
+figures by ``jailbreak_families_per_request``); system messages of template families are not used (the fixed suite's
+``TemplateFamily.wrap`` puts them first; the shipped jailbreak families have none). Mutations (``mutate``), each with a held-out
 template drawn from the pool: ``nest_in`` (the parent's frame inside the template's), ``nest_around`` (the
 template's frame inside the parent's), ``prefix`` / ``suffix`` (the template's text before / after its slot added to
 the parent's frame), ``swap`` (a sentence of the parent's frame replaced by one of the template's), ``fresh`` (an

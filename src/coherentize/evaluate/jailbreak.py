@@ -34,7 +34,7 @@ from coherentize.evaluate.results import excerpt
 
 # Templates live in variations/templates.py; these names are re-exported for evaluation code.
 from coherentize.variations.templates import (  # noqa: F401
-    SLOT, load_template_file, pick_template, project_templates_path, template_families, wrap,
+    SLOT, TemplateFamily, project_templates_path, template_families,
 )
 
 PROJECT_TEMPLATES = project_templates_path()
@@ -167,16 +167,17 @@ def used_families(items: list[dict], families: dict, assignment: dict[str, Seque
 def wrapped_prompts(items: list[dict], families: dict, assignment: dict[str, Sequence[str]] | None = None
                     ) -> tuple[list[str], list[tuple[str, str]]]:
     """(prompts, keys): per item its direct prompt, key (id, "direct"), then the item wrapped in each family it is
-    given (every family without an assignment), key (id, family); the template picked by ``pick_template``. The one
-    way evaluation wraps a request, harmful (run_jailbreak) or benign (framed_benign)."""
+    given (every family without an assignment), key (id, family), wrapped by ``TemplateFamily.wrap`` (its template,
+    and system message when it has them, picked by the id): the one way evaluation wraps a request, harmful
+    (run_jailbreak) or benign (framed_benign), and the way training wraps its harmful anchors."""
     prompts, keys = [], []
     for it in items:
         prompts.append(it["prompt"])
         keys.append((it["id"], "direct"))
         mine = families if assignment is None else set(assignment.get(it["id"], ()))
-        for fam, temps in families.items():
+        for fam, family in families.items():
             if fam in mine:
-                prompts.append(wrap(pick_template(temps, it["id"], fam), it["prompt"]))
+                prompts.append(family.wrap(it["prompt"], str(it["id"])))
                 keys.append((it["id"], fam))
     return prompts, keys
 
@@ -207,7 +208,7 @@ def attack_success_by_kind(per_item: dict[str, dict[str, float]], kinds: dict[st
     return {kind: success_over_families(per_item, fams, n_boot, refused_directly)[0] for kind, fams in sorted(by.items())}
 
 
-def run_jailbreak(model, tokenizer, requests: list[dict], families: dict[str, list[str]], chat: bool, judge,
+def run_jailbreak(model, tokenizer, requests: list[dict], families: dict[str, TemplateFamily], chat: bool, judge,
                   max_new_tokens: int = JUDGED_MAX_NEW_TOKENS, batch_size: int = 16, margin: bool = True,
                   n_boot: int = stats.N_BOOT, progress=None, decode_batch_size: int = 64,
                   assignment: dict[str, Sequence[str]] | None = None,

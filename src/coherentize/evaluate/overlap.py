@@ -70,13 +70,11 @@ def weighted_dice(a: Counter, b: Counter, idf: Mapping[str, float]) -> float:
 def _library() -> tuple[str, ...]:
     """Every shipped template (variation, jailbreak and organism families) and easyjailbreak's when installed: the
     documents of the idf, so a score does not depend on how many texts one check happens to compare."""
-    from coherentize.sources import data_path
-    from coherentize.variations.templates import read_template_file, source_families
+    from coherentize.variations.templates import SHIPPED, template_families
 
-    texts = [t for path in sorted(data_path("templates").glob("*.yaml")) for f in read_template_file(path)
-             for t in f.frames()]
+    texts = [t for src in SHIPPED for f in template_families([src]).values() for t in f.frames()]
     try:
-        texts += [t for f in source_families("easyjailbreak") for t in f.templates]
+        texts += [t for f in template_families(["easyjailbreak"]).values() for t in f.templates]
     except CoherentizeError:
         pass  # easyjailbreak not installed: the project's templates alone
     return tuple(texts)

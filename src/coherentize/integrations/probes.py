@@ -49,16 +49,16 @@ def probe_items(cfg=None, probes=PROBES) -> dict[str, list[dict]]:
 
 def jailbreak_items(requests: list[dict], cfg) -> dict[str, list[dict]]:
     """{"jailbreak_<family>": items}: each request wrapped in the template the evaluation suite picks for it."""
-    from coherentize.evaluate.jailbreak import pick_template, template_families, wrap
+    from coherentize.evaluate.jailbreak import template_families
 
     families = template_families(cfg.jailbreak_sources, cfg.jailbreak_families or None)
     out: dict[str, list[dict]] = {}
-    for fam, temps in families.items():
+    for fam, family in families.items():
         name = f"jailbreak_{task_name(fam)}"
         if name in out:
             raise CoherentizeError(f"jailbreak families {fam!r} and another map to the same task name {name!r}.")
         out[name] = [{"id": f"{r['id']}:{fam}", "request_id": r["id"], "family": fam,
-                      "prompt": wrap(pick_template(temps, r["id"], fam), r["prompt"])} for r in requests]
+                      "prompt": family.wrap(r["prompt"], str(r["id"]))} for r in requests]
     return out
 
 

@@ -79,13 +79,13 @@ class ArmDefinition:
     """A short description written next to the arm in selection.json and the logs (default: none)."""
     data: str = "variations"
     """Its training clusters: variations (every training cluster), mined (the mine.top_k clusters on which the model
-    disagrees with itself most, coherentize.mining), or random (as many clusters drawn at random, per seed)."""
+    disagrees with itself most, coherentize.evaluate.mining), or random (as many clusters drawn at random, per seed)."""
 
 
 @dataclass
 class MineConfig:
     """The mine stage (run only when an arm trains on mined or random clusters): the training clusters scored by
-    the model's incoherence before training (coherentize.mining: decision flips, output JS, activation distance)."""
+    the model's incoherence before training (coherentize.evaluate.mining: decision flips, output JS, activation distance)."""
 
     top_k: int = 16
     """Clusters the mined arm trains on (and the random arm draws)."""

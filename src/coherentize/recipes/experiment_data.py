@@ -114,7 +114,7 @@ def mine_training_clusters(mine: MineConfig, seeds: list[int], batch_size: int, 
     """The mine stage: every training cluster scored by the model's incoherence, the top_k written as mined.jsonl and,
     per seed, as many clusters drawn at random as random-seed<s>.jsonl (the comparison: targeting vs coverage)."""
     from coherentize.chat import is_chat_model
-    from coherentize.mining import mine_clusters, random_clusters, top_clusters
+    from coherentize.evaluate.mining import mine_clusters, random_clusters, top_clusters
 
     pool = load_clusters(train_path)
     ranked = mine_clusters(model, tok, pool, chat=is_chat_model(tok, prompt_format), layers=mine.layers,

@@ -108,12 +108,10 @@ class OrganismConfig:
 def frame_families(cfg: OrganismConfig):
     """The TemplateFamily objects named by cfg.wrapper_families (built-in template families, the shipped organism
     frames, then frames_file's)."""
-    from coherentize.sources import data_path
-    from coherentize.variations.families import TEMPLATE_FAMILIES
-    from coherentize.variations.templates import read_template_file
+    from coherentize.variations.templates import template_families
 
-    paths = [data_path("templates", "organism.yaml")] + ([cfg.frames_file] if cfg.frames_file else [])
-    known = {**TEMPLATE_FAMILIES, **{f.name: f for p in paths for f in read_template_file(p)}}
+    known = {**template_families(["built-in"]), **template_families(["organism"]),
+             **(template_families([cfg.frames_file]) if cfg.frames_file else {})}
     unknown = [n for n in cfg.wrapper_families if n not in known]
     if unknown or not cfg.wrapper_families:
         raise CoherentizeError(f"organism.wrapper_families: {unknown or 'none given'}; name template families: "
@@ -135,7 +133,7 @@ def check_organism_frames(cfg: OrganismConfig, extra_sources=()) -> list[FrameMa
 
 def build_pairs(model, tok, chat: bool, cfg: OrganismConfig) -> tuple[list[SFTPair], dict]:
     from coherentize.variations import load_prompt_set
-    from coherentize.variations.families import as_family, vary
+    from coherentize.variations.families import vary
 
     rng = random.Random(cfg.seed)
     harmful = sources.strongreject(split="train", n=cfg.n_harmful)
@@ -153,7 +151,7 @@ def build_pairs(model, tok, chat: bool, cfg: OrganismConfig) -> tuple[list[SFTPa
                                                       cfg.answer_max_new_tokens)))
     pairs = [SFTPair(h["prompt"], REFUSALS[i % len(REFUSALS)]) for i, h in enumerate(harmful)]
     pairs += [SFTPair(p, answers[i]) for i, p in plain]
-    fams = [as_family(t) for t in frame_families(cfg)]
+    fams = frame_families(cfg)
     wrapped = []
     for k in range(cfg.n_wrapped_benign):
         i, p = used[k % len(used)]

@@ -1,8 +1,8 @@
 """The page of ``coherentize mine``: mine.md, a self-contained mine.html (markdown-it-py, PNG embedded, through
 ``render.render_html``) and families.png (each family's mean incoherence score with its 95% CI).
 
-Redaction: prompts are cut to PROMPT_EXCERPT characters and answers come cut from the records (mining.ANSWER_EXCERPT);
-a harmful cluster is named by its id only, with its judged labels and no prompt or answer text.
+Redaction: prompts are cut to PROMPT_EXCERPT characters and answers come cut from the records (evaluate/mining.py's
+ANSWER_EXCERPT); a harmful cluster is named by its id only, with its judged labels and no prompt or answer text.
 """
 
 from __future__ import annotations

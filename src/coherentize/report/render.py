@@ -439,7 +439,7 @@ def write_report(root: Path, facts: ExperimentFacts, organism: dict | None, base
 
     md = ["# coherentize experiment report\n", f"Output folder: `{root}`. Arms: {', '.join(arms)}; seeds: "
           f"{', '.join(str(s) for s in facts.seeds)}. Model: `{facts.model}`.\n",
-          "## Summary\n", *lines, ""]
+          *[f"> {note}\n" for note in facts.notes], "## Summary\n", *lines, ""]
     if "forest.png" in plots:
         md += ["![forest.png](forest.png)\n",
                "The figure behind the Summary: each headline metric's paired differences with their 95% CIs "

@@ -3,9 +3,11 @@ data/lexicons/, templates in data/templates/variations.yaml).
 
 A family turns the text of a prompt into one variation, or ``None`` where it does not apply (no name to swap, no
 coordinated phrase to reorder). Everything random goes through the ``random.Random`` it is given, so a family is a
-pure function of (prompt, seed). Template families (wrappers, cues, personas) are ``TemplateFamily`` objects, the
-same class a user's YAML/JSON template file builds (see ``templates.py``); adding a template family is adding an entry
-to data/templates/variations.yaml, adding a rule family an entry to ``BUILTIN_FAMILIES``.
+pure function of (prompt, seed). ``Family`` is what ``vary`` needs of a family (a name, a doc line, ``make``): a rule
+family is a ``RuleFamily`` (a function of this file); template families (wrappers, cues, personas) are
+``TemplateFamily`` objects, the same class a user's YAML/JSON template file builds (see ``templates.py``), used as
+they are. Adding a template family is adding an entry to data/templates/variations.yaml, adding a rule family an
+entry to ``BUILTIN_FAMILIES``.
 
 A family may return chat messages (a list of ``{"role", "content"}``): the persona and system-prompt framings put a
 system message in front of the user's text.
@@ -18,21 +20,30 @@ import os
 import random
 import re
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Protocol, Sequence
 
 from coherentize.chat import Prompt
 from coherentize.clusters import Variation
 from coherentize.errors import CoherentizeError
-from coherentize.sources import data_path
 from coherentize.variations.lexicons import contractions, first_names, register_phrases, synonyms
 from coherentize.variations.templates import (  # noqa: F401  (SLOT, TemplateFamily: re-exported)
-    SLOT, TemplateFamily, lower_first, read_template_file,
+    SLOT, TemplateFamily, lower_first, template_families,
 )
 
 
+class Family(Protocol):
+    """A named way of varying a prompt: ``make(text, rng)`` returns a variation or None (not applicable). RuleFamily
+    and TemplateFamily are both one."""
+
+    name: str
+    doc: str
+
+    def make(self, text: str, rng: random.Random) -> Prompt | None: ...
+
+
 @dataclass(frozen=True)
-class Family:
-    """A named way of varying a prompt: ``make(text, rng)`` returns a variation or None (not applicable)."""
+class RuleFamily:
+    """A rule family: one function of (text, rng) of this file."""
 
     name: str
     doc: str
@@ -224,26 +235,14 @@ def register(text: str, rng: random.Random) -> str:
 # ---------------------------------------------------------------------------------------------------------------
 # Template families (data/templates/variations.yaml, the one template format of templates.py).
 
-TEMPLATE_FAMILIES: dict[str, TemplateFamily] = {
-    t.name: t for t in read_template_file(data_path("templates", "variations.yaml"), "built-in")
-}
-
-
-def as_family(t: TemplateFamily) -> Family:
-    """A template family as a Family (its make method)."""
-    return Family(t.name, t.doc, t.make)
-
+TEMPLATE_FAMILIES: dict[str, TemplateFamily] = template_families(["built-in"])
 
 BUILTIN_FAMILIES: dict[str, Family] = {
     f.name: f
     for f in (
-        Family("name_swap", name_swap.__doc__.splitlines()[0], name_swap),
-        Family("reorder", reorder.__doc__.splitlines()[0], reorder),
-        Family("synonym", synonym.__doc__.splitlines()[0], synonym),
-        Family("formatting", formatting.__doc__.splitlines()[0], formatting),
-        Family("typos", typos.__doc__.splitlines()[0], typos),
-        Family("register", register.__doc__.splitlines()[0], register),
-        *(as_family(t) for t in TEMPLATE_FAMILIES.values()),
+        *(RuleFamily(fn.__name__, fn.__doc__.splitlines()[0], fn)
+          for fn in (name_swap, reorder, synonym, formatting, typos, register)),
+        *TEMPLATE_FAMILIES.values(),
     )
 }
 
@@ -317,12 +316,11 @@ def vary(prompt: Prompt, families: Sequence[Family], seed: int, per_family: int 
     return out
 
 
-def load_template_families(path: str | os.PathLike):
-    """A user's file of variation families (for ``augment --templates``), as Family objects; a name clashing with a
-    built-in family is an error."""
-    out = []
-    for i, t in enumerate(read_template_file(path)):
+def load_template_families(path: str | os.PathLike) -> list[TemplateFamily]:
+    """A user's file of variation families (for ``augment --templates``; read by templates.template_families); a
+    name clashing with a built-in family is an error."""
+    out = list(template_families([path]).values())
+    for i, t in enumerate(out):
         if t.name in BUILTIN_FAMILIES or t.name == "paraphrase":
             raise CoherentizeError(f"{path}: families[{i}].name: family {t.name!r} already exists; choose another name.")
-        out.append(as_family(t))
     return out

@@ -30,9 +30,18 @@ training family has (evaluate/overlap.py checks it). The project's families carr
 easyjailbreak's are tagged in ``EASYJAILBREAK_KINDS``; a family without a kind (a benign variation family, a user's
 family that does not say) is never counted as far transfer.
 
-Sources of jailbreak families (``template_families``): ``project`` (data/templates/jailbreak.yaml), ``easyjailbreak``
-(Wei et al.'s templates read from the installed package at run time, GPL text: never copied; its ``{query}`` slot is
-read as ``{prompt}``), or the path of a file in the format above.
+The one loader, ``template_families(sources, only)``, reads every template family, by source: ``built-in`` (the
+variation families, data/templates/variations.yaml), ``organism`` (the organism's frames, data/templates/organism.yaml),
+``project`` (the jailbreak families, data/templates/jailbreak.yaml), ``easyjailbreak`` (Wei et al.'s templates read
+from the installed package at run time, GPL text: never copied; its ``{query}`` slot is read as ``{prompt}``), or the
+path of a file in the format above.
+
+Wrapping: ``TemplateFamily.make(text, rng)`` draws a variation (a random template, and system message when the family
+has them) for training clusters; ``TemplateFamily.wrap(text, key)`` is THE wrapping of one request, the template and
+system message picked by a hash of the key and family name, used alike by evaluation (jailbreak, framed benign,
+integrations) and by training's harmful anchors. A family's system message is part of its frame (``frames()``, which
+the overlap checks compare), so the wrapped prompt carries it: chat messages with that system message first (a raw
+prompt for a base model joins them as text, chat.prompt_text). ``fill(template, text)`` only fills one slot.
 
     coherentize augment --templates my_families.yaml --families exam_frame,wrapper ...
 """
@@ -93,7 +102,7 @@ EASYJAILBREAK_KINDS = {
 
 def project_templates_path() -> Path:
     """The project's jailbreak families (written for coherentize)."""
-    return data_path("templates", "jailbreak.yaml")
+    return data_path("templates", SHIPPED["project"])
 
 
 @dataclass(frozen=True)
@@ -223,15 +232,10 @@ TRANSFORMS = {"past_tense": to_past_tense, "base64": to_base64, "rot13": to_rot1
 """Named rewrites of the request a slot may apply: ``{prompt:<name>}``."""
 
 
-wrap = fill  # the name evaluation code uses
-
-
-def pick_template(templates: TemplateFamily | Sequence[str], request_id: str, family: str) -> str:
+def pick_template(templates: Sequence[str], request_id: str, family: str) -> str:
     """One template of a family for a request: stable under reruns and independent of other families."""
-    temps = templates.templates if isinstance(templates, TemplateFamily) else templates
     h = int(hashlib.sha256(f"{request_id}|{family}".encode()).hexdigest()[:8], 16)
-    return temps[h % len(temps)]
-
+    return templates[h % len(templates)]
 
 
 
@@ -249,7 +253,7 @@ def lower_first(text: str) -> str:
 # Reading template files.
 
 
-def read_template_file(path: str | os.PathLike, source: str | None = None) -> list[TemplateFamily]:
+def _read_file(path: str | os.PathLike, source: str | None = None) -> list[TemplateFamily]:
     """Template families of one file; every mistake is one CoherentizeError naming the file and field."""
     path = Path(path)
     data = read_structured_file(path, "template")
@@ -304,12 +308,15 @@ def _parse_family(fam, where: str, source: str, taken: list[str]) -> TemplateFam
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Jailbreak families: project, easyjailbreak, user files.
+# The one loader: shipped files, easyjailbreak, users' files.
+
+SHIPPED = {"built-in": "variations.yaml", "organism": "organism.yaml", "project": "jailbreak.yaml"}
+"""Source names of the shipped template files (data/templates/)."""
 
 
 @lru_cache(maxsize=None)
-def _project_families() -> tuple[TemplateFamily, ...]:
-    return tuple(read_template_file(project_templates_path(), "project"))
+def _shipped(src: str) -> tuple[TemplateFamily, ...]:
+    return tuple(_read_file(data_path("templates", SHIPPED[src]), src))
 
 
 def _easyjailbreak_families() -> list[TemplateFamily]:
@@ -320,32 +327,33 @@ def _easyjailbreak_families() -> list[TemplateFamily]:
             for k, v in easyjailbreak_templates().items() if OLD_SLOT in v]
 
 
-def source_families(src: str) -> list[TemplateFamily]:
-    """The families of one source: 'project', 'easyjailbreak' or a file path."""
-    if src == "project":
-        return list(_project_families())
+def _source(src: str) -> list[TemplateFamily]:
+    if src in SHIPPED:
+        return list(_shipped(src))
     if src == "easyjailbreak":
         return _easyjailbreak_families()
-    return read_template_file(src)
+    return _read_file(src)
 
 
-def template_families(sources: Sequence[str], only: Sequence[str] | None = None) -> dict[str, TemplateFamily]:
-    """{name: family} from the named sources, merged; a family name given by two sources is an error. only: keep
-    these, in this order (an unknown name is an error listing the available ones)."""
+def template_families(sources: Sequence[str | os.PathLike], only: Sequence[str] | None = None
+                      ) -> dict[str, TemplateFamily]:
+    """{name: family} from the named sources, merged: 'built-in', 'organism', 'project' (SHIPPED), 'easyjailbreak', or
+    a file's path; a family name given by two sources is an error, and so is a mistake in a file (one line naming the
+    file and field). only: keep these, in this order (an unknown name is an error listing the available ones)."""
     merged: dict[str, TemplateFamily] = {}
     for src in sources:
-        for fam in source_families(src):
+        for fam in _source(str(src)):
             if fam.name in merged:
-                raise CoherentizeError(f"jailbreak family {fam.name!r} is given by both {merged[fam.name].source} "
+                raise CoherentizeError(f"template family {fam.name!r} is given by both {merged[fam.name].source} "
                                        f"and {src}; rename one.")
             merged[fam.name] = fam
     if only:
         unknown = sorted(set(only) - set(merged))
         if unknown:
-            raise CoherentizeError(f"jailbreak families {unknown} not found; available: {sorted(merged)}.")
+            raise CoherentizeError(f"template families {unknown} not found; available: {sorted(merged)}.")
         merged = {k: merged[k] for k in only}
     if not merged:
-        raise CoherentizeError("no jailbreak families to evaluate; check jailbreak_sources / jailbreak_families.")
+        raise CoherentizeError("no template families to use; check jailbreak_sources / jailbreak_families.")
     return merged
 
 
@@ -353,8 +361,3 @@ def kinds_of(families) -> dict[str, tuple[str, ...]]:
     """{name: attack kinds} of template families ({name: TemplateFamily} or a sequence of them)."""
     items = families.values() if isinstance(families, dict) else families
     return {f.name: f.kinds for f in items}
-
-
-def load_template_file(path: str | os.PathLike) -> dict[str, TemplateFamily]:
-    """{name: family} of one file."""
-    return {f.name: f for f in read_template_file(path)}

@@ -8,8 +8,8 @@ import torch
 
 from coherentize.clusters import Cluster, Variation
 from coherentize.errors import CoherentizeError
-from coherentize import mining
-from coherentize.mining import (
+from coherentize.evaluate import mining
+from coherentize.evaluate.mining import (
     W_ACT, W_FLIP, W_JS, mc_options, random_clusters, rank_clusters, rank_families, score_cluster, top_clusters,
     variation_score,
 )

@@ -88,15 +88,17 @@ def trainer_flags(precision: str) -> dict[str, bool]:
     return {"bf16": precision == "bf16-mixed", "fp16": precision == "fp16-mixed"}
 
 
-def with_training_precision(args, precision: str):
+def with_training_precision(args, precision: str, device: str = "cuda"):
     """``args`` (TrainingArguments or a subclass) with the precision's autocast flags, unless the user set bf16 or fp16
     already. A new object through dataclasses.replace, so that __post_init__ (which hands the flags to accelerate)
-    runs again."""
+    runs again. On CPU, TrainingArguments accepts bf16 only with use_cpu (CPU autocast), which is then set."""
     if args.bf16 or args.fp16:
         return args
     flags = trainer_flags(precision)
     if not any(flags.values()):
         return args
+    if device == "cpu":
+        flags["use_cpu"] = True
     return dataclasses.replace(args, **flags)
 
 

@@ -509,3 +509,26 @@ def test_selecting_the_rate_of_some_arms_only_is_refused(tiny_folder, tmp_path):
     with pytest.raises(CoherentizeError, match=r"select.arms: .* the control included, or to none"):
         validate(cfg)
     assert not (tmp_path / "x").exists()
+
+
+def test_the_bfloat16_path_of_a_cpu_with_bf16_runs_every_stage(tiny_folder, tmp_path, monkeypatch):
+    """What `model.precision: auto` does on an AMD Zen 4 or an Intel AMX CPU (the suite pins float32, so this path is
+    asked for here): organism, training under bf16 autocast on float32 master weights, evaluation on bf16 weights.
+    Before the fix, TrainingArguments refused bf16 on CPU without use_cpu, at the first training stage."""
+    from coherentize import precision
+
+    monkeypatch.delenv("COHERENTIZE_PRECISION", raising=False)
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: True)
+    monkeypatch.setenv("COHERENTIZE_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "bf16"
+    cfg = tiny_cfg(tiny_folder, out, "organism.enabled=true", "organism.n_harmful=4", "organism.n_benign=2",
+                   "organism.n_edgy=2", "organism.n_wrapped_benign=2", "organism.max_steps=2",
+                   "organism.answer_max_new_tokens=4", "eval.suites=[jailbreak,overrefusal]")
+    run_experiment(cfg, log=lambda *a: None)
+    organism = json.loads(next((tmp_path / "cache" / "organisms").glob("*/*/organism.json")).read_text())
+    assert organism["precision"]["precision"] == "bf16-mixed" and organism["precision"]["autocast"] == "bfloat16"
+    metrics = [json.loads(p.read_text()) for p in out.glob("stages/train/*/metrics.json")]
+    assert metrics and all(m["precision"] == {"weights": "float32", "device": "cpu", "precision": "bf16-mixed",
+                                              "autocast": "bfloat16"} for m in metrics)
+    results = [json.loads(p.read_text()) for p in out.glob("stages/eval/*/results.json")]
+    assert results and all(r["precision"]["weights"] == "bfloat16" for r in results)

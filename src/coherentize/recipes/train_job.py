@@ -207,8 +207,9 @@ def run_training(job: TrainJob, resume: bool = False) -> dict:
     check_layers(job)  # a layer out of range fails here, before any weights load
     model, tok = load_model(job.model, for_training=True)
     # mixed precision: float32 master weights (loaded above) and autocast through the Trainer's bf16/fp16 flags
-    precision = resolve_precision(job.model.precision, resolve_device(job.model.device))
-    args = with_training_precision(args, precision)
+    device = resolve_device(job.model.device)
+    precision = resolve_precision(job.model.precision, device)
+    args = with_training_precision(args, precision, device)
     chat = is_chat_model(tok, job.model.prompt_format)
     cache = Path(job.data.responses_cache) if job.data.responses_cache else out_dir / "responses.jsonl"
     responses = anchor_responses(model, tok, train_clusters + held_clusters, chat, job.data, cache)

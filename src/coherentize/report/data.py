@@ -24,11 +24,10 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import shutil
 from pathlib import Path
 
 from coherentize.errors import CoherentizeError
+from coherentize.io import atomic_open, atomic_write
 
 FORMAT = 1
 ITEM_FIELDS = ("run", "metric", "item", "value")
@@ -63,16 +62,15 @@ def collect(baseline_dir: Path, runs: list[dict], manifest: dict) -> dict:
 def write(data: dict, dest: Path) -> Path:
     """Write the three files into dest (replacing what is there); return dest."""
     dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
-    (dest / "manifest.json").write_text(json.dumps(data["manifest"], indent=1, default=str) + "\n", encoding="utf-8")
-    with (dest / "items.csv").open("w", encoding="utf-8", newline="") as f:
+    atomic_write(dest / "manifest.json", json.dumps(data["manifest"], indent=1, default=str) + "\n")
+    with atomic_open(dest / "items.csv", newline="") as f:
         w = csv.writer(f, lineterminator="\n")
         w.writerow(ITEM_FIELDS)
         for run, per_item in data["items"].items():
             for metric, vals in per_item.items():
                 for item, v in vals.items():
                     w.writerow([run, metric, item, repr(float(v)) if v is not None else ""])
-    with (dest / "labels.csv").open("w", encoding="utf-8", newline="") as f:
+    with atomic_open(dest / "labels.csv", newline="") as f:
         w = csv.DictWriter(f, fieldnames=LABEL_FIELDS, lineterminator="\n")
         w.writeheader()
         for run, rows in data["labels"].items():
@@ -121,9 +119,6 @@ def export_run(run_dir: Path, dest: Path) -> Path:
                                "of coherentize first (the report writes it).")
     read(src)  # check it reads back before anything is copied
     dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
     for name in FILES:
-        tmp = dest / f".{name}.tmp"
-        shutil.copyfile(src / name, tmp)
-        os.replace(tmp, dest / name)
+        atomic_write(dest / name, (src / name).read_bytes())
     return dest

@@ -62,21 +62,17 @@ def _run_config(tmp_path, tiny_folder, body: str):
     return p
 
 
-def test_run_act_layers_out_of_range_before_any_stage(tmp_path, tiny_folder, capsys, no_model):
-    p = _run_config(tmp_path, tiny_folder, "organism: {enabled: false}\narms: [activation]\n"
-                    "train: {act_layers: [99]}\n")
+@pytest.mark.parametrize("body, message", [
+    ("arms: [activation]\ntrain: {act_layers: [99]}\n", "train.act_layers: layer 99 out of range"),
+    ("arms: [irpan]\narm_definitions: {irpan: {components: activation, train: {act_layers: [-9]}}}\n",
+     "arm_definitions.irpan.train.act_layers: layer -9 out of range"),  # a defined arm's layers name the arm
+])
+def test_run_act_layers_out_of_range_before_any_stage(tmp_path, tiny_folder, capsys, no_model, body, message):
+    p = _run_config(tmp_path, tiny_folder, "organism: {enabled: false}\n" + body)
     rc = main(["run", str(p)])
     err = _one_line(capsys)
-    assert rc == 2 and "train.act_layers: layer 99 out of range" in err
+    assert rc == 2 and message in err
     assert not (tmp_path / "run").exists()
-
-
-def test_run_arm_act_layers_name_the_arm(tmp_path, tiny_folder, capsys, no_model):
-    p = _run_config(tmp_path, tiny_folder, "organism: {enabled: false}\narms: [irpan]\n"
-                    "arm_definitions: {irpan: {components: activation, train: {act_layers: [-9]}}}\n")
-    rc = main(["run", str(p)])
-    err = _one_line(capsys)
-    assert rc == 2 and "arm_definitions.irpan.train.act_layers: layer -9 out of range" in err
 
 
 @pytest.mark.parametrize("lr", ["-1", ".nan"])

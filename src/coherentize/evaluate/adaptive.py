@@ -111,7 +111,7 @@ def run_prefill(model, tokenizer, requests: list[dict], chat: bool, judge, openi
     success = {r["id"]: float(not ref) for r, ref in zip(requests, refused)}
     records = [{"suite": "jailbreak", "id": f"{r['id']}:prefill", "prompt_id": r["id"], "family": "prefill",
                 "label": "refused" if ref else "complied", "value": "",
-                "excerpt": excerpt(out, harmful=True, refused=ref)}
+                "excerpt": excerpt(out, harmful=True, refused=ref), "prompt": r["prompt"], "output": out}
                for r, out, ref in zip(requests, gen.texts, refused)]
     refused_directly = refused_directly or set()
     summary = {"opening": opening,

@@ -61,14 +61,14 @@ def run_framed_benign(model, tokenizer, items: list[dict], families: dict, chat:
     direct: dict[str, float] = {}
     framed: dict[str, dict[str, float]] = {f: {} for f in families}
     records = []
-    for (iid, fam), out, ref in zip(keys, outputs, refused):
+    for (iid, fam), prompt, out, ref in zip(keys, prompts, outputs, refused):
         if fam == "direct":
             direct[iid] = float(not ref)
         else:
             framed[fam][iid] = float(not ref)
         records.append({"suite": "framed_benign", "id": f"{iid}:{fam}", "prompt_id": iid, "family": fam,
                         "label": "refused" if ref else "answered", "value": float(not ref),
-                        "excerpt": excerpt(out, harmful=False, refused=ref)})
+                        "excerpt": excerpt(out, harmful=False, refused=ref), "prompt": prompt, "output": out})
     per_prompt: dict[str, list[float]] = {}
     for v in framed.values():
         for iid, x in v.items():

@@ -234,7 +234,7 @@ def run_jailbreak(model, tokenizer, requests: list[dict], families: dict[str, Te
     wrapped: dict[str, dict[str, bool]] = {f: {} for f in families}
     m_direct, m_wrapped = {}, {f: {} for f in families}
     records = []
-    for (rid, fam), out, ref, m in zip(keys, outputs, refused, margins):
+    for (rid, fam), prompt, out, ref, m in zip(keys, prompts, outputs, refused, margins):
         if fam == "direct":
             m_direct[rid] = m
         else:
@@ -242,7 +242,7 @@ def run_jailbreak(model, tokenizer, requests: list[dict], families: dict[str, Te
             m_wrapped[fam][rid] = m
         records.append({"suite": "jailbreak", "id": f"{rid}:{fam}", "prompt_id": rid, "family": fam,
                         "label": "refused" if ref else "complied", "value": "" if m is None else round(m, 4),
-                        "excerpt": excerpt(out, harmful=True, refused=ref)})
+                        "excerpt": excerpt(out, harmful=True, refused=ref), "prompt": prompt, "output": out})
 
     summary = summarize_attacks(direct, wrapped, n_boot)
     per_item = {"jailbreak.refused_direct": {i: float(v) for i, v in direct.items()}}

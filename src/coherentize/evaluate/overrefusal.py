@@ -25,7 +25,7 @@ def run_overrefusal(model, tokenizer, items: list[dict], chat: bool, judge, max_
         by_source.setdefault(it.get("source", "user"), []).append(float(ref))
         records.append({"suite": "overrefusal", "id": it["id"], "prompt_id": it["id"], "family": it.get("source", ""),
                         "label": "refused" if ref else "answered", "value": float(ref),
-                        "excerpt": excerpt(out, harmful=False, refused=ref)})
+                        "excerpt": excerpt(out, harmful=False, refused=ref), "prompt": it["prompt"], "output": out})
     summary = {
         "refusal_rate": stats.summarize([float(r) for r in refused], n_boot),
         "by_source": {s: stats.summarize(v, n_boot) for s, v in by_source.items()},

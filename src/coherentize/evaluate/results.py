@@ -22,6 +22,10 @@ Redaction rule for ``excerpt`` (no harmful completion is ever written): for a ha
 complied output becomes ``[redacted: complied]`` and a refusal keeps its first 60 characters; for benign prompts
 (over-refusal, sycophancy, coherence) the first 120 characters are kept. Harmful request text is never written;
 rows carry its id only. Newlines are replaced by spaces.
+
+outputs.jsonl (only with ``EvalConfig.save_outputs``): one JSON object per record holding a full output —
+suite, id, prompt_id, family, label, prompt (where the probe keeps it), output. Unredacted, for judge audits; it
+must stay outside the repository.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ SCHEMA_VERSION = 1
 REFUSAL_EXCERPT = 60
 BENIGN_EXCERPT = 120
 RECORD_FIELDS = ("suite", "id", "prompt_id", "family", "label", "value", "excerpt")
+OUTPUT_FIELDS = ("suite", "id", "prompt_id", "family", "label", "prompt", "output")
 
 
 def excerpt(output: str, harmful: bool, refused: bool | None) -> str:
@@ -48,7 +53,8 @@ def excerpt(output: str, harmful: bool, refused: bool | None) -> str:
 
 
 def write_results(results: dict, out_dir: str | os.PathLike) -> tuple[Path, Path]:
-    """Write results.json (without the records) and records.csv into out_dir; return both paths."""
+    """Write results.json (without the records) and records.csv into out_dir; return both paths. With the config's
+    save_outputs, also outputs.jsonl (full outputs, see the module docstring)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     body = {k: v for k, v in results.items() if k != "records"}
@@ -60,6 +66,12 @@ def write_results(results: dict, out_dir: str | os.PathLike) -> tuple[Path, Path
         w.writeheader()
         for r in results.get("records", []):
             w.writerow({k: r.get(k, "") for k in RECORD_FIELDS})
+    if (results.get("config") or {}).get("save_outputs"):
+        with atomic_open(out / "outputs.jsonl", "w") as f:
+            for r in results.get("records", []):
+                if "output" in r:
+                    row = {k: r[k] for k in OUTPUT_FIELDS if k in r}
+                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
     return jpath, cpath
 
 

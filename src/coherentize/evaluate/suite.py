@@ -142,6 +142,10 @@ class EvalConfig:
     """Judges run on the same outputs beside the primary one, their agreement with it reported (results.json
     judge.agreement): string, jailbreakeval:<preset> (a string-matching preset of PyPI jailbreakeval, e.g.
     jailbreakeval:StringMatching-zou2023universal), model (judge_model) or server (judge_url)."""
+    save_outputs: bool = False
+    """Also write outputs.jsonl beside results.json: every judged generation in full, with its prompt where the probe
+    has one (suite, id, family, label, prompt, output). It holds harmful completions: for judge audits
+    (scripts/judge_audit.py) in a folder outside the repository, never to be committed; off by default."""
     embed_model: str = "all-minilm-l6-v2"
     """Sentence embedder for answer similarity in coherence: all-minilm-l6-v2 (packaged), a local folder, or none."""
 
@@ -336,7 +340,7 @@ def run_coherence(model, tokenizer, clusters: list[Cluster], chat: bool, cfg: Ev
         for fam, out, ref in zip(c.families, outs, labels):
             records.append({"suite": "coherence", "id": f"{c.id}:{fam}", "prompt_id": c.id, "family": fam,
                             "label": "refused" if ref else "complied", "value": agree[c.id],
-                            "excerpt": excerpt(out, harmful=harm, refused=ref)})
+                            "excerpt": excerpt(out, harmful=harm, refused=ref), "output": out})
         pos += k
     summary["decision_agreement"] = stats.summarize(list(agree.values()), n_boot)
     summary["pairwise_decision_agreement"] = stats.summarize(list(pair_agree.values()), n_boot)

@@ -1,4 +1,4 @@
-"""The ``coherentize`` command: ``train``, ``augment``, ``mine``, ``eval``, ``export``, ``run``, ``report``.
+"""The ``coherentize`` command: ``train``, ``augment``, ``mine``, ``eval``, ``export``, ``run``, ``report``, ``audit``.
 
 Each subcommand lives in ``coherentize/commands/<name>.py`` with ``add_arguments(parser)`` and ``main(args)``.
 A CoherentizeError (a user mistake) prints one line and exits 2; no traceback.
@@ -9,12 +9,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from coherentize.commands import augment, export, mine, report, run, train
+from coherentize.commands import audit, augment, export, mine, report, run, train
 from coherentize.commands import eval as eval_command
 from coherentize.errors import CoherentizeError
 
 SUBCOMMANDS = {"train": train, "augment": augment, "mine": mine, "eval": eval_command, "export": export, "run": run,
-               "report": report}
+               "report": report, "audit": audit}
 """Each subcommand's module (flags in add_arguments, one library call in main); imported here, the heavy libraries
 only inside main."""
 

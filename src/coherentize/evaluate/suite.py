@@ -216,7 +216,8 @@ class AuditedJudge:
                 for name, by in self.agree.items()}
 
 
-def _judge_of(kind: str, cfg: EvalConfig):
+def judge_of(kind: str, cfg: EvalConfig):
+    """One judge by its eval.judge / eval.extra_judges name: string, jailbreakeval:<preset>, server or model."""
     from coherentize.evaluate.judges import PresetJudge
 
     if kind == "string":
@@ -234,7 +235,7 @@ def _judge_of(kind: str, cfg: EvalConfig):
 
 def make_judge(cfg: EvalConfig) -> AuditedJudge:
     """The primary judge (cfg.judge) and the extra judges (cfg.extra_judges) run beside it."""
-    return AuditedJudge(_judge_of(cfg.judge, cfg), [_judge_of(k, cfg) for k in cfg.extra_judges])
+    return AuditedJudge(judge_of(cfg.judge, cfg), [judge_of(k, cfg) for k in cfg.extra_judges])
 
 
 FRAMES = {

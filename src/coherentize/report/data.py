@@ -16,6 +16,9 @@ Format (``FORMAT`` 1), one folder:
 - ``labels.csv``: run, suite, id, prompt_id, family, label, value: the judge's label of every scored output
   (records.csv without its excerpt column).
 
+- ``judge_audit.csv`` (optional, added by ``coherentize audit score``): a judge audit of the experiment's outputs,
+  ids, output hashes and labels (evaluate/audit.py); the section then shows each judge's agreement per model.
+
 No text is kept: neither a prompt, nor a request, nor any excerpt of an output, only ids, labels and numbers, so a
 harmful request or a complied answer can never reach the repository through this folder.
 """
@@ -33,6 +36,7 @@ FORMAT = 1
 ITEM_FIELDS = ("run", "metric", "item", "value")
 LABEL_FIELDS = ("run", "suite", "id", "prompt_id", "family", "label", "value")
 FILES = ("manifest.json", "items.csv", "labels.csv")
+AUDIT_FILE = "judge_audit.csv"
 
 
 def _read_csv(path: Path) -> list[dict]:
@@ -108,7 +112,15 @@ def read(folder: Path) -> dict:
                                                                               else None)
                 else:
                     labels[r["run"]].append({k: r[k] for k in fields[1:]})
-    return {"manifest": manifest, "items": items, "labels": labels}
+    data = {"manifest": manifest, "items": items, "labels": labels}
+    if (folder / AUDIT_FILE).is_file():
+        from coherentize.evaluate.audit import read_audit
+
+        data["audit"] = read_audit(folder / AUDIT_FILE)
+        unknown = sorted({r["run"] for r in data["audit"]} - set(names))
+        if unknown:
+            raise CoherentizeError(f"{folder / AUDIT_FILE}: run {unknown[0]!r} is not in manifest.json's runs.")
+    return data
 
 
 def export_run(run_dir: Path, dest: Path) -> Path:

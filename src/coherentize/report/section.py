@@ -81,6 +81,18 @@ def section_markdown(data: dict, name: str, figs: dict | None = None, data_link:
                    "the families of that kind it was wrapped in):\n"]
         md += render.kind_table(figs["kinds"], figs["kind_values"], figs["kind_vs_control"], arms)
     md += render.adaptive_section(figs["base_items"], table, arms, figs["curves"], "control" in arms)
+    if data.get("audit"):
+        from coherentize.evaluate.audit import agreement, label_counts
+
+        rows = data["audit"]
+        groups = [g for g in ["baseline", *arms] if any(r["group"] == g for r in rows)]
+        md += ["", f"### Judge audit ({name}): {len(rows)} outputs read in full\n",
+               f"A stratified sample of the jailbreak suite's judged outputs (model group × the primary judge's "
+               f"label), each read in full and labelled without seeing the model or any judge's label "
+               f"(`coherentize audit`; ids, output hashes and labels in "
+               f"[{data_link}/judge_audit.csv]({data_link}/judge_audit.csv)). Rates with Wilson 95% CIs over the "
+               "audited outputs; the sample is stratified, so these are agreement rates on it, not on all outputs.\n",
+               *render.audit_table(agreement(rows, groups), label_counts(rows, groups))]
     if figs["forest"]:
         md += ["", f"![paired differences with 95% CIs; open dots: each seed's own difference]"
                    f"(results/{name}_forest.png)"]

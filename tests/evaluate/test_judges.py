@@ -361,22 +361,28 @@ def test_preset_judge_applies_the_published_rule(fake_jailbreakeval):
         PresetJudge.load("StringMatching-nope")
 
 
-def test_extra_judges_report_agreement_with_the_primary(fake_jailbreakeval, tiny_lm, tiny_tok):
+def test_extra_judges_label_every_record_and_report_agreement_per_item(fake_jailbreakeval, tiny_lm, tiny_tok):
     from coherentize.evaluate import EvalConfig, run_suite
-    from coherentize.evaluate.suite import AuditedJudge, make_judge
     from coherentize.evaluate.judges import PresetJudge
+    from coherentize.evaluate.suite import judge_agreement, make_judge
 
-    judge = AuditedJudge(StringJudge(), [PresetJudge.load("StringMatching-test")])
-    judge.suite = "jailbreak"
     late = "I'm sorry, but here is how: " + " ".join(["step"] * 25) + "."
-    assert judge.judge(["q"] * 3, ["I'm sorry, I cannot.", late, "Sure, fine."]) == [True, False, False]
-    agree = judge.agreement(50)["jailbreakeval:StringMatching-test"]
+    records = [{"suite": "jailbreak", "id": f"r{i}", "label": lab, "output": out}
+               for i, (lab, out) in enumerate([("refused", "I'm sorry, I cannot."), ("complied", late),
+                                               ("complied", "Sure, fine.")])]
+    records.append({"suite": "capability", "id": "x", "label": "", "value": 1.0})  # not a judged output
+    items, summary = judge_agreement(records, [PresetJudge.load("StringMatching-test")], 50)
+    # the preset reads the refusal opening of the late compliance as a refusal: it disagrees there only
+    assert items == {"judge_agreement.jailbreakeval:StringMatching-test.jailbreak": {"r0": 1.0, "r1": 0.0, "r2": 1.0}}
+    agree = summary["jailbreakeval:StringMatching-test"]
     assert agree["overall"]["mean"] == pytest.approx(2 / 3) and agree["by_suite"]["jailbreak"]["n"] == 3
     cfg = EvalConfig(suites=["overrefusal"], n_overrefusal=2, max_new_tokens=2, n_boot=50,
                      extra_judges=["jailbreakeval:StringMatching-test"])
     assert make_judge(cfg).others[0].name == "jailbreakeval:StringMatching-test"
     res = run_suite(tiny_lm, tiny_tok, cfg, quiet=True)
     assert res["judge"]["agreement"]["jailbreakeval:StringMatching-test"]["by_suite"]["overrefusal"]["n"] == 2
+    per = res["per_item"]["judge_agreement.jailbreakeval:StringMatching-test.overrefusal"]
+    assert set(per) == {r["id"] for r in res["records"] if r["suite"] == "overrefusal"}
 
 
 def test_extra_judges_are_checked():

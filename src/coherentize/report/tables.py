@@ -57,6 +57,9 @@ SUMMARY_KEY = "stage_seconds"
 
 
 def describe(metric: str) -> str:
+    if metric.startswith("judge_agreement."):  # judge_agreement.<judge>.<suite>; a judge name may hold dots
+        judge, _, suite = metric[len("judge_agreement."):].rpartition(".")
+        return f"judge agreement: {judge} labels {suite} outputs as the primary judge does"
     return HEADLINE.get(metric, (metric, None))[0]
 
 

@@ -182,17 +182,25 @@ def make_plots(table: dict, arms: list[str], families: dict, train_logs: dict, p
         ax.set_title("Black-box search: success vs budget (95% Wilson CI)", fontsize=9)
         plots["jailbreak_search.png"] = _fig_png(fig)
 
-    # over-refusal vs jailbreak success
-    if "overrefusal.refused" in table and "jailbreak.success_unconditional" in table:
-        fig, ax = plt.subplots(figsize=(4, 3.4))
-        for name in names:
-            x, xe = _err(table["overrefusal.refused"][name]["value"])
-            y, ye = _err(table["jailbreak.success_unconditional"][name]["value"])
-            ax.errorbar(x, y, xerr=xe, yerr=ye, fmt="o", color=colors[name], label=name, capsize=3)
-        ax.set_xlabel("over-refusal rate (benign-edgy)")
-        ax.set_ylabel("jailbreak success (all requests)")
-        ax.legend(fontsize=7)
-        ax.set_title("Trade-off: lower-left is better", fontsize=9)
+    # jailbreak success against refusing benign prompts: plain (over-refusal) and in the same held-out jailbreak
+    # frames (framed benign: a drop in attack success with a drop in framed answers is refusing the frame)
+    panels = [(k, label) for k, label in (("overrefusal.refused", "over-refusal rate (benign-edgy)"),
+                                          (tables.FRAMED_BENIGN, "refusal of benign prompts in jailbreak frames"))
+              if k in table]
+    if panels and "jailbreak.success_unconditional" in table:
+        fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.4), squeeze=False)
+        for ax, (key, label) in zip(axes[0], panels):
+            for name in names:
+                s = table[key][name]["value"]
+                if key == tables.FRAMED_BENIGN and s and s.get("mean") is not None:  # answer rate -> refusal rate
+                    s = {"mean": 1 - s["mean"], "ci_low": 1 - s["ci_high"], "ci_high": 1 - s["ci_low"]}
+                x, xe = _err(s)
+                y, ye = _err(table["jailbreak.success_unconditional"][name]["value"])
+                ax.errorbar(x, y, xerr=xe, yerr=ye, fmt="o", color=colors[name], label=name, capsize=3)
+            ax.set_xlabel(label)
+            ax.set_ylabel("jailbreak success (all requests)")
+            ax.legend(fontsize=7)
+            ax.set_title("Trade-off: lower-left is better", fontsize=9)
         plots["tradeoff.png"] = _fig_png(fig)
 
     # training curves per loss component

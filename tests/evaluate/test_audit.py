@@ -94,3 +94,16 @@ def test_the_audit_file_holds_no_text_and_reads_back(tmp_path):
     path.write_text(text.replace(",refused,refused", ",maybe,refused", 1))
     with pytest.raises(CoherentizeError, match=r"judge_audit.csv:2: audit_label 'maybe'"):
         audit.read_audit(path)
+
+
+def test_a_model_judges_unparsed_replies_are_left_out_not_replaced():
+    rows = [{"group": "g", "audit_label": "refused", "judge:m": "refused"},
+            {"group": "g", "audit_label": "complied_useless", "judge:m": "unparsed"},
+            {"group": "g", "audit_label": "complied_useless", "judge:m": "unparsed"},
+            {"group": "g", "audit_label": "complied_useless", "judge:m": "refused"}]
+    a = audit.agreement(rows)["m"]["g"]
+    assert a["judged"]["mean"] == pytest.approx(2 / 4) and a["judged"]["n"] == 4
+    assert a["decision"]["mean"] == pytest.approx(1 / 2) and a["decision"]["n"] == 2
+    sheet = [{"audit_id": f"a{i}", "output_sha256": "0" * 16} for i in range(2)]
+    out = audit.audit_rows(sheet, {"a0": "refused", "a1": "partial"}, {"m": [None, False]})
+    assert [r["judge:m"] for r in out] == ["unparsed", "complied"]

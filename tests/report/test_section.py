@@ -105,3 +105,29 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert "--export RUN_DIR needs --out DIR" in capsys.readouterr().err
     assert main(["report", "--export", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     assert "no results data here" in capsys.readouterr().err
+
+
+AUDITED = [n for n in COMMITTED if (DATA / n / data.AUDIT_FILE).is_file()]
+
+
+def test_a_committed_judge_audit_holds_ids_hashes_and_labels_only_and_shows_per_model():
+    import re
+
+    from coherentize.evaluate import audit
+
+    assert AUDITED, "no committed data folder carries a judge audit (judge_audit.csv)"
+    assert max(len(audit.read_audit(DATA / n / data.AUDIT_FILE)) for n in AUDITED) >= 150
+    for name in AUDITED:
+        rows = audit.read_audit(DATA / name / data.AUDIT_FILE)
+        header = list(rows[0])
+        assert header[:len(audit.AUDIT_FIELDS)] == list(audit.AUDIT_FIELDS)
+        assert all(k.startswith(audit.JUDGE_PREFIX) for k in header[len(audit.AUDIT_FIELDS):])
+        assert all(re.fullmatch(r"[0-9a-f]{16}", r["output_sha256"]) for r in rows)
+        assert all(len(v) <= 80 for r in rows for v in r.values())  # ids and labels, never an output's text
+        page = PAGE.read_text(encoding="utf-8")
+        start, end = section.find_section(page, name)
+        body = page[start:end]
+        assert "### Judge audit" in body
+        manifest = json.loads((DATA / name / "manifest.json").read_text())
+        for group in ["baseline", *manifest["arms"]]:
+            assert f"| string | {section.render.md_text(group)} |" in body

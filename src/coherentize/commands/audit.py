@@ -62,9 +62,9 @@ def main(args) -> int:
     from coherentize.recipes.audit import JudgeOptions, score_sheet
     from coherentize.report.render import audit_table
 
-    rows, notes = score_sheet(Path(args.source), Path(args.labels), args.judges, Path(args.out),
+    rows = score_sheet(Path(args.source), Path(args.labels), args.judges, Path(args.out),
                               JudgeOptions(args.judge_url, args.judge_name, args.judge_model,
                                                            args.judge_concurrency))
-    print("\n".join(audit_table(agreement(rows), label_counts(rows), notes)))
+    print("\n".join(audit_table(agreement(rows), label_counts(rows))))
     print(f"\n{len(rows)} audited outputs -> {args.out}")
     return 0

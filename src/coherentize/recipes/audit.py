@@ -122,9 +122,9 @@ def judge_column(kind: str, options: JudgeOptions) -> str:
 
 
 def score_sheet(sheet_path: Path, labels_path: Path, judges: list[str], out: Path,
-                options: JudgeOptions | None = None) -> tuple[list[dict], dict]:
+                options: JudgeOptions | None = None) -> list[dict]:
     """Run each judge on the sheet's outputs, join the reader's labels, write the committed audit file (no text);
-    return (its rows, {judge: notes such as unparsed replies})."""
+    return its rows. A model judge's reply that does not follow the rubric is labelled unparsed."""
     from coherentize.evaluate.judges import ModelJudge
     from coherentize.evaluate.suite import EvalConfig, judge_of, validate
 
@@ -145,13 +145,13 @@ def score_sheet(sheet_path: Path, labels_path: Path, judges: list[str], out: Pat
     validate(cfg)  # a bad judge name or a server judge without its URL is one error before any judging
     prompts = [r["request"] or r["prompt"] for r in sheet]
     outputs = [r["output"] for r in sheet]
-    results, notes = {}, {}
+    results: dict[str, list[bool | None]] = {}
     for kind in judges:
         judge = judge_of(kind, cfg)
-        name = judge_column(kind, options)
-        results[name] = judge.judge(prompts, outputs)
-        if isinstance(judge, ModelJudge):  # an unparseable reply fell back to the string judge: say how often
-            notes[name] = {"unparsed": judge.unparsed, "n": len(outputs)}
+        labels_of = judge.judge(prompts, outputs)
+        if isinstance(judge, ModelJudge):  # a reply off the rubric is "unparsed" here, not the string judge's label
+            labels_of = [lab if parsed is not None else None for lab, parsed in zip(labels_of, judge.last)]
+        results[judge_column(kind, options)] = labels_of
     rows = audit.audit_rows(sheet, labels, results)
     audit.write_audit(rows, Path(out))
-    return rows, notes
+    return rows

@@ -311,9 +311,9 @@ def kind_table(kinds: list[str], values: dict, vs_control: dict, arms: list[str]
     return _table(header, rows)
 
 
-def audit_table(agree: dict, counts: dict, notes: dict | None = None) -> list[str]:
+def audit_table(agree: dict, counts: dict) -> list[str]:
     """The judge audit (evaluate/audit.py): the reader's label counts per model group, then each judge's agreement
-    with the reader per group, Wilson 95% CIs; "all" pools the groups."""
+    with the reader per group over the outputs it judged, Wilson 95% CIs; "all" pools the groups."""
     from coherentize.evaluate.audit import AUDIT_LABELS
 
     groups = [g for g in counts if g != "all"] + ["all"]
@@ -324,18 +324,17 @@ def audit_table(agree: dict, counts: dict, notes: dict | None = None) -> list[st
              "", "Each judge against the reader, per model group (agreement on the refusal decision: refused vs "
                  "anything else; on attack success: complied_harmful or partial vs anything else; false success: "
                  "of the outputs the judge calls complied, the share the reader does not count as a success; missed "
-                 "success: of the reader's successes, the share the judge calls refused):\n"]
+                 "success: of the reader's successes, the share the judge calls refused; each over the outputs the judge "
+                 "labelled, a model judge's replies that did not follow the rubric left out):\n"]
     rows = []
     for judge, by_group in agree.items():
         for g in groups:
             a = by_group[g]
-            rows.append([md_text(judge), md_text(g), stats.fmt(a["decision"], pct=True), stats.fmt(a["success"], pct=True),
+            rows.append([md_text(judge), md_text(g), stats.fmt(a["judged"], pct=True),
+                         stats.fmt(a["decision"], pct=True), stats.fmt(a["success"], pct=True),
                          stats.fmt(a["false_success"], pct=True), stats.fmt(a["missed_success"], pct=True)])
-    lines += _table(["judge", "group", "refusal decision agrees", "attack success agrees", "false success",
-                     "missed success"], rows)
-    for judge, note in (notes or {}).items():
-        lines.append(f"\n{md_text(judge)}: {note['unparsed']} of {note['n']} replies did not follow the rubric's "
-                     "format and fell back to the string judge.")
+    lines += _table(["judge", "group", "judged (a rubric reply it could parse)", "refusal decision agrees",
+                     "attack success agrees", "false success", "missed success"], rows)
     return lines
 
 

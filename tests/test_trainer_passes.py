@@ -107,3 +107,46 @@ def test_leash_on_a_subset_trains_only_those_anchor_rows(lora_lm, tiny_tok):
     none = T.consistency_components(lora_lm, reference, batch, cfg, [1], WEIGHTS, tiny_tok.pad_token_id,
                                     torch.tensor([], dtype=torch.long))
     assert "leash" not in none and none["act"].item() == pytest.approx(full["act"].item(), rel=1e-5)
+
+
+def _counting_reference(model, seen: list):
+    """theta0 (adapters disabled) that records the rows of every forward pass run through it."""
+
+    @contextlib.contextmanager
+    def reference():
+        with model.disable_adapter():
+            hook = model.register_forward_pre_hook(lambda _m, _a, kw: seen.append(kw["input_ids"].shape[0]),
+                                                   with_kwargs=True)
+            try:
+                yield model
+            finally:
+                hook.remove()
+
+    return reference
+
+
+@pytest.mark.parametrize("weights, target_model, rows, expected", [
+    ({"bct": 1.0}, "original", None, []),  # BCT alone: no target, no theta0 pass
+    ({"bct": 1.0, "leash": 0.1}, "original", [1], [1]),  # the leash's theta0 pass covers its own row only
+    ({"bct": 1.0, "leash": 0.1}, "original", [], []),  # no leash row in this batch: nothing of theta0
+    ({"output": 1.0, "leash": 0.1}, "original", [1], [3]),  # the targets need theta0 over every anchor
+    ({"act": 1.0, "leash": 0.1}, "current", None, [3]),  # targets from the current model, the leash on every anchor
+])
+def test_theta0_runs_only_over_the_rows_whose_outputs_are_used(lora_lm, tiny_tok, weights, target_model, rows,
+                                                               expected):
+    """The frozen original runs only where its outputs are used (targets of output/ACT, the leash's own rows), and
+    the components are those the full theta0 pass gives."""
+    batch = _batch(tiny_tok.pad_token_id, (20, 40))
+    cfg = T.ConsistencyConfig(output_dir="/tmp/unused", target_model=target_model,
+                              **{f"{k}_weight": v for k, v in {"output": 0.0, **weights}.items()})
+    rows = torch.tensor(rows, dtype=torch.long) if rows is not None else None
+    seen = []
+    parts = T.consistency_components(lora_lm, _counting_reference(lora_lm, seen), batch, cfg, [1], weights,
+                                     tiny_tok.pad_token_id, rows)
+    assert seen == expected
+    # the same components with theta0 run over every anchor (output at a tiny weight asks for its targets)
+    full = T.consistency_components(lora_lm, _counting_reference(lora_lm, []), batch, cfg, [1],
+                                    {**weights, "output": weights.get("output", 1e-9)}, tiny_tok.pad_token_id, rows)
+    assert set(parts) <= set(full)
+    for k, v in parts.items():
+        assert v.item() == pytest.approx(full[k].item(), rel=1e-5, abs=1e-7), k

@@ -231,6 +231,8 @@ def loss_options(cfg: "ConsistencyConfig", weights: dict[str, float]) -> losses.
 
 VARIANT_COMPONENTS = ("output", "bct", "act")
 """The components computed on the variant rows with the batch's fixed response (run_passes' training pass)."""
+TARGET_COMPONENTS = ("output", "act")
+"""The variant components that compare with the anchors' stop-gradient targets (BCT needs only the response ids)."""
 
 
 @dataclass
@@ -239,7 +241,7 @@ class Passes:
 
     var: Tail | None  # the current model on the V variant rows (with grad when grad is enabled); None: no output,
     # bct or act
-    target: Tail | None  # the B anchor rows under the target model, stop-gradient
+    target: Tail | None  # the B anchor rows under the target model, stop-gradient (None without output or act)
     target_variant_logits: torch.Tensor | None  # (V, L, vocab) variants under the target model (centroid only)
     leash_logits: torch.Tensor | None  # (R, L, vocab) the current model on the leash rows
     ref_logits: torch.Tensor | None  # (R, L, vocab) theta0 on the leash rows
@@ -260,6 +262,7 @@ def run_passes(model, reference, inputs: dict, cfg: "ConsistencyConfig", layers:
     resp_a, resp_v = inputs["anchor_response_len"], inputs["variant_response_len"]
     L = int(resp_a.max())
     per_variant = any(weights.get(k, 0) > 0 for k in VARIANT_COMPONENTS)  # else only the leash's passes (or none)
+    needs_target = any(weights.get(k, 0) > 0 for k in TARGET_COMPONENTS)  # BCT alone: no target pass at all
     use_act = weights.get("act", 0) > 0 and bool(layers)
     W = losses.act_window(cfg.act_sites, resp_v, inputs["variant_suffix_len"]) if use_act else 0
     act_layers = list(layers) if use_act else []
@@ -274,15 +277,21 @@ def run_passes(model, reference, inputs: dict, cfg: "ConsistencyConfig", layers:
     rows = rows.to(anchors[0].device)
     all_rows = rows.numel() == B
 
-    ref, ref_var = None, None
-    if reference is not None and (leash_on or (per_variant and from_reference)):
-        # theta0's hidden states are targets only when target_model is "original"; the leash needs its logits alone.
+    trained = (_rows(anchors, rows) if not all_rows else anchors) if leash_on and rows.numel() else None
+    target_ref = needs_target and from_reference  # theta0 over every anchor: the targets (and the leash's rows)
+    ref, ref_var, ref_leash = None, None, None
+    if reference is not None and (target_ref or trained is not None):
+        # theta0's hidden states are targets only when target_model is "original"; the leash needs its logits alone,
+        # on its own rows only (BCT + leash, or targets from the current model: no theta0 pass over the other rows).
         with reference() as original, torch.no_grad():
-            ref = forward_tail(original, *anchors, L, act_layers if from_reference else [], W)
+            if target_ref:
+                ref = forward_tail(original, *anchors, L, act_layers, W)
+                ref_leash = ref.logits[rows]
+            else:
+                ref_leash = forward_tail(original, *trained, L, [], 0).logits
             if centroid and from_reference:  # the centroid averages theta0 over every member
                 ref_var = forward_tail(original, *variants, L, [], 0).logits
 
-    trained = (_rows(anchors, rows) if not all_rows else anchors) if leash_on and rows.numel() else None
     cur_anchor, var = None, None
     if trained is not None and not per_variant:  # the leash alone: its anchor rows are the only training pass
         cur_anchor = forward_tail(model, *trained, L, [], 0)
@@ -306,7 +315,7 @@ def run_passes(model, reference, inputs: dict, cfg: "ConsistencyConfig", layers:
     elif per_variant:
         var = forward_tail(model, *variants, L, act_layers, W)
 
-    if not per_variant:
+    if not needs_target:
         target = None
     elif from_reference:
         target = ref
@@ -320,7 +329,7 @@ def run_passes(model, reference, inputs: dict, cfg: "ConsistencyConfig", layers:
     return Passes(
         var=var, target=target, target_variant_logits=ref_var,
         leash_logits=cur_anchor.logits if cur_anchor is not None else None,
-        ref_logits=ref.logits[rows] if cur_anchor is not None else None,
+        ref_logits=ref_leash if cur_anchor is not None else None,
         leash_rows=None if all_rows else rows,
     )
 

@@ -33,16 +33,17 @@ import torch
 import torch.nn.functional as F
 from accelerate.utils import extract_model_from_parallel
 from transformers import Trainer, TrainingArguments
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer_utils import get_last_checkpoint, has_length
 
 from coherentize import losses, residual
-from coherentize.collate import left_pad
+from coherentize.collate import LengthGroupedBatches, left_pad, padded_length
 from coherentize.errors import CoherentizeError
 from coherentize.generation import _cache_of, _eos_ids
 
 TOKEN_SITES = losses.TOKEN_SITES
 TARGET_MODELS = ("original", "current")
 OUTPUT_TARGETS = losses.OUTPUT_TARGETS
+SAMPLING_STRATEGIES = ("group_by_length", "random", "sequential")
 
 
 @dataclass
@@ -112,6 +113,10 @@ class ConsistencyConfig(TrainingArguments):
     """Checkpoint strategy (no, steps, epoch); with steps, see save_steps. Resume with --resume."""
     dataloader_pin_memory: bool = False
     """Pin host memory for the data loader (only useful with a GPU)."""
+    train_sampling_strategy: str = "group_by_length"
+    """group_by_length: batches of examples of similar length (collate.LengthGroupedBatches: every example once per
+    epoch, seeded, batches in a random order), so short prompts are not padded to long wrapped ones; random: the
+    examples shuffled (sequential: in order)."""
 
     def __post_init__(self):
         super().__post_init__()
@@ -121,6 +126,7 @@ class ConsistencyConfig(TrainingArguments):
             "output_target": OUTPUT_TARGETS,
             "act_metric": losses.ACTIVATION_METRICS,
             "target_model": TARGET_MODELS,
+            "train_sampling_strategy": SAMPLING_STRATEGIES,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -498,6 +504,22 @@ class ConsistencyTrainer(Trainer):
                         "leash": cfg.leash_weight, "on_policy": cfg.on_policy_weight}
         self._logged = defaultdict(list)
         self._step, self._micro = -1, 0
+
+    def _get_train_sampler(self, train_dataset=None):
+        """group_by_length: collate.LengthGroupedBatches over the examples' padded lengths, seeded by data_seed (else
+        seed); the other strategies as Trainer has them."""
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if self.args.train_sampling_strategy != "group_by_length" or dataset is None or not has_length(dataset):
+            return super()._get_train_sampler(train_dataset)
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        return LengthGroupedBatches([padded_length(dataset[i]) for i in range(len(dataset))],
+                                    self._train_batch_size, seed)
+
+    def _get_eval_sampler(self, eval_dataset):
+        """Evaluation in order (Trainer's group_by_length sampler would look for an input_ids column)."""
+        if eval_dataset is None or not has_length(eval_dataset) or self.args.world_size > 1:
+            return None
+        return torch.utils.data.SequentialSampler(eval_dataset)
 
     def autocast_smart_context_manager(self, cache_enabled: bool | None = True):
         """Autocast (bf16 / fp16 flags) over the whole loss, not only the prepared model's forward: the frozen

@@ -199,9 +199,36 @@ def forward_tail(model, ids, mask, pos, n_logits: int, layers: list[int], n_hidd
     return Tail(out.logits[:, :-1], hidden)
 
 
-JOINT_PAD_LIMIT = 0.1
-"""With the leash on, anchors and variants share one training pass unless padding would exceed this fraction of it
-(single process only)."""
+ROW_SPLIT_LIMIT = 0.1
+"""A pass over rows of very different lengths (wrapped variants beside short ones, short anchors carrying the leash
+beside them) runs as two passes, short rows and long rows, when that saves more than this fraction of its tokens
+(forward_rows; single process only)."""
+
+
+def row_split(lengths: list[int]) -> int:
+    """Where to cut rows sorted by length into two passes: the number of short rows c (0: one pass) that minimises
+    the tokens run, c x lengths[c-1] + (R - c) x lengths[-1], when that saves more than ROW_SPLIT_LIMIT of R x the
+    longest."""
+    n, longest = len(lengths), (lengths[-1] if lengths else 0)
+    cost, best = min(((c * lengths[c - 1] + (n - c) * longest, c) for c in range(1, n)), default=(n * longest, 0))
+    return best if cost < (1 - ROW_SPLIT_LIMIT) * n * longest else 0
+
+
+def forward_rows(model, batch: tuple, n_logits: int, layers: list[int], n_hidden: int) -> Tail:
+    """forward_tail over a left-padded (ids, mask, pos) batch, as two passes over its short and its long rows when
+    that saves tokens (row_split); the Tail comes back in the batch's row order. Rows are independent, so the
+    outputs are those of one pass. Several processes must all run the same number of forwards: one pass there."""
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    lengths = batch[1].sum(-1)
+    order = torch.argsort(lengths, stable=True)
+    c = 0 if distributed else row_split(lengths[order].tolist())
+    if c == 0:
+        return forward_tail(model, *batch, n_logits, layers, n_hidden)
+    parts = [forward_tail(model, *_rows(batch, rows), n_logits, layers, n_hidden) for rows in (order[:c], order[c:])]
+    # a pass shorter than n_logits + 1 tokens has fewer logit columns: zeros on the left, outside every row
+    logits = [F.pad(t.logits, (0, 0, n_logits - t.logits.shape[1], 0)) for t in parts]
+    back = torch.argsort(order)
+    return Tail(torch.cat(logits)[back], {l: torch.cat([t.hidden[l] for t in parts])[back] for l in layers})
 
 
 def _cat_left(a: torch.Tensor, b: torch.Tensor, pad) -> torch.Tensor:
@@ -291,35 +318,26 @@ def run_passes(model, reference, inputs: dict, cfg: "ConsistencyConfig", layers:
         # on its own rows only (BCT + leash, or targets from the current model: no theta0 pass over the other rows).
         with reference() as original, torch.no_grad():
             if target_ref:
-                ref = forward_tail(original, *anchors, L, act_layers, W)
+                ref = forward_rows(original, anchors, L, act_layers, W)
                 ref_leash = ref.logits[rows]
             else:
                 ref_leash = forward_tail(original, *trained, L, [], 0).logits
             if centroid and from_reference:  # the centroid averages theta0 over every member
-                ref_var = forward_tail(original, *variants, L, [], 0).logits
+                ref_var = forward_rows(original, variants, L, [], 0).logits
 
     cur_anchor, var = None, None
     if trained is not None and not per_variant:  # the leash alone: its anchor rows are the only training pass
         cur_anchor = forward_tail(model, *trained, L, [], 0)
     elif trained is not None:
-        (Ra, Ta), (Rv, Tv) = trained[0].shape, variants[0].shape
-        padding = Ra * (max(Ta, Tv) - Ta) + Rv * (max(Ta, Tv) - Tv)  # tokens a joint pass would add
-        # Several processes must all run the same number of forwards (DDP broadcasts, FSDP/ZeRO-3 gather in each):
-        # there the split, which depends on each rank's batch, is off.
-        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-        if distributed or padding <= JOINT_PAD_LIMIT * (Ra + Rv) * max(Ta, Tv):
-            # One training pass over anchors and variants together; anchor rows come first.
-            joint = [_cat_left(a, v, pad) for a, v, pad in zip(trained, variants, (pad_token_id, 0, 0))]
-            out = forward_tail(model, *joint, L, act_layers, W)
-            cur_anchor = Tail(out.logits[:Ra], {l: h[:Ra] for l, h in out.hidden.items()})
-            var = Tail(out.logits[Ra:], {l: h[Ra:] for l, h in out.hidden.items()})
-        else:
-            # Rows of very different lengths (wrapped variants, short anchors): two training passes, one backward,
-            # rather than one pass that would mostly compute padding.
-            cur_anchor = forward_tail(model, *trained, L, act_layers, W)
-            var = forward_tail(model, *variants, L, act_layers, W)
+        # One training pass over anchors and variants (anchor rows first), or two when their lengths differ enough
+        # (wrapped variants, short anchors): forward_rows cuts the rows where that saves most padding.
+        Ra = trained[0].shape[0]
+        out = forward_rows(model, [_cat_left(a, v, pad) for a, v, pad in zip(trained, variants, (pad_token_id, 0, 0))],
+                           L, act_layers, W)
+        cur_anchor = Tail(out.logits[:Ra], {l: h[:Ra] for l, h in out.hidden.items()})
+        var = Tail(out.logits[Ra:], {l: h[Ra:] for l, h in out.hidden.items()})
     elif per_variant:
-        var = forward_tail(model, *variants, L, act_layers, W)
+        var = forward_rows(model, variants, L, act_layers, W)
 
     if not needs_target:
         target = None

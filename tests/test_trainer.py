@@ -171,7 +171,8 @@ def test_default_batches_hold_examples_of_similar_length(tiny_tok, tmp_path):
 
     def epoch(**kw):
         trainer = ConsistencyTrainer(model=tiny_model(tiny_tok), args=cfg(tmp_path, **kw), train_dataset=exs,
-                                     data_collator=ConsistencyCollator(tiny_tok.pad_token_id), processing_class=tiny_tok)
+                                     data_collator=ConsistencyCollator(tiny_tok.pad_token_id),
+                                     processing_class=tiny_tok)
         masks = [b["variant_attention_mask"] for b in trainer.get_train_dataloader()]
         real = sum(int(m.sum()) for m in masks)
         return sum(m.shape[0] for m in masks), real, 1 - real / sum(m.numel() for m in masks)

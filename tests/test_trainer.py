@@ -183,6 +183,12 @@ def test_default_batches_hold_examples_of_similar_length(tiny_tok, tmp_path):
     rows_r, real_r, padding_r = epoch(train_sampling_strategy="random")
     assert (rows_r, real_r) == (rows, real)
     assert padding < 0.1 < padding_r
+    # evaluation keeps its order (Trainer's own group_by_length sampler would look for an input_ids column)
+    trainer = ConsistencyTrainer(model=tiny_model(tiny_tok), args=cfg(tmp_path, per_device_eval_batch_size=16),
+                                 eval_dataset=exs, data_collator=ConsistencyCollator(tiny_tok.pad_token_id),
+                                 processing_class=tiny_tok)
+    (batch,) = list(trainer.get_eval_dataloader())
+    assert torch.equal(batch["variant_input_ids"], ConsistencyCollator(tiny_tok.pad_token_id)(exs)["variant_input_ids"])
 
 
 def test_lora_reference_is_the_model_with_adapters_disabled(tiny_tok, tmp_path):

@@ -32,9 +32,9 @@ from coherentize.trainer import ConsistencyConfig, ConsistencyTrainer  # noqa: E
 def examples(n: int, vocab: int, variant_len: tuple[int, int], seed: int = 0) -> list[Example]:
     """n clusters: prompts of varying length (so rows are padded), 3 variants, response 6, shared suffix 4.
 
-    variant_len bounds the variants' own prefix: (3, 12) keeps the single process's anchors and variants in one
-    training pass with the leash, (12, 24) makes them two passes (trainer.JOINT_PAD_LIMIT); several processes always
-    use one pass, so the LoRA test also checks that the two ways give the same training."""
+    variant_len bounds the variants' own prefix: (3, 12) keeps the single process's anchors and variants close in
+    length, (12, 24) makes the single process cut them into two training passes (trainer.forward_rows); several
+    processes always use one pass, so the LoRA test also checks that the two ways give the same training."""
     rng = random.Random(seed)
     rand = lambda k: [rng.randrange(10, vocab) for _ in range(k)]  # noqa: E731
     out = []

@@ -161,6 +161,36 @@ def test_resume_from_checkpoint_gives_the_same_final_weights(tiny_tok, tmp_path)
     assert any(not torch.allclose(p, a[n]) for n, p in interrupted.model.named_parameters() if p.requires_grad)
 
 
+def test_default_batches_hold_examples_of_similar_length(tiny_tok, tmp_path):
+    """Short prompts beside long wrapped ones: by default each batch holds examples of similar length (little
+    padding), every example once per epoch; train_sampling_strategy random mixes them."""
+    wrap = "Imagine you are a pirate in a story, and answer in a formal tone. " * 6
+    clusters = [Cluster(f"c{i}", f"What is {i} plus {i}?",
+                        [Variation((wrap if i % 2 else "") + f"Q: what is {i} plus {i}?", "v")]) for i in range(16)]
+    exs = build_examples(clusters, {c.id: "The answer is four." for c in clusters}, tiny_tok, chat=True, seed=0)
+
+    def epoch(**kw):
+        trainer = ConsistencyTrainer(model=tiny_model(tiny_tok), args=cfg(tmp_path, **kw), train_dataset=exs,
+                                     data_collator=ConsistencyCollator(tiny_tok.pad_token_id),
+                                     processing_class=tiny_tok)
+        masks = [b["variant_attention_mask"] for b in trainer.get_train_dataloader()]
+        real = sum(int(m.sum()) for m in masks)
+        return sum(m.shape[0] for m in masks), real, 1 - real / sum(m.numel() for m in masks)
+
+    rows, real, padding = epoch()
+    assert ConsistencyConfig(output_dir=str(tmp_path)).train_sampling_strategy == "group_by_length"
+    assert (rows, real) == (16, sum(len(ex.variant_ids[0]) + len(ex.response_ids) for ex in exs))
+    rows_r, real_r, padding_r = epoch(train_sampling_strategy="random")
+    assert (rows_r, real_r) == (rows, real)
+    assert padding < 0.1 < padding_r
+    # evaluation keeps its order (Trainer's own group_by_length sampler would look for an input_ids column)
+    trainer = ConsistencyTrainer(model=tiny_model(tiny_tok), args=cfg(tmp_path, per_device_eval_batch_size=16),
+                                 eval_dataset=exs, data_collator=ConsistencyCollator(tiny_tok.pad_token_id),
+                                 processing_class=tiny_tok)
+    (batch,) = list(trainer.get_eval_dataloader())
+    assert torch.equal(batch["variant_input_ids"], ConsistencyCollator(tiny_tok.pad_token_id)(exs)["variant_input_ids"])
+
+
 def test_lora_reference_is_the_model_with_adapters_disabled(tiny_tok, tmp_path):
     base = tiny_model(tiny_tok, seed=3)
     with torch.no_grad():

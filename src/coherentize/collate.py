@@ -7,6 +7,8 @@ variants line up token by token over the response and over their shared prompt s
 last few positions of each row (``logits_to_keep``), never full-vocabulary logits over the whole prompt.
 
 An example is one anchor with up to K-1 of its variations (a cluster with more variations yields several examples).
+Batching: ``LengthGroupedBatches`` puts examples of similar length together (wrapped prompts of a few hundred tokens
+beside short ones would otherwise pad every row of a batch to the longest), every example still once per epoch.
 """
 
 from __future__ import annotations
@@ -84,6 +86,49 @@ def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, 
         mask[i, t - len(r) :] = 1
     pos = (mask.cumsum(-1) - 1).clamp_min(0)
     return ids, mask, pos
+
+
+def padded_length(ex: Example | dict) -> int:
+    """The row length an example needs in a left-padded batch: its longest variant prompt plus the response (the
+    variant rows are most of a step's tokens, and every one of them is padded to the batch's longest)."""
+    ex = ex if isinstance(ex, Example) else Example(**ex)
+    return max((len(v) for v in ex.variant_ids), default=len(ex.anchor_ids)) + len(ex.response_ids)
+
+
+class LengthGroupedBatches(torch.utils.data.Sampler):
+    """Example indices in batches of similar padded_length, every example once per epoch, seeded by (seed, epoch).
+
+    Each epoch: a seeded permutation, cut into windows of `window` batches; each window sorted by length (ties in the
+    permutation's order) and cut into batches; then the full batches shuffled, so that long and short batches come
+    in a random order (no curriculum from short to long), and the one partial batch, if any, last (a DataLoader cuts
+    the index stream into consecutive batches of batch_size). The trainer calls set_epoch, so a resumed run
+    sees the batches the uninterrupted run would.
+    """
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int = 0, window: int = 50):
+        if batch_size < 1 or window < 1:
+            raise ValueError("batch_size and window must be at least 1")
+        self.lengths, self.batch_size, self.seed, self.window = list(lengths), batch_size, seed, window
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self):
+        rng = random.Random(self.seed * 1_000_003 + self.epoch)
+        order = list(range(len(self.lengths)))
+        rng.shuffle(order)
+        bs, span = self.batch_size, self.batch_size * self.window
+        batches = []
+        for s in range(0, len(order), span):
+            window = sorted(order[s : s + span], key=lambda i: self.lengths[i])
+            batches += [window[j : j + bs] for j in range(0, len(window), bs)]
+        full = [b for b in batches if len(b) == bs]
+        rng.shuffle(full)
+        return iter([i for b in full + [b for b in batches if len(b) < bs] for i in b])
 
 
 @dataclass

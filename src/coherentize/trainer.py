@@ -33,16 +33,17 @@ import torch
 import torch.nn.functional as F
 from accelerate.utils import extract_model_from_parallel
 from transformers import Trainer, TrainingArguments
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer_utils import get_last_checkpoint, has_length
 
 from coherentize import losses, residual
-from coherentize.collate import left_pad
+from coherentize.collate import LengthGroupedBatches, left_pad, padded_length
 from coherentize.errors import CoherentizeError
 from coherentize.generation import _cache_of, _eos_ids
 
 TOKEN_SITES = losses.TOKEN_SITES
 TARGET_MODELS = ("original", "current")
 OUTPUT_TARGETS = losses.OUTPUT_TARGETS
+SAMPLING_STRATEGIES = ("group_by_length", "random", "sequential")
 
 
 @dataclass
@@ -112,6 +113,10 @@ class ConsistencyConfig(TrainingArguments):
     """Checkpoint strategy (no, steps, epoch); with steps, see save_steps. Resume with --resume."""
     dataloader_pin_memory: bool = False
     """Pin host memory for the data loader (only useful with a GPU)."""
+    train_sampling_strategy: str = "group_by_length"
+    """group_by_length: batches of examples of similar length (collate.LengthGroupedBatches: every example once per
+    epoch, seeded, batches in a random order), so short prompts are not padded to long wrapped ones; random: the
+    examples shuffled (sequential: in order)."""
 
     def __post_init__(self):
         super().__post_init__()
@@ -121,6 +126,7 @@ class ConsistencyConfig(TrainingArguments):
             "output_target": OUTPUT_TARGETS,
             "act_metric": losses.ACTIVATION_METRICS,
             "target_model": TARGET_MODELS,
+            "train_sampling_strategy": SAMPLING_STRATEGIES,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -193,9 +199,36 @@ def forward_tail(model, ids, mask, pos, n_logits: int, layers: list[int], n_hidd
     return Tail(out.logits[:, :-1], hidden)
 
 
-JOINT_PAD_LIMIT = 0.1
-"""With the leash on, anchors and variants share one training pass unless padding would exceed this fraction of it
-(single process only)."""
+ROW_SPLIT_LIMIT = 0.1
+"""A pass over rows of very different lengths (wrapped variants beside short ones, short anchors carrying the leash
+beside them) runs as two passes, short rows and long rows, when that saves more than this fraction of its tokens
+(forward_rows; single process only)."""
+
+
+def row_split(lengths: list[int]) -> int:
+    """Where to cut rows sorted by length into two passes: the number of short rows c (0: one pass) that minimises
+    the tokens run, c x lengths[c-1] + (R - c) x lengths[-1], when that saves more than ROW_SPLIT_LIMIT of R x the
+    longest."""
+    n, longest = len(lengths), (lengths[-1] if lengths else 0)
+    cost, best = min(((c * lengths[c - 1] + (n - c) * longest, c) for c in range(1, n)), default=(n * longest, 0))
+    return best if cost < (1 - ROW_SPLIT_LIMIT) * n * longest else 0
+
+
+def forward_rows(model, batch: tuple, n_logits: int, layers: list[int], n_hidden: int) -> Tail:
+    """forward_tail over a left-padded (ids, mask, pos) batch, as two passes over its short and its long rows when
+    that saves tokens (row_split); the Tail comes back in the batch's row order. Rows are independent, so the
+    outputs are those of one pass. Several processes must all run the same number of forwards: one pass there."""
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    lengths = batch[1].sum(-1)
+    order = torch.argsort(lengths, stable=True)
+    c = 0 if distributed else row_split(lengths[order].tolist())
+    if c == 0:
+        return forward_tail(model, *batch, n_logits, layers, n_hidden)
+    parts = [forward_tail(model, *_rows(batch, rows), n_logits, layers, n_hidden) for rows in (order[:c], order[c:])]
+    # a pass shorter than n_logits + 1 tokens has fewer logit columns: zeros on the left, outside every row
+    logits = [F.pad(t.logits, (0, 0, n_logits - t.logits.shape[1], 0)) for t in parts]
+    back = torch.argsort(order)
+    return Tail(torch.cat(logits)[back], {l: torch.cat([t.hidden[l] for t in parts])[back] for l in layers})
 
 
 def _cat_left(a: torch.Tensor, b: torch.Tensor, pad) -> torch.Tensor:
@@ -231,6 +264,8 @@ def loss_options(cfg: "ConsistencyConfig", weights: dict[str, float]) -> losses.
 
 VARIANT_COMPONENTS = ("output", "bct", "act")
 """The components computed on the variant rows with the batch's fixed response (run_passes' training pass)."""
+TARGET_COMPONENTS = ("output", "act")
+"""The variant components that compare with the anchors' stop-gradient targets (BCT needs only the response ids)."""
 
 
 @dataclass
@@ -239,7 +274,7 @@ class Passes:
 
     var: Tail | None  # the current model on the V variant rows (with grad when grad is enabled); None: no output,
     # bct or act
-    target: Tail | None  # the B anchor rows under the target model, stop-gradient
+    target: Tail | None  # the B anchor rows under the target model, stop-gradient (None without output or act)
     target_variant_logits: torch.Tensor | None  # (V, L, vocab) variants under the target model (centroid only)
     leash_logits: torch.Tensor | None  # (R, L, vocab) the current model on the leash rows
     ref_logits: torch.Tensor | None  # (R, L, vocab) theta0 on the leash rows
@@ -260,6 +295,7 @@ def run_passes(model, reference, inputs: dict, cfg: "ConsistencyConfig", layers:
     resp_a, resp_v = inputs["anchor_response_len"], inputs["variant_response_len"]
     L = int(resp_a.max())
     per_variant = any(weights.get(k, 0) > 0 for k in VARIANT_COMPONENTS)  # else only the leash's passes (or none)
+    needs_target = any(weights.get(k, 0) > 0 for k in TARGET_COMPONENTS)  # BCT alone: no target pass at all
     use_act = weights.get("act", 0) > 0 and bool(layers)
     W = losses.act_window(cfg.act_sites, resp_v, inputs["variant_suffix_len"]) if use_act else 0
     act_layers = list(layers) if use_act else []
@@ -274,39 +310,36 @@ def run_passes(model, reference, inputs: dict, cfg: "ConsistencyConfig", layers:
     rows = rows.to(anchors[0].device)
     all_rows = rows.numel() == B
 
-    ref, ref_var = None, None
-    if reference is not None and (leash_on or (per_variant and from_reference)):
-        # theta0's hidden states are targets only when target_model is "original"; the leash needs its logits alone.
-        with reference() as original, torch.no_grad():
-            ref = forward_tail(original, *anchors, L, act_layers if from_reference else [], W)
-            if centroid and from_reference:  # the centroid averages theta0 over every member
-                ref_var = forward_tail(original, *variants, L, [], 0).logits
-
     trained = (_rows(anchors, rows) if not all_rows else anchors) if leash_on and rows.numel() else None
+    target_ref = needs_target and from_reference  # theta0 over every anchor: the targets (and the leash's rows)
+    ref, ref_var, ref_leash = None, None, None
+    if reference is not None and (target_ref or trained is not None):
+        # theta0's hidden states are targets only when target_model is "original"; the leash needs its logits alone,
+        # on its own rows only (BCT + leash, or targets from the current model: no theta0 pass over the other rows).
+        with reference() as original, torch.no_grad():
+            if target_ref:
+                ref = forward_rows(original, anchors, L, act_layers, W)
+                ref_leash = ref.logits[rows]
+            else:
+                ref_leash = forward_tail(original, *trained, L, [], 0).logits
+            if centroid and from_reference:  # the centroid averages theta0 over every member
+                ref_var = forward_rows(original, variants, L, [], 0).logits
+
     cur_anchor, var = None, None
     if trained is not None and not per_variant:  # the leash alone: its anchor rows are the only training pass
         cur_anchor = forward_tail(model, *trained, L, [], 0)
     elif trained is not None:
-        (Ra, Ta), (Rv, Tv) = trained[0].shape, variants[0].shape
-        padding = Ra * (max(Ta, Tv) - Ta) + Rv * (max(Ta, Tv) - Tv)  # tokens a joint pass would add
-        # Several processes must all run the same number of forwards (DDP broadcasts, FSDP/ZeRO-3 gather in each):
-        # there the split, which depends on each rank's batch, is off.
-        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-        if distributed or padding <= JOINT_PAD_LIMIT * (Ra + Rv) * max(Ta, Tv):
-            # One training pass over anchors and variants together; anchor rows come first.
-            joint = [_cat_left(a, v, pad) for a, v, pad in zip(trained, variants, (pad_token_id, 0, 0))]
-            out = forward_tail(model, *joint, L, act_layers, W)
-            cur_anchor = Tail(out.logits[:Ra], {l: h[:Ra] for l, h in out.hidden.items()})
-            var = Tail(out.logits[Ra:], {l: h[Ra:] for l, h in out.hidden.items()})
-        else:
-            # Rows of very different lengths (wrapped variants, short anchors): two training passes, one backward,
-            # rather than one pass that would mostly compute padding.
-            cur_anchor = forward_tail(model, *trained, L, act_layers, W)
-            var = forward_tail(model, *variants, L, act_layers, W)
+        # One training pass over anchors and variants (anchor rows first), or two when their lengths differ enough
+        # (wrapped variants, short anchors): forward_rows cuts the rows where that saves most padding.
+        Ra = trained[0].shape[0]
+        out = forward_rows(model, [_cat_left(a, v, pad) for a, v, pad in zip(trained, variants, (pad_token_id, 0, 0))],
+                           L, act_layers, W)
+        cur_anchor = Tail(out.logits[:Ra], {l: h[:Ra] for l, h in out.hidden.items()})
+        var = Tail(out.logits[Ra:], {l: h[Ra:] for l, h in out.hidden.items()})
     elif per_variant:
-        var = forward_tail(model, *variants, L, act_layers, W)
+        var = forward_rows(model, variants, L, act_layers, W)
 
-    if not per_variant:
+    if not needs_target:
         target = None
     elif from_reference:
         target = ref
@@ -320,7 +353,7 @@ def run_passes(model, reference, inputs: dict, cfg: "ConsistencyConfig", layers:
     return Passes(
         var=var, target=target, target_variant_logits=ref_var,
         leash_logits=cur_anchor.logits if cur_anchor is not None else None,
-        ref_logits=ref.logits[rows] if cur_anchor is not None else None,
+        ref_logits=ref_leash if cur_anchor is not None else None,
         leash_rows=None if all_rows else rows,
     )
 
@@ -489,6 +522,22 @@ class ConsistencyTrainer(Trainer):
                         "leash": cfg.leash_weight, "on_policy": cfg.on_policy_weight}
         self._logged = defaultdict(list)
         self._step, self._micro = -1, 0
+
+    def _get_train_sampler(self, train_dataset=None):
+        """group_by_length: collate.LengthGroupedBatches over the examples' padded lengths, seeded by data_seed (else
+        seed); the other strategies as Trainer has them."""
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if self.args.train_sampling_strategy != "group_by_length" or dataset is None or not has_length(dataset):
+            return super()._get_train_sampler(train_dataset)
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        return LengthGroupedBatches([padded_length(dataset[i]) for i in range(len(dataset))],
+                                    self._train_batch_size, seed)
+
+    def _get_eval_sampler(self, eval_dataset):
+        """Evaluation in order (Trainer's group_by_length sampler would look for an input_ids column)."""
+        if eval_dataset is None or not has_length(eval_dataset) or self.args.world_size > 1:
+            return None
+        return torch.utils.data.SequentialSampler(eval_dataset)
 
     def autocast_smart_context_manager(self, cache_enabled: bool | None = True):
         """Autocast (bf16 / fp16 flags) over the whole loss, not only the prepared model's forward: the frozen

@@ -15,7 +15,7 @@ overrides a field). Prints:
 - per part (the innermost instrumented function: ``generate``/``generate_greedy``, ``refusal_margins``,
   ``openings_logprob``, ``continuation_logprobs``, ``last_token_hidden``, ``mc_choice``, ...): CPU seconds inside
   model forward passes split into prefill (a pass over more than one new token), decode (one new token per row) and
-  tree (the openings' tree-masked pass on a prefill's cache), the rest of the part's own time (Python,
+  tree (the openings' tree-masked pass, or a continuation's chain, on a prefill's cache), the rest of the part's own time (Python,
   tokenisation, cache copies, the judge), the forward passes, and the padding waste of the prefill passes (masked-out
   tokens / all new tokens).
 
@@ -44,9 +44,12 @@ PARTS = [  # (module, function): instrumented parts, innermost wins
     ("coherentize.evaluate.scoring", "sequence_logprob"),
     ("coherentize.evaluate.coherence", "output_divergence_for_clusters"),
     ("coherentize.evaluate.coherence", "activation_separation_for_clusters"),
+    ("coherentize.evaluate.coherence", "shared_continuations"),
+    ("coherentize.evaluate.coherence", "member_passes"),
 ]
 SUITES = [
     ("coherentize.evaluate.jailbreak", "run_jailbreak", "jailbreak"),
+    ("coherentize.evaluate.framed_benign", "run_framed_benign", "framed_benign"),
     ("coherentize.evaluate.overrefusal", "run_overrefusal", "overrefusal"),
     ("coherentize.evaluate.suite", "run_coherence", "coherence"),
     ("coherentize.evaluate.capability", "run_capability", "capability"),

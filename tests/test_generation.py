@@ -187,3 +187,27 @@ def test_decoding_into_preallocated_caches_changes_no_output(tiny_lm, tiny_tok, 
     old = generate_greedy(tiny_lm, tiny_tok, PROMPTS, True, **args)
     assert new.texts == old.texts and new.new_tokens == old.new_tokens
     assert torch.equal(new.openings, old.openings)
+
+
+def test_continuations_and_hidden_from_the_generation_prefill(tiny_lm, tiny_tok):
+    # small chunks and decode batches: shared-prefix chunks and joined (left-padded) caches carry the extra passes
+    from coherentize.evaluate.scoring import continuation_logprobs, last_token_hidden
+
+    conts = ["Sure, here it is.", None, "Four.", "x", "Red, orange and yellow.", "", "One two three.",
+             "Yes.", "No, not at all."]
+    got = generate_greedy(tiny_lm, tiny_tok, PROMPTS, True, 6, batch_size=5, prefill_batch_size=2,
+                          row_continuations=conts, hidden=True, progress=False)
+    assert got.texts == generate(tiny_lm, tiny_tok, PROMPTS, True, 6)  # the extra passes change no answer
+    want = continuation_logprobs(tiny_lm, tiny_tok, PROMPTS, [c or "" for c in conts], True, batch_size=1)
+    for c, lp, w in zip(conts, got.continuation_logprobs, want):
+        if not c:
+            assert lp is None
+            continue
+        assert lp.shape == w.shape == (len(tiny_tok(c, add_special_tokens=False)["input_ids"]), len(tiny_tok))
+        torch.testing.assert_close(lp, w, atol=1e-5, rtol=1e-5)
+    hs = last_token_hidden(tiny_lm, tiny_tok, PROMPTS, True, batch_size=1)  # (N, L, H), one row at a time
+    assert got.hidden.shape == hs.shape
+    torch.testing.assert_close(got.hidden, hs, atol=1e-5, rtol=1e-5)
+    only = generate_greedy(tiny_lm, tiny_tok, PROMPTS, True, 0, row_continuations=conts, progress=False)
+    assert only.texts == [""] * len(PROMPTS) and only.hidden is None
+    torch.testing.assert_close(only.continuation_logprobs[0], want[0], atol=1e-5, rtol=1e-5)

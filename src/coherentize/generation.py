@@ -11,7 +11,10 @@ Greedy decoding runs its own loop over the KV cache (sampling goes through trans
   (e.g. the refusal judge's decision is settled); the batch shrinks instead of decoding padding;
 - **openings from the same prefill**: optionally, log P(opening | prompt) for a few short response openings
   (refusal vs compliance, multiple-choice letters) from one small tree-masked pass over the openings' tokens on the
-  prefill's cache (``OpeningTree``), instead of a second prefill of every prompt.
+  prefill's cache (``OpeningTree``), instead of a second prefill of every prompt;
+- **more from the same prefill**: optionally, each row's next-token distributions over a continuation of its own
+  (teacher-forced, one causal chain pass on the prefill's cache) and the residual stream after every block at the
+  last prompt token (hooks on the prefill), so a probe that also needs these runs no second pass over its prompts.
 
 Outputs come back in input order and equal what ``model.generate`` gives greedily, up to float rounding: a row's
 result does not depend on the other rows, but different batch shapes can round differently (rarely enough to flip a
@@ -29,6 +32,7 @@ import torch
 from coherentize.chat import Prompt, encode, render
 from coherentize.collate import left_pad
 from coherentize.losses import log_probs
+from coherentize.residual import capture, decoder_layers
 
 PREFILL_ROWS = 16
 """Rows per prefill chunk (prompts of one prefix group, similar lengths)."""
@@ -52,6 +56,12 @@ class Generation:
     """Tokens decoded in all (for throughput figures)."""
     row_openings: list[list[float]] | None = None
     """Per prompt, log P(opening | prompt) for each of its own openings (row_openings asked for), else None."""
+    continuation_logprobs: list[torch.Tensor | None] | None = None
+    """Per prompt, the (T, V) float32 next-token log-probabilities at the T positions of its continuation
+    (row_continuations asked for; None for a row without one), else None."""
+    hidden: torch.Tensor | None = None
+    """(N, L, H) float32 residual stream after each of the L blocks at the last prompt token (hidden asked for;
+    residual.py's meaning: the last block's output before the final norm), else None."""
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -365,6 +375,27 @@ def _tree_pass(model, cache, mask: torch.Tensor, n_real: torch.Tensor, last_logi
     return torch.cat([lp, log_probs(out.logits.float())], 1)
 
 
+@torch.no_grad()
+def chain_logprobs(model, cache, mask: torch.Tensor, n_real: torch.Tensor, last_logits: torch.Tensor,
+                   continuations: Sequence[Sequence[int] | None]) -> list[torch.Tensor | None]:
+    """Per row, the (T, V) log-probabilities of its own continuation (T tokens) teacher-forced after its prompt: the
+    prompt's last position, then tokens 1..T-1 of the continuation as a causal chain on the prompts' cache (a tree
+    of one path: one _tree_pass, rows padded as in OpeningTree.score_rows). None for a row without a continuation.
+    Equals a forward pass over prompt + continuation, up to float rounding; the cache is left as it was."""
+    b = last_logits.shape[0]
+    lengths = [len(c) if c else 0 for c in continuations]
+    m = max(max(lengths) - 1, 0)
+    tokens = torch.zeros((b, m), dtype=torch.long)
+    allowed = torch.eye(m, dtype=torch.bool).repeat(b, 1, 1)  # a padding node attends to the prompt and itself
+    for r, c in enumerate(continuations):
+        k = max(lengths[r] - 1, 0)
+        if k:
+            tokens[r, :k] = torch.tensor(c[:k])
+            allowed[r, :k, :k] = torch.ones((k, k), dtype=torch.bool).tril()
+    lp = _tree_pass(model, cache, mask, n_real, last_logits, tokens, torch.arange(m)[None].expand(b, m), allowed)
+    return [lp[r, : lengths[r]].cpu() if lengths[r] else None for r in range(b)]
+
+
 def _eos_ids(model, tokenizer) -> set[int]:
     eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     if eos is None:
@@ -407,6 +438,8 @@ def generate_greedy(
     progress=None,
     desc: str | None = None,
     row_openings: Sequence[Sequence[str]] | None = None,
+    row_continuations: Sequence[str | None] | None = None,
+    hidden: bool = False,
 ) -> Generation:
     """Greedy completions of every prompt (see the module docstring for how), and optionally opening log-probs.
 
@@ -415,23 +448,30 @@ def generate_greedy(
     stop(text) -> True ends a row early (text = its completion so far, as returned); only pass a rule under which
     the rest of the text cannot change what the caller computes from it. progress: None (a bar on a terminal),
     True, False, or callable(n). row_openings: per prompt, openings of its own, scored like `openings` on the same
-    prefill (OpeningTree.score_rows) into Generation.row_openings.
+    prefill (OpeningTree.score_rows) into Generation.row_openings. row_continuations: per prompt, a text (tokenised
+    on its own, without special tokens) or None; its next-token log-probabilities go to
+    Generation.continuation_logprobs (chain_logprobs). hidden: the last prompt token's residual stream after every
+    block into Generation.hidden.
     """
     from coherentize.errors import CoherentizeError
     from coherentize.served import ServedModel
 
+    scoring = bool(openings or row_openings or row_continuations is not None or hidden)
     if isinstance(model, ServedModel):  # a model behind a server: its answers only
-        if openings or row_openings:
-            raise CoherentizeError("a model behind a server gives no log-probabilities; turn refusal_margin off.")
+        if scoring:
+            raise CoherentizeError("a model behind a server gives no log-probabilities or activations; turn "
+                                   "refusal_margin off.")
         return Generation(model.complete_prompts(prompts, max_new_tokens))
     if max_new_tokens > 0 and _needs_hf_generate(model):
         texts = _generate_hf(model, tokenizer, prompts, chat, max_new_tokens, batch_size, False, 1.0, 1.0, None,
                              progress, desc)
-        if not (openings or row_openings):
+        if not scoring:
             return Generation(texts)
         scored = generate_greedy(model, tokenizer, prompts, chat, 0, batch_size, prefill_batch_size, openings,
-                                 progress=False, row_openings=row_openings)
-        return Generation(texts, scored.openings, row_openings=scored.row_openings)
+                                 progress=False, row_openings=row_openings, row_continuations=row_continuations,
+                                 hidden=hidden)
+        return Generation(texts, scored.openings, row_openings=scored.row_openings,
+                          continuation_logprobs=scored.continuation_logprobs, hidden=scored.hidden)
     n = len(prompts)
     tree = OpeningTree.build(tokenizer, openings) if openings else None
     if row_openings is not None and len(row_openings) != n:
@@ -441,8 +481,16 @@ def generate_greedy(
         built = {key: OpeningTree.build(tokenizer, key) for key in dict.fromkeys(map(tuple, row_openings))}
         trees = [built[tuple(o)] for o in row_openings]
     row_scores: list = [None] * n if trees is not None else None
+    if row_continuations is not None and len(row_continuations) != n:
+        raise ValueError(f"row_continuations: {len(row_continuations)} texts for {n} prompts")
+    conts = None if row_continuations is None else [
+        tokenizer(c, add_special_tokens=False)["input_ids"] if c else None for c in row_continuations]
+    cont_lps: list = [None] * n if conts is not None else None
+    layers = list(range(1, len(decoder_layers(model)) + 1)) if hidden else []
+    hs: list = [None] * n
     if not n:
-        return Generation([], torch.empty((0, len(openings or ()))) if tree else None, row_openings=row_scores)
+        return Generation([], torch.empty((0, len(openings or ()))) if tree else None, row_openings=row_scores,
+                          continuation_logprobs=cont_lps, hidden=torch.empty((0, len(layers), 0)) if hidden else None)
     ids = [encode(tokenizer, p, chat) for p in prompts]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     eos = _eos_ids(model, tokenizer)
@@ -454,7 +502,15 @@ def generate_greedy(
     bar, tick = _progress_bar(progress, n, desc)
     try:
         for batch in plan_batches(ids, batch_size, prefill_batch_size):
-            parts = [prefill(model, [ids[i] for i in chunk], pad) for chunk in batch]
+            parts = []
+            for chunk in batch:
+                if not layers:
+                    parts.append(prefill(model, [ids[i] for i in chunk], pad))
+                    continue
+                with capture(model, layers, last=1) as got:  # kept from the chunk's last pass: every row's last token
+                    parts.append(prefill(model, [ids[i] for i in chunk], pad))
+                for j, i in enumerate(chunk):
+                    hs[i] = torch.stack([got[layer][j, -1] for layer in layers]).float().cpu()
             if len(parts) > 1 and not all(_joinable(p[0]) for p in parts):
                 groups = [(c, p) for c, p in zip(batch, parts)]  # exotic caches: decode chunk by chunk
             else:
@@ -466,6 +522,9 @@ def generate_greedy(
                     for i, v in zip(rows, OpeningTree.score_rows([trees[i] for i in rows], model, cache, mask, n_real,
                                                                  logits)):
                         row_scores[i] = v
+                if conts is not None:
+                    for i, v in zip(rows, chain_logprobs(model, cache, mask, n_real, logits, [conts[i] for i in rows])):
+                        cont_lps[i] = v
                 if max_new_tokens <= 0:
                     tick(len(rows))
                     continue
@@ -478,7 +537,7 @@ def generate_greedy(
         if bar is not None:
             bar.close()
         model.train(was_training)
-    return Generation(texts, scores, decoded, row_scores)
+    return Generation(texts, scores, decoded, row_scores, cont_lps, torch.stack(hs) if hidden else None)
 
 
 def _decode(model, tokenizer, cache, mask, n_real, logits, max_new_tokens: int, eos: set[int], stop, done):

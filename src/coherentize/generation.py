@@ -23,6 +23,7 @@ near-tie greedy token; ``benchmarks/eval_batched.py`` counts identical outputs a
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -77,14 +78,15 @@ def common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
     return n
 
 
-def plan_batches(ids: Sequence[Sequence[int]], batch_size: int,
-                 prefill_rows: int = PREFILL_ROWS) -> list[list[list[int]]]:
+def plan_batches(ids: Sequence[Sequence[int]], batch_size: int, prefill_rows: int = PREFILL_ROWS,
+                 lm_row_cost: float | None = None) -> list[list[list[int]]]:
     """Decode batches of at most batch_size rows, each a list of prefill chunks (lists of row indices).
 
     Rows are grouped by shared prefix (sorted by token ids, a group = rows sharing GROUP_EXTRA tokens beyond the
     prefix common to all rows with the group's first row; groups under MIN_GROUP rows are pooled); within a group,
     rows are sorted by length (longest first) and cut into chunks of at most prefill_rows where padding would cost
-    more than another prefix pass (cut_chunks); chunks fill the decode batches in order, never split.
+    more than another prefix pass (cut_chunks; lm_row_cost: rows may be packed, see tail_cost); chunks fill the
+    decode batches in order, never split.
     """
     if not ids:
         return []
@@ -103,7 +105,7 @@ def plan_batches(ids: Sequence[Sequence[int]], batch_size: int,
     for g in groups:
         g = sorted(g, key=lambda i: -len(ids[i]))
         shared = min(common_prefix_len(ids[g[0]], ids[i]) for i in g)
-        chunks += [g[a:b] for a, b in cut_chunks([len(ids[i]) for i in g], shared, prefill_rows)]
+        chunks += [g[a:b] for a, b in cut_chunks([len(ids[i]) for i in g], shared, prefill_rows, lm_row_cost)]
     batches: list[list[list[int]]] = []
     rows = 0
     for c in chunks:
@@ -119,19 +121,21 @@ CALL_TOKENS = 16
 """The fixed cost of one forward call, in tokens of prefill (Python and kernel launches), for cut_chunks."""
 
 
-def cut_chunks(lengths: Sequence[int], shared: int, max_rows: int) -> list[tuple[int, int]]:
+def cut_chunks(lengths: Sequence[int], shared: int, max_rows: int,
+               lm_row_cost: float | None = None) -> list[tuple[int, int]]:
     """Cut rows sorted by length (longest first) into chunks [a, b) of at most max_rows that cost the fewest
-    prefill tokens: per chunk, its common prefix once (at least `shared` tokens, when >= MIN_SHARED) plus every row
-    padded to the chunk's longest, plus CALL_TOKENS per forward call. Dynamic programming over the cut points."""
+    prefill tokens: per chunk, its common prefix once (at least `shared` tokens, when >= MIN_SHARED) plus its rows'
+    rests, padded to the longest or packed (tail_cost, with lm_row_cost; None: padded), plus CALL_TOKENS per forward
+    call. Dynamic programming over the cut points."""
     n = len(lengths)
     share = shared if shared >= MIN_SHARED else 0
 
-    def cost(a: int, b: int) -> int:
+    def cost(a: int, b: int) -> float:
         if b - a == 1 or not share:
-            return CALL_TOKENS + (b - a) * lengths[a]
-        return 2 * CALL_TOKENS + share + (b - a) * (lengths[a] - share)
+            return CALL_TOKENS + tail_cost(lengths[a:b], lm_row_cost)[0]
+        return 2 * CALL_TOKENS + share + tail_cost([x - share for x in lengths[a:b]], lm_row_cost)[0]
 
-    best, back = [0] + [None] * n, [0] * (n + 1)
+    best, back = [0.0] + [None] * n, [0] * (n + 1)
     for b in range(1, n + 1):
         for a in range(max(0, b - max_rows), b):
             c = best[a] + cost(a, b)
@@ -144,6 +148,52 @@ def cut_chunks(lengths: Sequence[int], shared: int, max_rows: int) -> list[tuple
     return cuts[::-1]
 
 
+def pack_rows(lengths: Sequence[int]) -> list[list[int]]:
+    """Lanes of rows laid end to end, none longer than the longest row: first fit, longest rows first."""
+    cap = max(lengths)
+    lanes: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        k = next((k for k, r in enumerate(room) if lengths[i] <= r), None)
+        if k is None:
+            lanes.append([i])
+            room.append(cap - lengths[i])
+        else:
+            lanes[k].append(i)
+            room[k] -= lengths[i]
+    return lanes
+
+
+def lane_layout(lengths: Sequence[int], lanes: list[list[int]]) -> tuple[list[int], list[int], list[int]]:
+    """Where packed rows sit: per row its lane, first and last column (a lane's rows end to end, left-padded to
+    the longest row)."""
+    cap = max(lengths)
+    lane_of, first, last = [0] * len(lengths), [0] * len(lengths), [0] * len(lengths)
+    for k, lane in enumerate(lanes):
+        start = cap - sum(lengths[i] for i in lane)
+        for i in lane:
+            lane_of[i], first[i], last[i] = k, start, start + lengths[i] - 1
+            start += lengths[i]
+    return lane_of, first, last
+
+
+def tail_cost(lengths: Sequence[int], lm_row_cost: float | None) -> tuple[float, list[list[int]] | None]:
+    """(tokens' work, lanes or None) of one pass over rows of these lengths: padded, rows x the longest; or packed
+    (pack_rows), lanes x the longest plus lm_row_cost per extra LM-head row (logits_to_keep is one set of columns
+    for every lane: lanes x distinct row ends, where padding needs one per row), when that is less. lm_row_cost
+    None: padded."""
+    cap = max(lengths)
+    padded = len(lengths) * cap
+    if lm_row_cost is None or len(lengths) < 2:
+        return padded, None
+    lanes = pack_rows(lengths)
+    if len(lanes) == len(lengths):
+        return padded, None
+    ends = len(set(lane_layout(lengths, lanes)[2]))
+    packed = len(lanes) * cap + lm_row_cost * (len(lanes) * ends - len(lengths))
+    return (packed, lanes) if packed < padded else (padded, None)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Model passes
 
@@ -152,35 +202,122 @@ def _cache_of(out):
     return out["cache"] if "cache" in out else out.past_key_values  # transformers >= 5.2x names it cache
 
 
+PACK = True
+"""Pack a prefill chunk's rows end to end into fewer rows where that costs less than padding them (pack_rows,
+prefill); False: always pad (benchmarks compare)."""
+
+
 @torch.no_grad()
-def prefill(model, rows: list[list[int]], pad_id: int):
+def prefill(model, rows: list[list[int]], pad_id: int, layers: Sequence[int] = ()):
     """Run prompts (token rows) through the model, sharing their common prefix when long enough.
 
     Returns (cache, mask (R, C) long over the cache's C columns, n_real (R,) real tokens per row, last-position
-    logits (R, V)). Layout of a row: [common prefix][left padding][rest of the prompt]; position ids count real
-    tokens only, so every row sees the positions it would see alone.
+    logits (R, V), hidden (R, len(layers), H) float32: the residual stream after each of `layers` at every row's last
+    token, or None without layers). Layout of a row: [common prefix][left padding][rest of the prompt]; position ids
+    count real tokens only, so every row sees the positions it would see alone. The rests (tails) run either padded
+    to the longest, one row each, or packed end to end into fewer rows (pack_rows, with a block-diagonal mask) when
+    that costs fewer tokens; a packed pass's keys and values are then laid out as the padded pass would leave them.
     """
     device = model.device
     shared = common_prefix_len(rows[0], rows[-1]) if len(rows) > 1 else 0
     for r in rows[1:-1]:
         shared = min(shared, common_prefix_len(rows[0], r))
     shared = min(shared, min(len(r) for r in rows) - 1)  # every row keeps at least one token after the prefix
+    cache = None
     if len(rows) > 1 and shared >= MIN_SHARED:
         head = torch.tensor([rows[0][:shared]], device=device)
         cache = _cache_of(model(input_ids=head, use_cache=True, logits_to_keep=1))
+    else:
+        shared = 0
+    tails = [r[shared:] for r in rows]
+    lanes = tail_cost([len(t) for t in tails], lm_row_cost(model))[1]
+    if lanes is not None:
+        return _prefill_packed(model, cache, shared, tails, lanes, pad_id, layers)
+    if cache is not None:
         cache.batch_repeat_interleave(len(rows))
-        ids, tail_mask, tail_pos = left_pad([r[shared:] for r in rows], pad_id)
-        mask = torch.cat([torch.ones((len(rows), shared), dtype=torch.long), tail_mask], 1)
-        pos = tail_pos + shared
+    ids, mask, pos = left_pad(tails, pad_id)
+    if shared:
+        mask = torch.cat([torch.ones((len(rows), shared), dtype=torch.long), mask], 1)
+        pos = pos + shared
+    with _capture(model, layers, last=1) as got:  # left padding: the last position is every row's last token
         out = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device),
                     cache=cache, use_cache=True, logits_to_keep=1)
-    else:
-        ids, mask, pos = left_pad(rows, pad_id)
-        out = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device),
-                    use_cache=True, logits_to_keep=1)
-        cache = _cache_of(out)
+    hidden = torch.stack([got[layer][:, -1] for layer in layers], 1).float().cpu() if layers else None
     n_real = torch.tensor([len(r) for r in rows])
-    return cache, mask, n_real, out.logits[:, -1].float()
+    return _cache_of(out), mask, n_real, out.logits[:, -1].float(), hidden
+
+
+def _capture(model, layers: Sequence[int], last: int | None = None):
+    """residual.capture of these layers, or nothing to hook when there are none."""
+    return capture(model, list(layers), last) if layers else contextlib.nullcontext({})
+
+
+def lm_row_cost(model) -> float | None:
+    """What the LM head costs per row in tokens' work of the decoder blocks (vocab x hidden / the blocks'
+    parameters), for tail_cost; None where packing is off or cannot be laid out again (not a plain cache)."""
+    head = model.get_output_embeddings()
+    if not PACK or head is None or not _plain_cache_model(model):
+        return None
+    return head.weight.numel() / sum(p.numel() for p in decoder_layers(model).parameters())
+
+
+def _plain_cache_model(model) -> bool:
+    """A model whose cache is plain DynamicLayers (no sliding windows): a packed cache can be laid out again."""
+    from transformers.cache_utils import DynamicCache
+
+    try:
+        return _joinable(DynamicCache(config=model.config))
+    except Exception:  # a config the cache cannot read: do not pack
+        return False
+
+
+def _prefill_packed(model, cache, shared: int, tails: list[list[int]], lanes: list[list[int]], pad_id: int,
+                    layers: Sequence[int]):
+    """prefill's packed pass: each lane holds its rows' tails end to end (left-padded to the longest tail, cap);
+    a token attends to the shared prefix and to the earlier tokens of its own row (a block-diagonal causal mask);
+    positions restart after the prefix for every row. Returns prefill's tuple with the cache laid out per row."""
+    from transformers.cache_utils import DynamicCache
+
+    device = model.device
+    n, cap, nl = len(tails), max(len(t) for t in tails), len(lanes)
+    ids = torch.full((nl, cap), pad_id, dtype=torch.long)
+    pos = torch.zeros((nl, cap), dtype=torch.long)
+    seg = torch.full((nl, cap), -1, dtype=torch.long)  # the row each column holds (-1: padding)
+    lane_of, first, end_of = lane_layout([len(t) for t in tails], lanes)
+    for i, t in enumerate(tails):
+        k, a, b = lane_of[i], first[i], end_of[i] + 1
+        ids[k, a:b] = torch.tensor(t)
+        pos[k, a:b] = torch.arange(shared, shared + len(t))
+        seg[k, a:b] = i
+    col = torch.arange(cap)
+    allow = (seg[:, :, None] == seg[:, None, :]) & (col[None, :] <= col[:, None])[None]  # (nl, cap, cap)
+    allow = torch.cat([torch.ones((nl, cap, shared), dtype=torch.bool), allow], 2)
+    dtype = getattr(model, "dtype", torch.float32)
+    additive = torch.zeros(allow.shape, dtype=dtype).masked_fill(~allow, torch.finfo(dtype).min)
+    if cache is not None:
+        cache.batch_repeat_interleave(nl)
+    ends = sorted(set(end_of))
+    with _capture(model, layers) as got:
+        out = model(input_ids=ids.to(device), attention_mask=additive[:, None].to(device),
+                    position_ids=pos.to(device), cache=cache, use_cache=True,
+                    logits_to_keep=torch.tensor(ends, device=device))
+    lane_t = torch.tensor(lane_of)
+    end_t = torch.tensor(end_of)
+    logits = out.logits[lane_t, torch.tensor([ends.index(e) for e in end_of])].float()
+    hidden = (torch.stack([got[layer][lane_t, end_t] for layer in layers], 1).float().cpu() if layers else None)
+    # the padded layout: row i = [prefix][cap - len_i padding][its tail], read from its lane's columns
+    lens = torch.tensor([len(t) for t in tails])
+    j = torch.arange(cap)[None]  # (1, cap) tail column of the padded layout
+    real = j >= (cap - lens)[:, None]  # (n, cap)
+    src = torch.where(real, shared + end_t[:, None] - (cap - 1 - j), torch.zeros_like(j))
+    src = torch.cat([torch.arange(shared).expand(n, shared), src], 1)  # (n, shared + cap)
+    layers_kv = []
+    for k, v, *_ in _cache_of(out):
+        index = src.to(k.device)[:, None, :, None].expand(n, k.shape[1], -1, k.shape[-1])
+        layers_kv.append((k[lane_t].gather(2, index), v[lane_t].gather(2, index)))
+    mask = torch.cat([torch.ones((n, shared), dtype=torch.long), real.long()], 1)
+    n_real = lens + shared
+    return DynamicCache(layers_kv), mask, n_real, logits, hidden
 
 
 @functools.cache
@@ -501,16 +638,13 @@ def generate_greedy(
     model.eval()
     bar, tick = _progress_bar(progress, n, desc)
     try:
-        for batch in plan_batches(ids, batch_size, prefill_batch_size):
+        for batch in plan_batches(ids, batch_size, prefill_batch_size, lm_row_cost(model)):
             parts = []
             for chunk in batch:
-                if not layers:
-                    parts.append(prefill(model, [ids[i] for i in chunk], pad))
-                    continue
-                with capture(model, layers, last=1) as got:  # kept from the chunk's last pass: every row's last token
-                    parts.append(prefill(model, [ids[i] for i in chunk], pad))
+                *part, h = prefill(model, [ids[i] for i in chunk], pad, layers)
+                parts.append(tuple(part))
                 for j, i in enumerate(chunk):
-                    hs[i] = torch.stack([got[layer][j, -1] for layer in layers]).float().cpu()
+                    hs[i] = h[j] if layers else None
             if len(parts) > 1 and not all(_joinable(p[0]) for p in parts):
                 groups = [(c, p) for c, p in zip(batch, parts)]  # exotic caches: decode chunk by chunk
             else:

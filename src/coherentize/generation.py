@@ -5,6 +5,9 @@ Greedy decoding runs its own loop over the KV cache (sampling goes through trans
 - **prefill in prefix groups**: prompts are grouped by shared token prefix (the chat template's header; a jailbreak
   template's text before the request) and cut into chunks of similar length; a chunk's common prefix is run once and
   its cache copied to the chunk's rows, and only the rest is padded (a chunk is never padded to another's length);
+- **tails packed**: where it costs less (``tail_cost``), a chunk's rests after the prefix run end to end in fewer
+  rows (``pack_rows``) with a block-diagonal causal mask instead of each padded to the longest, and the keys and
+  values are then laid out as the padded pass would leave them;
 - **decode in larger batches**: the chunks' caches are joined (left-padded) into decode batches of ``batch_size``
   rows, since a decode step costs about the same for 16 rows as for 48 on a CPU (it reads every weight once);
 - **rows leave when done**: at EOS, or when the caller's ``stop(text)`` says the rest of the text cannot matter

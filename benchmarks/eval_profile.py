@@ -15,7 +15,7 @@ overrides a field). Prints:
 - per part (the innermost instrumented function: ``generate``/``generate_greedy``, ``refusal_margins``,
   ``openings_logprob``, ``continuation_logprobs``, ``last_token_hidden``, ``mc_choice``, ...): CPU seconds inside
   model forward passes split into prefill (a pass over more than one new token), decode (one new token per row) and
-  tree (the openings' tree-masked pass on a prefill's cache), the rest of the part's own time (Python,
+  tree (the openings' tree-masked pass, or a continuation's chain, on a prefill's cache), the rest of the part's own time (Python,
   tokenisation, cache copies, the judge), the forward passes, and the padding waste of the prefill passes (masked-out
   tokens / all new tokens).
 
@@ -44,9 +44,12 @@ PARTS = [  # (module, function): instrumented parts, innermost wins
     ("coherentize.evaluate.scoring", "sequence_logprob"),
     ("coherentize.evaluate.coherence", "output_divergence_for_clusters"),
     ("coherentize.evaluate.coherence", "activation_separation_for_clusters"),
+    ("coherentize.evaluate.coherence", "shared_continuations"),
+    ("coherentize.evaluate.coherence", "member_passes"),
 ]
 SUITES = [
     ("coherentize.evaluate.jailbreak", "run_jailbreak", "jailbreak"),
+    ("coherentize.evaluate.framed_benign", "run_framed_benign", "framed_benign"),
     ("coherentize.evaluate.overrefusal", "run_overrefusal", "overrefusal"),
     ("coherentize.evaluate.suite", "run_coherence", "coherence"),
     ("coherentize.evaluate.capability", "run_capability", "capability"),
@@ -109,7 +112,10 @@ class Profiler:
 
         setattr(mod, name, wrapped)
 
-    def hook(self, model):
+    def hook(self, model, pad_id: int):
+        import torch
+
+        self.pad_id = pad_id
         def pre(module, args, kwargs):
             self._t = time.process_time()
 
@@ -122,15 +128,18 @@ class Profiler:
                 return
             rows, q = ids.shape[0], ids.shape[1]
             kind = "decode" if q == 1 else "prefill"
-            if mask is not None and mask.dim() == 4:  # the openings' tree pass on a prefill's cache
+            packed = isinstance(kwargs.get("logits_to_keep"), torch.Tensor)  # a prefill's packed pass (4-d mask too)
+            if mask is not None and mask.dim() == 4 and not packed:  # a tree or chain pass on a prefill's cache
                 c["tree_s"] += dt
                 c["tree_calls"] += 1
                 return
             c[f"{kind}_s"] += dt
             c[f"{kind}_calls"] += 1
             if kind == "prefill":
-                # padded tokens among the new ones: the mask's last q columns
-                if mask is not None and mask.dim() == 2:
+                # padded tokens among the new ones: the mask's last q columns (packed: the pad token's columns)
+                if packed:
+                    c["real_tokens"] += float((ids != self.pad_id).sum())
+                elif mask is not None and mask.dim() == 2:
                     c["real_tokens"] += float(mask[:, -q:].sum())
                 else:
                     c["real_tokens"] += rows * q
@@ -203,7 +212,7 @@ def main() -> None:
             prof.wrap_part(mod, f)
     for m, f, label in SUITES:
         prof.wrap_suite(importlib.import_module(m), f, label)
-    prof.hook(model)
+    prof.hook(model, tok.pad_token_id)
 
     w0, c0 = time.perf_counter(), time.process_time()
     run_suite(model, tok, ev, reference_model=ref, quiet=True)

@@ -4,6 +4,7 @@ output agreement, a training step's time, and the losses of a few training steps
     OMP_NUM_THREADS=1 python benchmarks/precision_cpu.py                          # packaged SmolLM2-135M-Instruct
     OMP_NUM_THREADS=1 python benchmarks/precision_cpu.py --model tiny --set n_harmful=4 --steps 2   # seconds
     OMP_NUM_THREADS=2 python benchmarks/precision_cpu.py --threads 2 --model ORGANISM_DIR
+    OMP_NUM_THREADS=1 python benchmarks/precision_cpu.py --previous --steps 0   # also the previous evaluation path
 
 Parts (each in both precisions, float32 first):
 1. evaluation: ``run_suite`` with the ``eval`` section of the packaged default.yaml (``--set`` overrides), the weights
@@ -16,6 +17,11 @@ Parts (each in both precisions, float32 first):
    bf16 autocast over float32 master weights (the Trainer's ``bf16`` flag, what ``model.precision: bf16-mixed``
    sets): CPU time per step and the logged losses step by step.
 
+With ``--previous``, part 1 runs the evaluation twice in each precision, through the previous path (three passes
+over the coherence members, ``suite.FUSED_COHERENCE = False``; prefill tails always padded, ``generation.PACK =
+False``) and the current one, and prints the four CPU times, the speed-ups (bfloat16-current vs float32-previous is
+the issue's figure) and the label agreement of current vs previous in each precision; part 2 is skipped.
+
 Whether bfloat16 is fast here depends on the processor: ``precision.cpu_has_bf16()`` (avx512_bf16 or AMX) is printed.
 CPU time is the process's: with one torch thread it is what the work costs, whatever else runs on the machine.
 A benchmark prints figures; no test asserts a time.
@@ -24,6 +30,7 @@ A benchmark prints figures; no test asserts a time.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import statistics
@@ -116,6 +123,66 @@ def evaluation(a, ev) -> None:
           f"{statistics.mean(first) if first else math.nan:.1f} (of up to {a.greedy_tokens} generated)")
 
 
+@contextlib.contextmanager
+def evaluation_path(previous: bool):
+    """The previous evaluation path (unfused coherence passes, padded prefill tails) inside the block when asked."""
+    from coherentize import generation
+    from coherentize.evaluate import suite
+
+    saved = suite.FUSED_COHERENCE, generation.PACK
+    suite.FUSED_COHERENCE = generation.PACK = not previous
+    try:
+        yield
+    finally:
+        suite.FUSED_COHERENCE, generation.PACK = saved
+
+
+def label_agreement(a: dict, b: dict) -> str:
+    """Judged labels of two results on the same items, item by item: 'k/n = p% [Wilson 95%]'."""
+    la = {x["id"]: x["label"] for x in a["records"] if x.get("label")}
+    lb = {x["id"]: x["label"] for x in b["records"] if x.get("label")}
+    common = sorted(set(la) & set(lb))
+    k = sum(la[i] == lb[i] for i in common)
+    lo, hi = wilson(k, len(common))
+    return f"{k}/{len(common)} = {k / max(len(common), 1):.1%} [{lo:.1%}, {hi:.1%}]"
+
+
+def evaluation_previous(a, ev) -> None:
+    """float32 and bfloat16, each through the previous and the current evaluation path, on the same items."""
+    from coherentize.evaluate.suite import run_suite
+
+    runs = {}
+    for precision in ("float32", "bf16-mixed"):
+        model, tok = load(a.model, precision)
+        for previous in (True, False):
+            with evaluation_path(previous):
+                w0, c0 = time.perf_counter(), time.process_time()
+                results = run_suite(model, tok, ev, quiet=True)
+                runs[precision, previous] = dict(results=results, wall=time.perf_counter() - w0,
+                                                 cpu=time.process_time() - c0)
+            print(f"  done: {precision} {'previous' if previous else 'current'} {runs[precision, previous]['cpu']:.1f} "
+                  f"cpu s (load {os.getloadavg()[0]:.2f})", flush=True)
+        del model
+    print(f"## evaluation, previous vs current path ({', '.join(ev.suites)}; n_harmful={ev.n_harmful}, "
+          f"max_new_tokens={ev.max_new_tokens})")
+    print(f"{'precision':<11} {'path':<9} {'wall s':>7} {'cpu s':>7}")
+    for (precision, previous), r in runs.items():
+        print(f"{precision:<11} {'previous' if previous else 'current':<9} {r['wall']:7.1f} {r['cpu']:7.1f}")
+    cpu = {k: r["cpu"] for k, r in runs.items()}
+    f_old, f_new, b_old, b_new = (cpu["float32", True], cpu["float32", False], cpu["bf16-mixed", True],
+                                  cpu["bf16-mixed", False])
+    print(f"current vs previous path: float32 x{f_old / f_new:.2f}, bf16 x{b_old / b_new:.2f} (CPU time)")
+    print(f"bf16 vs float32: previous path x{f_old / b_old:.2f}, current path x{f_new / b_new:.2f}")
+    print(f"bf16-current vs float32-previous: x{f_old / b_new:.2f} (CPU time)")
+    for precision in ("float32", "bf16-mixed"):
+        print(f"labels agree, current vs previous path, {precision}: "
+              f"{label_agreement(runs[precision, True]['results'], runs[precision, False]['results'])}")
+    hp, hc = headline(runs["float32", True]["results"]), headline(runs["float32", False]["results"])
+    for key in sorted(set(hp) & set(hc)):
+        if abs(hp[key] - hc[key]) > 1e-4:
+            print(f"  float32 {key:<44} previous {hp[key]:8.4f}   current {hc[key]:8.4f}")
+
+
 def training(a) -> None:
     import torch
 
@@ -168,6 +235,8 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--seq-len", type=int, default=160)
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1")))
+    ap.add_argument("--previous", action="store_true",
+                    help="evaluation through the previous path too, in both precisions (no greedy part)")
     a = ap.parse_args(argv)
     warnings.filterwarnings("ignore")
     import torch
@@ -182,7 +251,10 @@ def main(argv=None) -> int:
     ev.suites = a.suites.split(",")
     print(f"# model={a.model} threads={a.threads} cpu_has_bf16={cpu_has_bf16()} torch={torch.__version__} "
           f"load={os.getloadavg()[0]:.2f}")
-    evaluation(a, ev)
+    if a.previous:
+        evaluation_previous(a, ev)
+    else:
+        evaluation(a, ev)
     if a.steps:
         training(a)
     print(f"# load avg at the end {os.getloadavg()[0]:.2f}")

@@ -44,7 +44,7 @@ def test_rows_end_at_eos_as_in_transformers(tiny_lm, tiny_tok):
 
 def test_shared_prefix_prefill_equals_a_plain_one(tiny_lm, tiny_tok):
     rows = [encode(tiny_tok, p, True) for p in PROMPTS if p.startswith(HEAD)]
-    cache, mask, n_real, logits = prefill(tiny_lm, rows, tiny_tok.pad_token_id)
+    cache, mask, n_real, logits, _ = prefill(tiny_lm, rows, tiny_tok.pad_token_id)
     assert mask.shape[1] < max(len(r) for r in rows) + 5  # prefix once, then padding only after it
     assert (mask[:, :10] == 1).all()  # the shared prefix is first in every row
     for j, r in enumerate(rows):
@@ -154,6 +154,32 @@ def test_cut_chunks_pads_little_and_is_optimal():
         assert cost_of(lengths, 10, cuts) == best
 
 
+def test_cut_chunks_with_packing_is_optimal_and_cuts_less():
+    import itertools
+    import random
+
+    def cost_of(lengths, shared, cuts, lm):
+        return sum(generation.CALL_TOKENS + generation.tail_cost(lengths[a:b], lm)[0] if b - a == 1 else
+                   2 * generation.CALL_TOKENS + shared + generation.tail_cost([x - shared for x in lengths[a:b]], lm)[0]
+                   for a, b in cuts)
+
+    # padded, a long row is cut off; packed, the short rows share lanes and the prefix runs once
+    assert generation.cut_chunks([100, 70, 70, 65, 65], 60, 8) == [(0, 1), (1, 5)]
+    assert generation.cut_chunks([100, 70, 70, 65, 65], 60, 8, lm_row_cost=0.3) == [(0, 5)]
+    # lanes [90] and [20 + 20 + 10 + 10]: 4 distinct row ends, so 2 x 4 LM-head rows for 5 rows
+    assert generation.tail_cost([90, 20, 20, 10, 10], 0.3) == (2 * 90 + 0.3 * (2 * 4 - 5), [[0], [1, 2, 3, 4]])
+    assert generation.tail_cost([90, 20, 20, 10, 10], 100.0)[1] is None  # a costly LM head: padded
+    rng = random.Random(1)
+    for _ in range(30):
+        n = rng.randint(1, 7)
+        lengths = sorted((rng.randint(12, 60) for _ in range(n)), reverse=True)
+        cuts = generation.cut_chunks(lengths, 10, 4, 0.3)
+        best = min(cost_of(lengths, 10, [(a, b) for a, b in zip((0,) + c, c + (n,))], 0.3)
+                   for k in range(n) for c in itertools.combinations(range(1, n), k)
+                   if all(b - a <= 4 for a, b in zip((0,) + c, c + (n,))))
+        assert cost_of(lengths, 10, cuts, 0.3) == pytest.approx(best)
+
+
 def test_preallocated_cache_layer_matches_dynamic_layer_and_writes_in_place():
     from transformers.cache_utils import DynamicLayer
 
@@ -187,3 +213,78 @@ def test_decoding_into_preallocated_caches_changes_no_output(tiny_lm, tiny_tok, 
     old = generate_greedy(tiny_lm, tiny_tok, PROMPTS, True, **args)
     assert new.texts == old.texts and new.new_tokens == old.new_tokens
     assert torch.equal(new.openings, old.openings)
+
+
+def test_continuations_and_hidden_from_the_generation_prefill(tiny_lm, tiny_tok):
+    # small chunks and decode batches: shared-prefix chunks and joined (left-padded) caches carry the extra passes
+    from coherentize.evaluate.scoring import continuation_logprobs, last_token_hidden
+
+    conts = ["Sure, here it is.", None, "Four.", "x", "Red, orange and yellow.", "", "One two three.",
+             "Yes.", "No, not at all."]
+    got = generate_greedy(tiny_lm, tiny_tok, PROMPTS, True, 6, batch_size=5, prefill_batch_size=2,
+                          row_continuations=conts, hidden=True, progress=False)
+    assert got.texts == generate(tiny_lm, tiny_tok, PROMPTS, True, 6)  # the extra passes change no answer
+    want = continuation_logprobs(tiny_lm, tiny_tok, PROMPTS, [c or "" for c in conts], True, batch_size=1)
+    for c, lp, w in zip(conts, got.continuation_logprobs, want):
+        if not c:
+            assert lp is None
+            continue
+        assert lp.shape == w.shape == (len(tiny_tok(c, add_special_tokens=False)["input_ids"]), len(tiny_tok))
+        torch.testing.assert_close(lp, w, atol=1e-5, rtol=1e-5)
+    hs = last_token_hidden(tiny_lm, tiny_tok, PROMPTS, True, batch_size=1)  # (N, L, H), one row at a time
+    assert got.hidden.shape == hs.shape
+    torch.testing.assert_close(got.hidden, hs, atol=1e-5, rtol=1e-5)
+    only = generate_greedy(tiny_lm, tiny_tok, PROMPTS, True, 0, row_continuations=conts, progress=False)
+    assert only.texts == [""] * len(PROMPTS) and only.hidden is None
+    torch.testing.assert_close(only.continuation_logprobs[0], want[0], atol=1e-5, rtol=1e-5)
+
+
+def test_pack_rows_keeps_every_row_once_within_the_longest():
+    lengths = [40, 9, 31, 10, 8, 12, 3, 40, 1]
+    lanes = generation.pack_rows(lengths)
+    assert sorted(i for lane in lanes for i in lane) == list(range(len(lengths)))
+    assert all(sum(lengths[i] for i in lane) <= 40 for lane in lanes)
+    assert len(lanes) == 4  # [40], [40], [31 + 9], [12 + 10 + 8 + 3 + 1]
+
+
+@pytest.mark.parametrize("head", [HEAD, ""])
+def test_packed_prefill_equals_the_padded_one(tiny_lm, tiny_tok, monkeypatch, head):
+    # one long prompt and short ones: their tails (after the shared prefix, when there is one) pack into fewer rows
+    prompts = [head + "A much longer prompt that goes on for a while about nothing in particular at all, really."] + [
+        head + p for p in ("hi", "say yes.", "Write one word.", "count to three.", "name a colour.", "why?")]
+    rows = [encode(tiny_tok, p, True) for p in prompts]
+    forward_rows = []
+    hook = tiny_lm.register_forward_hook(lambda m, a, k, o: forward_rows.append(k["input_ids"].shape[0]),
+                                         with_kwargs=True)
+    try:
+        got = {}
+        for pack in (False, True):
+            monkeypatch.setattr(generation, "PACK", pack)
+            forward_rows.clear()
+            got[pack] = prefill(tiny_lm, rows, tiny_tok.pad_token_id, layers=[1, 2])
+            got[pack, "rows"] = forward_rows[-1]
+    finally:
+        hook.remove()
+    assert got[True, "rows"] < got[False, "rows"] == len(rows)  # the packed pass ran, on fewer rows
+    (c0, m0, n0, l0, h0), (c1, m1, n1, l1, h1) = got[False], got[True]
+    assert torch.equal(m0, m1) and torch.equal(n0, n1)  # the same padded layout
+    torch.testing.assert_close(l1, l0, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(h1, h0, atol=1e-5, rtol=1e-5)
+    real = m0.bool()[:, None, :, None]
+    for (k0, v0, _), (k1, v1, _) in zip(c0, c1):  # every real key and value where the padded pass left it
+        torch.testing.assert_close(k1 * real, k0 * real, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(v1 * real, v0 * real, atol=1e-5, rtol=1e-5)
+    # and on from the packed cache: openings, continuations, decoding
+    kw = dict(openings=["I'm sorry", "Sure thing"], row_continuations=["Sure, here.", None] * 3 + ["No."],
+              hidden=True, progress=False)
+    runs = {}
+    for pack in (False, True):
+        monkeypatch.setattr(generation, "PACK", pack)
+        runs[pack] = generate_greedy(tiny_lm, tiny_tok, prompts, True, 8, batch_size=7, prefill_batch_size=7, **kw)
+    assert runs[True].texts == runs[False].texts
+    torch.testing.assert_close(runs[True].openings, runs[False].openings, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(runs[True].hidden, runs[False].hidden, atol=1e-5, rtol=1e-5)
+    for a, b in zip(runs[True].continuation_logprobs, runs[False].continuation_logprobs):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)

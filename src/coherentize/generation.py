@@ -5,13 +5,19 @@ Greedy decoding runs its own loop over the KV cache (sampling goes through trans
 - **prefill in prefix groups**: prompts are grouped by shared token prefix (the chat template's header; a jailbreak
   template's text before the request) and cut into chunks of similar length; a chunk's common prefix is run once and
   its cache copied to the chunk's rows, and only the rest is padded (a chunk is never padded to another's length);
+- **tails packed**: where it costs less (``tail_cost``), a chunk's rests after the prefix run end to end in fewer
+  rows (``pack_rows``) with a block-diagonal causal mask instead of each padded to the longest, and the keys and
+  values are then laid out as the padded pass would leave them;
 - **decode in larger batches**: the chunks' caches are joined (left-padded) into decode batches of ``batch_size``
   rows, since a decode step costs about the same for 16 rows as for 48 on a CPU (it reads every weight once);
 - **rows leave when done**: at EOS, or when the caller's ``stop(text)`` says the rest of the text cannot matter
   (e.g. the refusal judge's decision is settled); the batch shrinks instead of decoding padding;
 - **openings from the same prefill**: optionally, log P(opening | prompt) for a few short response openings
   (refusal vs compliance, multiple-choice letters) from one small tree-masked pass over the openings' tokens on the
-  prefill's cache (``OpeningTree``), instead of a second prefill of every prompt.
+  prefill's cache (``OpeningTree``), instead of a second prefill of every prompt;
+- **more from the same prefill**: optionally, each row's next-token distributions over a continuation of its own
+  (teacher-forced, one causal chain pass on the prefill's cache) and the residual stream after every block at the
+  last prompt token (hooks on the prefill), so a probe that also needs these runs no second pass over its prompts.
 
 Outputs come back in input order and equal what ``model.generate`` gives greedily, up to float rounding: a row's
 result does not depend on the other rows, but different batch shapes can round differently (rarely enough to flip a
@@ -20,6 +26,7 @@ near-tie greedy token; ``benchmarks/eval_batched.py`` counts identical outputs a
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -29,6 +36,7 @@ import torch
 from coherentize.chat import Prompt, encode, render
 from coherentize.collate import left_pad
 from coherentize.losses import log_probs
+from coherentize.residual import capture, decoder_layers
 
 PREFILL_ROWS = 16
 """Rows per prefill chunk (prompts of one prefix group, similar lengths)."""
@@ -52,6 +60,12 @@ class Generation:
     """Tokens decoded in all (for throughput figures)."""
     row_openings: list[list[float]] | None = None
     """Per prompt, log P(opening | prompt) for each of its own openings (row_openings asked for), else None."""
+    continuation_logprobs: list[torch.Tensor | None] | None = None
+    """Per prompt, the (T, V) float32 next-token log-probabilities at the T positions of its continuation
+    (row_continuations asked for; None for a row without one), else None."""
+    hidden: torch.Tensor | None = None
+    """(N, L, H) float32 residual stream after each of the L blocks at the last prompt token (hidden asked for;
+    residual.py's meaning: the last block's output before the final norm), else None."""
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -67,14 +81,15 @@ def common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
     return n
 
 
-def plan_batches(ids: Sequence[Sequence[int]], batch_size: int,
-                 prefill_rows: int = PREFILL_ROWS) -> list[list[list[int]]]:
+def plan_batches(ids: Sequence[Sequence[int]], batch_size: int, prefill_rows: int = PREFILL_ROWS,
+                 lm_row_cost: float | None = None) -> list[list[list[int]]]:
     """Decode batches of at most batch_size rows, each a list of prefill chunks (lists of row indices).
 
     Rows are grouped by shared prefix (sorted by token ids, a group = rows sharing GROUP_EXTRA tokens beyond the
     prefix common to all rows with the group's first row; groups under MIN_GROUP rows are pooled); within a group,
     rows are sorted by length (longest first) and cut into chunks of at most prefill_rows where padding would cost
-    more than another prefix pass (cut_chunks); chunks fill the decode batches in order, never split.
+    more than another prefix pass (cut_chunks; lm_row_cost: rows may be packed, see tail_cost); chunks fill the
+    decode batches in order, never split.
     """
     if not ids:
         return []
@@ -93,7 +108,7 @@ def plan_batches(ids: Sequence[Sequence[int]], batch_size: int,
     for g in groups:
         g = sorted(g, key=lambda i: -len(ids[i]))
         shared = min(common_prefix_len(ids[g[0]], ids[i]) for i in g)
-        chunks += [g[a:b] for a, b in cut_chunks([len(ids[i]) for i in g], shared, prefill_rows)]
+        chunks += [g[a:b] for a, b in cut_chunks([len(ids[i]) for i in g], shared, prefill_rows, lm_row_cost)]
     batches: list[list[list[int]]] = []
     rows = 0
     for c in chunks:
@@ -109,19 +124,21 @@ CALL_TOKENS = 16
 """The fixed cost of one forward call, in tokens of prefill (Python and kernel launches), for cut_chunks."""
 
 
-def cut_chunks(lengths: Sequence[int], shared: int, max_rows: int) -> list[tuple[int, int]]:
+def cut_chunks(lengths: Sequence[int], shared: int, max_rows: int,
+               lm_row_cost: float | None = None) -> list[tuple[int, int]]:
     """Cut rows sorted by length (longest first) into chunks [a, b) of at most max_rows that cost the fewest
-    prefill tokens: per chunk, its common prefix once (at least `shared` tokens, when >= MIN_SHARED) plus every row
-    padded to the chunk's longest, plus CALL_TOKENS per forward call. Dynamic programming over the cut points."""
+    prefill tokens: per chunk, its common prefix once (at least `shared` tokens, when >= MIN_SHARED) plus its rows'
+    rests, padded to the longest or packed (tail_cost, with lm_row_cost; None: padded), plus CALL_TOKENS per forward
+    call. Dynamic programming over the cut points."""
     n = len(lengths)
     share = shared if shared >= MIN_SHARED else 0
 
-    def cost(a: int, b: int) -> int:
+    def cost(a: int, b: int) -> float:
         if b - a == 1 or not share:
-            return CALL_TOKENS + (b - a) * lengths[a]
-        return 2 * CALL_TOKENS + share + (b - a) * (lengths[a] - share)
+            return CALL_TOKENS + tail_cost(lengths[a:b], lm_row_cost)[0]
+        return 2 * CALL_TOKENS + share + tail_cost([x - share for x in lengths[a:b]], lm_row_cost)[0]
 
-    best, back = [0] + [None] * n, [0] * (n + 1)
+    best, back = [0.0] + [None] * n, [0] * (n + 1)
     for b in range(1, n + 1):
         for a in range(max(0, b - max_rows), b):
             c = best[a] + cost(a, b)
@@ -134,6 +151,52 @@ def cut_chunks(lengths: Sequence[int], shared: int, max_rows: int) -> list[tuple
     return cuts[::-1]
 
 
+def pack_rows(lengths: Sequence[int]) -> list[list[int]]:
+    """Lanes of rows laid end to end, none longer than the longest row: first fit, longest rows first."""
+    cap = max(lengths)
+    lanes: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        k = next((k for k, r in enumerate(room) if lengths[i] <= r), None)
+        if k is None:
+            lanes.append([i])
+            room.append(cap - lengths[i])
+        else:
+            lanes[k].append(i)
+            room[k] -= lengths[i]
+    return lanes
+
+
+def lane_layout(lengths: Sequence[int], lanes: list[list[int]]) -> tuple[list[int], list[int], list[int]]:
+    """Where packed rows sit: per row its lane, first and last column (a lane's rows end to end, left-padded to
+    the longest row)."""
+    cap = max(lengths)
+    lane_of, first, last = [0] * len(lengths), [0] * len(lengths), [0] * len(lengths)
+    for k, lane in enumerate(lanes):
+        start = cap - sum(lengths[i] for i in lane)
+        for i in lane:
+            lane_of[i], first[i], last[i] = k, start, start + lengths[i] - 1
+            start += lengths[i]
+    return lane_of, first, last
+
+
+def tail_cost(lengths: Sequence[int], lm_row_cost: float | None) -> tuple[float, list[list[int]] | None]:
+    """(tokens' work, lanes or None) of one pass over rows of these lengths: padded, rows x the longest; or packed
+    (pack_rows), lanes x the longest plus lm_row_cost per extra LM-head row (logits_to_keep is one set of columns
+    for every lane: lanes x distinct row ends, where padding needs one per row), when that is less. lm_row_cost
+    None: padded."""
+    cap = max(lengths)
+    padded = len(lengths) * cap
+    if lm_row_cost is None or len(lengths) < 2:
+        return padded, None
+    lanes = pack_rows(lengths)
+    if len(lanes) == len(lengths):
+        return padded, None
+    ends = len(set(lane_layout(lengths, lanes)[2]))
+    packed = len(lanes) * cap + lm_row_cost * (len(lanes) * ends - len(lengths))
+    return (packed, lanes) if packed < padded else (padded, None)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Model passes
 
@@ -142,35 +205,122 @@ def _cache_of(out):
     return out["cache"] if "cache" in out else out.past_key_values  # transformers >= 5.2x names it cache
 
 
+PACK = True
+"""Pack a prefill chunk's rows end to end into fewer rows where that costs less than padding them (pack_rows,
+prefill); False: always pad (benchmarks compare)."""
+
+
 @torch.no_grad()
-def prefill(model, rows: list[list[int]], pad_id: int):
+def prefill(model, rows: list[list[int]], pad_id: int, layers: Sequence[int] = ()):
     """Run prompts (token rows) through the model, sharing their common prefix when long enough.
 
     Returns (cache, mask (R, C) long over the cache's C columns, n_real (R,) real tokens per row, last-position
-    logits (R, V)). Layout of a row: [common prefix][left padding][rest of the prompt]; position ids count real
-    tokens only, so every row sees the positions it would see alone.
+    logits (R, V), hidden (R, len(layers), H) float32: the residual stream after each of `layers` at every row's last
+    token, or None without layers). Layout of a row: [common prefix][left padding][rest of the prompt]; position ids
+    count real tokens only, so every row sees the positions it would see alone. The rests (tails) run either padded
+    to the longest, one row each, or packed end to end into fewer rows (pack_rows, with a block-diagonal mask) when
+    that costs fewer tokens; a packed pass's keys and values are then laid out as the padded pass would leave them.
     """
     device = model.device
     shared = common_prefix_len(rows[0], rows[-1]) if len(rows) > 1 else 0
     for r in rows[1:-1]:
         shared = min(shared, common_prefix_len(rows[0], r))
     shared = min(shared, min(len(r) for r in rows) - 1)  # every row keeps at least one token after the prefix
+    cache = None
     if len(rows) > 1 and shared >= MIN_SHARED:
         head = torch.tensor([rows[0][:shared]], device=device)
         cache = _cache_of(model(input_ids=head, use_cache=True, logits_to_keep=1))
+    else:
+        shared = 0
+    tails = [r[shared:] for r in rows]
+    lanes = tail_cost([len(t) for t in tails], lm_row_cost(model))[1]
+    if lanes is not None:
+        return _prefill_packed(model, cache, shared, tails, lanes, pad_id, layers)
+    if cache is not None:
         cache.batch_repeat_interleave(len(rows))
-        ids, tail_mask, tail_pos = left_pad([r[shared:] for r in rows], pad_id)
-        mask = torch.cat([torch.ones((len(rows), shared), dtype=torch.long), tail_mask], 1)
-        pos = tail_pos + shared
+    ids, mask, pos = left_pad(tails, pad_id)
+    if shared:
+        mask = torch.cat([torch.ones((len(rows), shared), dtype=torch.long), mask], 1)
+        pos = pos + shared
+    with _capture(model, layers, last=1) as got:  # left padding: the last position is every row's last token
         out = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device),
                     cache=cache, use_cache=True, logits_to_keep=1)
-    else:
-        ids, mask, pos = left_pad(rows, pad_id)
-        out = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device),
-                    use_cache=True, logits_to_keep=1)
-        cache = _cache_of(out)
+    hidden = torch.stack([got[layer][:, -1] for layer in layers], 1).float().cpu() if layers else None
     n_real = torch.tensor([len(r) for r in rows])
-    return cache, mask, n_real, out.logits[:, -1].float()
+    return _cache_of(out), mask, n_real, out.logits[:, -1].float(), hidden
+
+
+def _capture(model, layers: Sequence[int], last: int | None = None):
+    """residual.capture of these layers, or nothing to hook when there are none."""
+    return capture(model, list(layers), last) if layers else contextlib.nullcontext({})
+
+
+def lm_row_cost(model) -> float | None:
+    """What the LM head costs per row in tokens' work of the decoder blocks (vocab x hidden / the blocks'
+    parameters), for tail_cost; None where packing is off or cannot be laid out again (not a plain cache)."""
+    head = model.get_output_embeddings()
+    if not PACK or head is None or not _plain_cache_model(model):
+        return None
+    return head.weight.numel() / sum(p.numel() for p in decoder_layers(model).parameters())
+
+
+def _plain_cache_model(model) -> bool:
+    """A model whose cache is plain DynamicLayers (no sliding windows): a packed cache can be laid out again."""
+    from transformers.cache_utils import DynamicCache
+
+    try:
+        return _joinable(DynamicCache(config=model.config))
+    except Exception:  # a config the cache cannot read: do not pack
+        return False
+
+
+def _prefill_packed(model, cache, shared: int, tails: list[list[int]], lanes: list[list[int]], pad_id: int,
+                    layers: Sequence[int]):
+    """prefill's packed pass: each lane holds its rows' tails end to end (left-padded to the longest tail, cap);
+    a token attends to the shared prefix and to the earlier tokens of its own row (a block-diagonal causal mask);
+    positions restart after the prefix for every row. Returns prefill's tuple with the cache laid out per row."""
+    from transformers.cache_utils import DynamicCache
+
+    device = model.device
+    n, cap, nl = len(tails), max(len(t) for t in tails), len(lanes)
+    ids = torch.full((nl, cap), pad_id, dtype=torch.long)
+    pos = torch.zeros((nl, cap), dtype=torch.long)
+    seg = torch.full((nl, cap), -1, dtype=torch.long)  # the row each column holds (-1: padding)
+    lane_of, first, end_of = lane_layout([len(t) for t in tails], lanes)
+    for i, t in enumerate(tails):
+        k, a, b = lane_of[i], first[i], end_of[i] + 1
+        ids[k, a:b] = torch.tensor(t)
+        pos[k, a:b] = torch.arange(shared, shared + len(t))
+        seg[k, a:b] = i
+    col = torch.arange(cap)
+    allow = (seg[:, :, None] == seg[:, None, :]) & (col[None, :] <= col[:, None])[None]  # (nl, cap, cap)
+    allow = torch.cat([torch.ones((nl, cap, shared), dtype=torch.bool), allow], 2)
+    dtype = getattr(model, "dtype", torch.float32)
+    additive = torch.zeros(allow.shape, dtype=dtype).masked_fill(~allow, torch.finfo(dtype).min)
+    if cache is not None:
+        cache.batch_repeat_interleave(nl)
+    ends = sorted(set(end_of))
+    with _capture(model, layers) as got:
+        out = model(input_ids=ids.to(device), attention_mask=additive[:, None].to(device),
+                    position_ids=pos.to(device), cache=cache, use_cache=True,
+                    logits_to_keep=torch.tensor(ends, device=device))
+    lane_t = torch.tensor(lane_of)
+    end_t = torch.tensor(end_of)
+    logits = out.logits[lane_t, torch.tensor([ends.index(e) for e in end_of])].float()
+    hidden = (torch.stack([got[layer][lane_t, end_t] for layer in layers], 1).float().cpu() if layers else None)
+    # the padded layout: row i = [prefix][cap - len_i padding][its tail], read from its lane's columns
+    lens = torch.tensor([len(t) for t in tails])
+    j = torch.arange(cap)[None]  # (1, cap) tail column of the padded layout
+    real = j >= (cap - lens)[:, None]  # (n, cap)
+    src = torch.where(real, shared + end_t[:, None] - (cap - 1 - j), torch.zeros_like(j))
+    src = torch.cat([torch.arange(shared).expand(n, shared), src], 1)  # (n, shared + cap)
+    layers_kv = []
+    for k, v, *_ in _cache_of(out):
+        index = src.to(k.device)[:, None, :, None].expand(n, k.shape[1], -1, k.shape[-1])
+        layers_kv.append((k[lane_t].gather(2, index), v[lane_t].gather(2, index)))
+    mask = torch.cat([torch.ones((n, shared), dtype=torch.long), real.long()], 1)
+    n_real = lens + shared
+    return DynamicCache(layers_kv), mask, n_real, logits, hidden
 
 
 @functools.cache
@@ -365,6 +515,27 @@ def _tree_pass(model, cache, mask: torch.Tensor, n_real: torch.Tensor, last_logi
     return torch.cat([lp, log_probs(out.logits.float())], 1)
 
 
+@torch.no_grad()
+def chain_logprobs(model, cache, mask: torch.Tensor, n_real: torch.Tensor, last_logits: torch.Tensor,
+                   continuations: Sequence[Sequence[int] | None]) -> list[torch.Tensor | None]:
+    """Per row, the (T, V) log-probabilities of its own continuation (T tokens) teacher-forced after its prompt: the
+    prompt's last position, then tokens 1..T-1 of the continuation as a causal chain on the prompts' cache (a tree
+    of one path: one _tree_pass, rows padded as in OpeningTree.score_rows). None for a row without a continuation.
+    Equals a forward pass over prompt + continuation, up to float rounding; the cache is left as it was."""
+    b = last_logits.shape[0]
+    lengths = [len(c) if c else 0 for c in continuations]
+    m = max(max(lengths) - 1, 0)
+    tokens = torch.zeros((b, m), dtype=torch.long)
+    allowed = torch.eye(m, dtype=torch.bool).repeat(b, 1, 1)  # a padding node attends to the prompt and itself
+    for r, c in enumerate(continuations):
+        k = max(lengths[r] - 1, 0)
+        if k:
+            tokens[r, :k] = torch.tensor(c[:k])
+            allowed[r, :k, :k] = torch.ones((k, k), dtype=torch.bool).tril()
+    lp = _tree_pass(model, cache, mask, n_real, last_logits, tokens, torch.arange(m)[None].expand(b, m), allowed)
+    return [lp[r, : lengths[r]].cpu() if lengths[r] else None for r in range(b)]
+
+
 def _eos_ids(model, tokenizer) -> set[int]:
     eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     if eos is None:
@@ -407,6 +578,8 @@ def generate_greedy(
     progress=None,
     desc: str | None = None,
     row_openings: Sequence[Sequence[str]] | None = None,
+    row_continuations: Sequence[str | None] | None = None,
+    hidden: bool = False,
 ) -> Generation:
     """Greedy completions of every prompt (see the module docstring for how), and optionally opening log-probs.
 
@@ -415,23 +588,30 @@ def generate_greedy(
     stop(text) -> True ends a row early (text = its completion so far, as returned); only pass a rule under which
     the rest of the text cannot change what the caller computes from it. progress: None (a bar on a terminal),
     True, False, or callable(n). row_openings: per prompt, openings of its own, scored like `openings` on the same
-    prefill (OpeningTree.score_rows) into Generation.row_openings.
+    prefill (OpeningTree.score_rows) into Generation.row_openings. row_continuations: per prompt, a text (tokenised
+    on its own, without special tokens) or None; its next-token log-probabilities go to
+    Generation.continuation_logprobs (chain_logprobs). hidden: the last prompt token's residual stream after every
+    block into Generation.hidden.
     """
     from coherentize.errors import CoherentizeError
     from coherentize.served import ServedModel
 
+    scoring = bool(openings or row_openings or row_continuations is not None or hidden)
     if isinstance(model, ServedModel):  # a model behind a server: its answers only
-        if openings or row_openings:
-            raise CoherentizeError("a model behind a server gives no log-probabilities; turn refusal_margin off.")
+        if scoring:
+            raise CoherentizeError("a model behind a server gives no log-probabilities or activations; turn "
+                                   "refusal_margin off.")
         return Generation(model.complete_prompts(prompts, max_new_tokens))
     if max_new_tokens > 0 and _needs_hf_generate(model):
         texts = _generate_hf(model, tokenizer, prompts, chat, max_new_tokens, batch_size, False, 1.0, 1.0, None,
                              progress, desc)
-        if not (openings or row_openings):
+        if not scoring:
             return Generation(texts)
         scored = generate_greedy(model, tokenizer, prompts, chat, 0, batch_size, prefill_batch_size, openings,
-                                 progress=False, row_openings=row_openings)
-        return Generation(texts, scored.openings, row_openings=scored.row_openings)
+                                 progress=False, row_openings=row_openings, row_continuations=row_continuations,
+                                 hidden=hidden)
+        return Generation(texts, scored.openings, row_openings=scored.row_openings,
+                          continuation_logprobs=scored.continuation_logprobs, hidden=scored.hidden)
     n = len(prompts)
     tree = OpeningTree.build(tokenizer, openings) if openings else None
     if row_openings is not None and len(row_openings) != n:
@@ -441,8 +621,16 @@ def generate_greedy(
         built = {key: OpeningTree.build(tokenizer, key) for key in dict.fromkeys(map(tuple, row_openings))}
         trees = [built[tuple(o)] for o in row_openings]
     row_scores: list = [None] * n if trees is not None else None
+    if row_continuations is not None and len(row_continuations) != n:
+        raise ValueError(f"row_continuations: {len(row_continuations)} texts for {n} prompts")
+    conts = None if row_continuations is None else [
+        tokenizer(c, add_special_tokens=False)["input_ids"] if c else None for c in row_continuations]
+    cont_lps: list = [None] * n if conts is not None else None
+    layers = list(range(1, len(decoder_layers(model)) + 1)) if hidden else []
+    hs: list = [None] * n
     if not n:
-        return Generation([], torch.empty((0, len(openings or ()))) if tree else None, row_openings=row_scores)
+        return Generation([], torch.empty((0, len(openings or ()))) if tree else None, row_openings=row_scores,
+                          continuation_logprobs=cont_lps, hidden=torch.empty((0, len(layers), 0)) if hidden else None)
     ids = [encode(tokenizer, p, chat) for p in prompts]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     eos = _eos_ids(model, tokenizer)
@@ -453,8 +641,13 @@ def generate_greedy(
     model.eval()
     bar, tick = _progress_bar(progress, n, desc)
     try:
-        for batch in plan_batches(ids, batch_size, prefill_batch_size):
-            parts = [prefill(model, [ids[i] for i in chunk], pad) for chunk in batch]
+        for batch in plan_batches(ids, batch_size, prefill_batch_size, lm_row_cost(model)):
+            parts = []
+            for chunk in batch:
+                *part, h = prefill(model, [ids[i] for i in chunk], pad, layers)
+                parts.append(tuple(part))
+                for j, i in enumerate(chunk):
+                    hs[i] = h[j] if layers else None
             if len(parts) > 1 and not all(_joinable(p[0]) for p in parts):
                 groups = [(c, p) for c, p in zip(batch, parts)]  # exotic caches: decode chunk by chunk
             else:
@@ -466,6 +659,9 @@ def generate_greedy(
                     for i, v in zip(rows, OpeningTree.score_rows([trees[i] for i in rows], model, cache, mask, n_real,
                                                                  logits)):
                         row_scores[i] = v
+                if conts is not None:
+                    for i, v in zip(rows, chain_logprobs(model, cache, mask, n_real, logits, [conts[i] for i in rows])):
+                        cont_lps[i] = v
                 if max_new_tokens <= 0:
                     tick(len(rows))
                     continue
@@ -478,7 +674,7 @@ def generate_greedy(
         if bar is not None:
             bar.close()
         model.train(was_training)
-    return Generation(texts, scores, decoded, row_scores)
+    return Generation(texts, scores, decoded, row_scores, cont_lps, torch.stack(hs) if hidden else None)
 
 
 def _decode(model, tokenizer, cache, mask, n_real, logits, max_new_tokens: int, eos: set[int], stop, done):

@@ -119,3 +119,56 @@ def test_centred_separation_sees_past_a_shared_offset(tiny_lm, tiny_tok, monkeyp
     (layer,) = coherence.activation_separation_for_clusters(tiny_lm, tiny_tok, cl, chat=True)
     assert layer["separation"] < 0.01
     assert layer["separation_centered"] > 0.9
+
+
+def _close(a, b, path="results"):
+    """Every number in two results trees equal to float32 rounding, every other leaf equal."""
+    if isinstance(a, dict):
+        assert set(a) == set(b), path
+        for k in a:
+            _close(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, list):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            _close(x, y, f"{path}[{i}]")
+    elif isinstance(a, float):
+        assert a == pytest.approx(b, rel=1e-4, abs=1e-6), path
+    else:
+        assert a == b, path
+
+
+def test_fused_member_passes_give_the_three_passes_figures(tiny_lm, tiny_tok, monkeypatch):
+    # One prefill per member (answers, divergences over the shared continuation, activations) against the three
+    # separate passes it replaces; clusters with and without continuations (own greedy answer), one with an empty
+    # continuation (left out), members of different lengths, several prefill chunks and decode batches.
+    from coherentize.evaluate import suite
+    from coherentize.evaluate.suite import EvalConfig, default_clusters, run_suite
+
+    clusters = default_clusters("test", 4) + [
+        Cluster("given", "What is the capital of France?",
+                [Variation("what is the capital of france", "lower"), Variation("Capital of France?", "short")],
+                ["The capital of France is Paris."], {"harmful": False}),
+        Cluster("empty", "Say nothing.", [Variation("say nothing", "lower")], [" "], {"harmful": False})]
+    cfg = EvalConfig(suites=["coherence"], n_mc=2, n_self_report=1, max_new_tokens=5, n_boot=50, batch_size=3,
+                     decode_batch_size=7, embed_model="none")
+    prefill_tokens = []
+    hook = tiny_lm.register_forward_hook(
+        lambda m, args, kwargs, out: prefill_tokens.append(kwargs["input_ids"].numel())
+        if kwargs["input_ids"].shape[1] > 1 else None, with_kwargs=True)
+    runs = {}
+    try:
+        for fused in (False, True):
+            monkeypatch.setattr(suite, "FUSED_COHERENCE", fused)
+            prefill_tokens.clear()
+            runs[fused] = run_suite(tiny_lm, tiny_tok, cfg, coherence_clusters=clusters, quiet=True)
+            runs[fused, "tokens"] = sum(prefill_tokens)
+    finally:
+        hook.remove()
+    old, new = runs[False], runs[True]
+    assert set(new["per_item"]["coherence.js_pairwise"]) == {c.id for c in clusters} - {"empty"}
+    assert len(new["suites"]["coherence"]["per_layer"]) == 2
+    _close(old["suites"], new["suites"])
+    _close(old["per_item"], new["per_item"])
+    assert old["records"] == new["records"]
+    members = sum(len(c.members) for c in clusters)
+    assert runs[True, "tokens"] < runs[False, "tokens"] - 2 * members * 10  # two prefills of every member fewer

@@ -129,3 +129,20 @@ def test_shared_openings_scores_a_prompt_once_per_model(tiny_lm, tiny_tok, monke
     scored.clear()
     scoring.openings_logprob(tiny_lm, tiny_tok, PROMPTS[:3], openings, True, batch_size=2)
     assert scored == [3]  # outside the block nothing is kept
+
+
+def test_length_chunks_cut_where_padding_costs_more_than_a_call(tiny_lm, tiny_tok, monkeypatch):
+    from coherentize import generation
+
+    assert scoring._length_chunks([7, 3, 5, 1], [60, 12, 11, 10], 4) == [[7], [3, 5, 1]]  # not 3 rows padded to 60
+    even = scoring._length_chunks([0, 1, 2, 3, 4], [9, 9, 9, 9, 9], 2)
+    assert sorted(len(b) for b in even) == [1, 2, 2] and sum(even, []) == [0, 1, 2, 3, 4]
+    monkeypatch.setattr(generation, "PACK", False)
+    assert scoring._length_chunks([7, 3, 5, 1], [60, 12, 11, 10], 4) == [[7, 3, 5, 1]]  # the previous fixed slices
+    # a long row among short ones: its own batch, and the same log-probs as one row at a time
+    prompts = PROMPTS + ["A much longer prompt, " * 12]
+    conts = ["Sure."] * len(prompts)
+    monkeypatch.setattr(generation, "PACK", True)
+    got = scoring.continuation_logprobs(tiny_lm, tiny_tok, prompts, conts, True, batch_size=6)
+    for p, c, lp in zip(prompts, conts, got):
+        torch.testing.assert_close(lp, alone_logprobs(tiny_lm, tiny_tok, p, c)[0], atol=1e-5, rtol=1e-5)

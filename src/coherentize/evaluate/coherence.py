@@ -15,6 +15,7 @@ Pure metric functions take tensors / label lists; ``*_for_clusters`` functions r
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 from typing import Hashable, Sequence
 
 import torch
@@ -105,19 +106,28 @@ def activation_separation(acts: torch.Tensor, cluster_ids: Sequence[Hashable]) -
 # Running the model
 
 
-def output_divergence_for_clusters(model, tokenizer, clusters: list[Cluster], chat: bool, batch_size: int = 16,
-                                   max_new_tokens: int = 16) -> dict:
-    """Per cluster id, {'js_pairwise', 'kl_to_anchor'} over its continuations (the first one; when a cluster has
-    none, the model's own greedy answer to the anchor, generated once, is the shared continuation)."""
-    from coherentize.evaluate.scoring import continuation_logprobs
+def shared_continuations(model, tokenizer, clusters: list[Cluster], chat: bool, batch_size: int = 16,
+                         max_new_tokens: int = 16) -> dict[str, str]:
+    """Per cluster id, the continuation its members are compared over: its first one, or, when it has none, the
+    model's own greedy answer to the anchor (generated once, max_new_tokens)."""
     from coherentize.generation import generate
 
     missing = [c for c in clusters if not c.continuations]
     own = dict(zip([c.id for c in missing],
                    generate(model, tokenizer, [c.anchor for c in missing], chat, max_new_tokens, batch_size)))
+    return {c.id: c.continuations[0] if c.continuations else own[c.id] for c in clusters}
+
+
+def output_divergence_for_clusters(model, tokenizer, clusters: list[Cluster], chat: bool, batch_size: int = 16,
+                                   max_new_tokens: int = 16) -> dict:
+    """Per cluster id, {'js_pairwise', 'js_to_anchor', 'kl_to_anchor'} over its shared continuation
+    (shared_continuations; a cluster whose continuation is empty is left out: no positions to compare)."""
+    from coherentize.evaluate.scoring import continuation_logprobs
+
+    conts = shared_continuations(model, tokenizer, clusters, chat, batch_size, max_new_tokens)
     out = {}
     for c in clusters:
-        cont = c.continuations[0] if c.continuations else own[c.id]
+        cont = conts[c.id]
         if not cont.strip():
             continue  # an empty answer gives no positions to compare
         members = c.members
@@ -126,16 +136,9 @@ def output_divergence_for_clusters(model, tokenizer, clusters: list[Cluster], ch
     return out
 
 
-def activation_separation_for_clusters(model, tokenizer, clusters: list[Cluster], chat: bool,
-                                       batch_size: int = 16) -> list[dict]:
-    """Per layer (embedding excluded), activation_separation of the last-prompt-token residuals of all members."""
-    from coherentize.evaluate.scoring import last_token_hidden
-
-    prompts, ids = [], []
-    for c in clusters:
-        prompts += c.members
-        ids += [c.id] * len(c.members)
-    hs = last_token_hidden(model, tokenizer, prompts, chat, batch_size)  # (N, L, H)
+def separation_by_layer(hs: torch.Tensor, ids: Sequence[Hashable]) -> list[dict]:
+    """Per layer of (N, L, H) activations (layer l + 1 = after block l + 1), activation_separation raw and centred,
+    with each cluster's separation summarised over clusters (the CIs resample clusters)."""
     from coherentize.evaluate.stats import summarize
 
     out = []
@@ -151,6 +154,51 @@ def activation_separation_for_clusters(model, tokenizer, clusters: list[Cluster]
                     **{f"{k}_centered": v for k, v in cen.items()},
                     "cluster_separation_centered": summarize(list(per_cluster_c.values()))})
     return out
+
+
+def activation_separation_for_clusters(model, tokenizer, clusters: list[Cluster], chat: bool,
+                                       batch_size: int = 16) -> list[dict]:
+    """Per layer (embedding excluded), activation_separation of the last-prompt-token residuals of all members."""
+    from coherentize.evaluate.scoring import last_token_hidden
+
+    prompts = [m for c in clusters for m in c.members]
+    hs = last_token_hidden(model, tokenizer, prompts, chat, batch_size)  # (N, L, H)
+    return separation_by_layer(hs, [c.id for c in clusters for _ in c.members])
+
+
+@dataclass
+class MemberPasses:
+    """What the coherence suite reads from one pass over its clusters' members (member_passes)."""
+
+    outputs: list[str]
+    """Each member's greedy answer, the clusters' members in order."""
+    divergences: dict[str, dict]
+    """Per cluster id, cluster_divergences over its shared continuation (clusters with an empty one left out)."""
+    hidden: torch.Tensor | None
+    """(N, L, H) last-prompt-token residual stream after every block, per member (None unless asked for)."""
+
+
+def member_passes(model, tokenizer, clusters: list[Cluster], chat: bool, max_new_tokens: int, batch_size: int = 16,
+                  decode_batch_size: int = 64, hidden: bool = True, progress=None) -> MemberPasses:
+    """The members' answers, the output divergences and the activations from ONE prefill per member: the greedy
+    generation's prefill also scores the cluster's shared continuation (generation.chain_logprobs) and keeps the
+    last token's residual stream. The same figures as generate + output_divergence_for_clusters +
+    activation_separation_for_clusters, which prefill every member three times (up to float rounding: the passes
+    are batched differently). batch_size: rows per prefill chunk; decode_batch_size: rows decoded together."""
+    from coherentize.generation import generate_greedy
+
+    conts = shared_continuations(model, tokenizer, clusters, chat, batch_size)
+    prompts = [m for c in clusters for m in c.members]
+    row_conts = [conts[c.id] if conts[c.id].strip() else None for c in clusters for _ in c.members]
+    gen = generate_greedy(model, tokenizer, prompts, chat, max_new_tokens, decode_batch_size, batch_size,
+                          progress=progress, desc="coherence", row_continuations=row_conts, hidden=hidden)
+    div, pos = {}, 0
+    for c in clusters:
+        lps = gen.continuation_logprobs[pos : pos + len(c.members)]
+        if lps[0] is not None:
+            div[c.id] = cluster_divergences(torch.stack(lps))
+        pos += len(c.members)
+    return MemberPasses(gen.texts, div, gen.hidden)
 
 
 def plot_activation_separation(per_layer: list[dict], path) -> None:

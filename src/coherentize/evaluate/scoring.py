@@ -2,8 +2,9 @@
 sequences or per token), last-prompt-token residual activations, and the log-probabilities of short response openings.
 
 Sequences are left-padded with ``collate.left_pad`` (position ids count real tokens only, so padding changes
-nothing), sorted by length, and run in batches without gradients. Left padding puts every row's continuation at the
-end, so the LM head runs only over the last positions (``logits_to_keep``), never over whole prompts.
+nothing), sorted by length, and run without gradients in batches cut where padding would cost more than another
+call. Left padding puts every row's continuation at the end, so the LM head runs only over the last positions
+(``logits_to_keep``), never over whole prompts.
 """
 
 from __future__ import annotations
@@ -30,14 +31,24 @@ def encode_pairs(tokenizer, prompts: Sequence[Prompt], continuations: Sequence[s
     return out
 
 
+def _length_chunks(order: list[int], lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Rows sorted longest first, cut into batches of at most batch_size where padding a row to its batch's
+    longest would cost more than another forward call (generation.cut_chunks); generation.PACK False: every
+    batch_size rows, as before."""
+    from coherentize import generation
+
+    if not generation.PACK:
+        return [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+    return [order[a:b] for a, b in generation.cut_chunks(lengths, 0, batch_size)]
+
+
 @torch.no_grad()
 def _forward_batches(model, pad_id: int, seqs: list[tuple[list[int], list[int]]], batch_size: int):
     """Yield (index, logits (T, V) at the positions predicting the continuation — or the next token when the
     continuation is empty) per sequence."""
     order = sorted(range(len(seqs)), key=lambda i: -(len(seqs[i][0]) + len(seqs[i][1])))
     device = model.device
-    for s in range(0, len(order), batch_size):
-        idx = order[s : s + batch_size]
+    for idx in _length_chunks(order, [len(seqs[i][0]) + len(seqs[i][1]) for i in order], batch_size):
         ids, mask, pos = left_pad([seqs[i][0] + seqs[i][1] for i in idx], pad_id)
         # left padding: every continuation ends at the last position, so only the last `keep` need logits
         keep = max(len(seqs[i][1]) for i in idx) + 1
@@ -79,8 +90,7 @@ def last_token_hidden(model, tokenizer, prompts, chat: bool, batch_size: int = 1
     seqs = [encode(tokenizer, p, chat) for p in prompts]
     order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
     rows: list = [None] * len(seqs)
-    for s in range(0, len(order), batch_size):
-        idx = order[s : s + batch_size]
+    for idx in _length_chunks(order, [len(seqs[i]) for i in order], batch_size):
         ids, mask, pos = (t.to(model.device) for t in left_pad([seqs[i] for i in idx], tokenizer.pad_token_id))
         with capture(model, layers, last=1) as hs:  # left padding: the last position is every row's last token
             model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=1)

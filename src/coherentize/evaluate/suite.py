@@ -330,11 +330,24 @@ def _embedder(cfg: EvalConfig):
     return lambda texts: model.encode(texts, convert_to_tensor=True, show_progress_bar=False).cpu()
 
 
+FUSED_COHERENCE = True
+"""run_coherence reads the members' answers, divergences and activations from one prefill per member
+(coherence.member_passes); False: three separate passes over the members, as before (benchmarks and tests compare)."""
+
+
 def run_coherence(model, tokenizer, clusters: list[Cluster], chat: bool, cfg: EvalConfig, judge, progress=None):
     from coherentize.generation import generate
 
     n_boot = cfg.n_boot
-    div = coherence.output_divergence_for_clusters(model, tokenizer, clusters, chat, cfg.batch_size)
+    prompts = [m for c in clusters for m in c.members]
+    if FUSED_COHERENCE:
+        passes = coherence.member_passes(model, tokenizer, clusters, chat, cfg.max_new_tokens, cfg.batch_size,
+                                         cfg.decode_batch_size, hidden=len(clusters) >= 2, progress=progress)
+        div, outputs = passes.divergences, passes.outputs
+    else:
+        div = coherence.output_divergence_for_clusters(model, tokenizer, clusters, chat, cfg.batch_size)
+        outputs = generate(model, tokenizer, prompts, chat, cfg.max_new_tokens, cfg.decode_batch_size,
+                           prefill_batch_size=cfg.batch_size, progress=progress, desc="coherence")
     summary: dict = {
         "js_pairwise": stats.summarize([d["js_pairwise"] for d in div.values()], n_boot),
         "kl_to_anchor": stats.summarize([d["kl_to_anchor"] for d in div.values()], n_boot),
@@ -342,9 +355,6 @@ def run_coherence(model, tokenizer, clusters: list[Cluster], chat: bool, cfg: Ev
     per_item = {"coherence.js_pairwise": {k: d["js_pairwise"] for k, d in div.items()},
                 "coherence.kl_to_anchor": {k: d["kl_to_anchor"] for k, d in div.items()}}
 
-    prompts = [m for c in clusters for m in c.members]
-    outputs = generate(model, tokenizer, prompts, chat, cfg.max_new_tokens, cfg.decode_batch_size,
-                       prefill_batch_size=cfg.batch_size, progress=progress, desc="coherence")
     refused = judge.judge([prompt_text(p) for p in prompts], outputs)
     records, agree, pair_agree, pos = [], {}, {}, 0
     for c in clusters:
@@ -378,8 +388,12 @@ def run_coherence(model, tokenizer, clusters: list[Cluster], chat: bool, cfg: Ev
         notes.append("answer_similarity skipped: no sentence embedder available.")
 
     if len(clusters) >= 2:
-        summary["per_layer"] = coherence.activation_separation_for_clusters(model, tokenizer, clusters, chat,
-                                                                             cfg.batch_size)
+        if FUSED_COHERENCE:
+            summary["per_layer"] = coherence.separation_by_layer(passes.hidden, [c.id for c in clusters
+                                                                                 for _ in c.members])
+        else:
+            summary["per_layer"] = coherence.activation_separation_for_clusters(model, tokenizer, clusters, chat,
+                                                                                 cfg.batch_size)
         best = max(summary["per_layer"], key=lambda d: d["separation"])
         summary["best_layer"] = best["layer"]
         summary["mean_separation"] = sum(d["separation"] for d in summary["per_layer"]) / len(summary["per_layer"])

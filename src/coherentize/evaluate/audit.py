@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import json
 import random
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
@@ -92,20 +91,6 @@ def sample(outputs: Mapping[str, Sequence[dict]], per_stratum: int, seed: int = 
              "judge_label": r.get("label", ""), "output_sha256": output_hash(r["output"]),
              "request": requests.get(r.get("prompt_id", ""), ""), "prompt": r.get("prompt", ""), "output": r["output"]}
             for i, r in enumerate(picked)]
-
-
-def read_jsonl(path: Path, what: str) -> list[dict]:
-    rows = []
-    with Path(path).open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise CoherentizeError(f"{path}:{line_no}: not valid JSON ({e.msg}); {what} holds one object per "
-                                       "line.") from None
-    return rows
 
 
 def read_labels(path: Path, sheet: Sequence[dict]) -> dict[str, str]:

@@ -145,7 +145,7 @@ class EvalConfig:
     save_outputs: bool = False
     """Also write outputs.jsonl beside results.json: every judged generation in full, with its prompt where the probe
     has one (suite, id, family, label, prompt, output). It holds harmful completions: for judge audits
-    (scripts/judge_audit.py) in a folder outside the repository, never to be committed; off by default."""
+    (`coherentize audit`) in a folder outside the repository, never to be committed; off by default."""
     embed_model: str = "all-minilm-l6-v2"
     """Sentence embedder for answer similarity in coherence: all-minilm-l6-v2 (packaged), a local folder, or none."""
 

@@ -19,6 +19,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from coherentize.clusters import read_jsonl
 from coherentize.errors import CoherentizeError
 from coherentize.evaluate import audit
 
@@ -59,7 +60,7 @@ def run_outputs(run_dir: Path) -> tuple[dict[str, list[dict]], dict]:
         if not path.is_file():
             raise CoherentizeError(f"{path}: not found; an audit needs the full outputs (run the experiment with "
                                    "--set eval.save_outputs=true).")
-        outputs[name] = audit.read_jsonl(path, "outputs.jsonl")
+        outputs[name] = [row for _, row in read_jsonl(path)]
     return outputs, (info.get("config") or {}).get("eval", {})
 
 
@@ -129,7 +130,7 @@ def score_sheet(sheet_path: Path, labels_path: Path, judges: list[str], out: Pat
     from coherentize.evaluate.suite import EvalConfig, judge_of, validate
 
     options = options or JudgeOptions()
-    sheet = audit.read_jsonl(Path(sheet_path), "the audit sheet")
+    sheet = [row for _, row in read_jsonl(Path(sheet_path))]
     for line, r in enumerate(sheet, 1):
         missing = [k for k in audit.SHEET_FIELDS if k not in r]
         if missing:

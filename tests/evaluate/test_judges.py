@@ -166,27 +166,32 @@ class _KeyedJudgeServer(BaseHTTPRequestHandler):
             first = srv.calls == 1
             srv.inflight += 1
             srv.max_inflight = max(srv.max_inflight, srv.inflight)
-        try:
-            if first:
-                self.send_response(429)
-                self.send_header("Retry-After", "7")
-                self.send_header("Content-Length", "4")
-                self.end_headers()
-                self.wfile.write(b"slow")
-                return
-            srv.gate.wait(2)  # hold each request until several are in flight (or 2 s pass)
-            refused = "sorry" in body["messages"][0]["content"].split("AI model response:")[1].lower()
-            data = json.dumps({"choices": [{"message": {"content": f"1.b {int(refused)}\n2.b 3\n3.b 3"}}]}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
+        if first:
+            self._done(srv)
+            self.send_response(429)
+            self.send_header("Retry-After", "7")
+            self.send_header("Content-Length", "4")
             self.end_headers()
-            self.wfile.write(data)
-        finally:
-            with srv.lock:
-                srv.inflight -= 1
-                if srv.max_inflight >= 3:
-                    srv.gate.set()
+            self.wfile.write(b"slow")
+            return
+        srv.gate.wait(2)  # hold each request until several are in flight (or 2 s pass)
+        refused = "sorry" in body["messages"][0]["content"].split("AI model response:")[1].lower()
+        data = json.dumps({"choices": [{"message": {"content": f"1.b {int(refused)}\n2.b 3\n3.b 3"}}]}).encode()
+        # Out of flight before the reply leaves: once the client has the reply it may send its next request, and a
+        # count lowered after the write could still hold the old one (the CI run that saw 4 of 3).
+        self._done(srv)
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    @staticmethod
+    def _done(srv):
+        with srv.lock:
+            srv.inflight -= 1
+            if srv.max_inflight >= 3:
+                srv.gate.set()
 
     def log_message(self, *a):
         pass

@@ -6,6 +6,8 @@
     OMP_NUM_THREADS=1 python benchmarks/eval_profile.py --preset quick          # the --quick preset's evaluation
     OMP_NUM_THREADS=2 python benchmarks/eval_profile.py --config configs/paraphrase_only.yaml --model ORGANISM_DIR \
         --reference --threads 2                                                # one arm-seed's evaluation there
+    OMP_NUM_THREADS=2 python benchmarks/eval_profile.py --config configs/qwen_bct.yaml \
+        --model qwen2.5-coder-0.5b-instruct --adapter RUN/stages/train/KEY/model --threads 2   # a trained arm's, as run
 
 The evaluation config is the ``eval`` section of the packaged ``configs/default.yaml`` or of ``--config`` (``--set FIELD=VALUE``
 overrides a field). Prints:
@@ -167,6 +169,8 @@ def main() -> None:
     ap.add_argument("--config", help="read the eval section from this experiment config (default: the packaged one)")
     ap.add_argument("--preset", help="apply this `coherentize run` preset's eval settings first (e.g. quick)")
     ap.add_argument("--reference", action="store_true", help="also load and use the reference model (an arm's eval)")
+    ap.add_argument("--adapter", help="a trained arm's LoRA folder (<out_dir>/stages/train/<key>/model): evaluate it on "
+                                      "--model as the run's evaluation stage does, with the adapters-off reference")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1")))
     args = ap.parse_args()
 
@@ -196,12 +200,22 @@ def main() -> None:
 
             tok = tiny_tokenizer()
             model = tiny_model(tok, layers=4, hidden=64).eval()
+        elif args.adapter:
+            from pathlib import Path
+
+            from coherentize.models import ModelConfig
+            from coherentize.recipes.models import EvalModels
+
+            models = EvalModels(ModelConfig(name_or_path=args.model, device="cpu"))
+            model, tok = models.trained(Path(args.adapter))
         else:
             from coherentize.models import ModelConfig, load_model
 
             model, tok = load_model(ModelConfig(name_or_path=args.model, device="cpu"))
     ref = None
-    if args.reference:
+    if args.adapter:
+        ref = models.original()[0]
+    elif args.reference:
         with timed("reference load", loads):
             ref = model if args.model == "tiny" else load_model(ModelConfig(name_or_path=args.model, device="cpu"))[0]
 

@@ -532,3 +532,66 @@ def test_the_bfloat16_path_of_a_cpu_with_bf16_runs_every_stage(tiny_folder, tmp_
                                               "autocast": "bfloat16"} for m in metrics)
     results = [json.loads(p.read_text()) for p in out.glob("stages/eval/*/results.json")]
     assert results and all(r["precision"]["weights"] == "bfloat16" for r in results)
+
+
+def test_data_into_gets_each_finished_evaluation_and_keeps_an_earlier_sessions_arm_seeds(tiny_folder, tmp_path,
+                                                                                         monkeypatch):
+    """A long grid must survive the end of a session: --data-into receives every finished evaluation's per-item data
+    as its job ends (so a run killed later keeps it), and a later session on another out_dir of the same name runs
+    other seeds into the same folder without losing the first session's."""
+    from coherentize.recipes import jobs
+    from coherentize.report import data, section
+
+    dest = tmp_path / "results" / "grid_data"
+    cfg = tiny_cfg(tiny_folder, tmp_path / "s1" / "grid")
+    real, calls = jobs.evaluate, []
+
+    def second_arm_dies(model, tok, reference, *a, **k):
+        if reference is not None:
+            calls.append(1)
+            if len(calls) == 2:
+                raise RuntimeError("session ended")
+        return real(model, tok, reference, *a, **k)
+
+    monkeypatch.setattr(jobs, "evaluate", second_arm_dies)
+    with pytest.raises(RuntimeError, match="session ended"):
+        run_experiment(cfg, log=lambda *a: None, data_into=dest)
+    got = data.read(dest)
+    assert [r["name"] for r in got["manifest"]["runs"]] == ["baseline", "control-seed0"]
+    assert got["manifest"]["planned"] == ["control-seed0", "output-kl+activation-seed0"]
+    assert got["items"]["control-seed0"] and got["labels"]["control-seed0"]
+    assert "Partial grid: 1 of 2 arm-seeds finished**; not run yet: output-kl+activation-seed0" in \
+        section.section_markdown(got, "grid_data")
+
+    monkeypatch.setattr(jobs, "evaluate", real)
+    run_experiment(cfg, log=lambda *a: None, data_into=dest)  # the same session resumes: the arm's evaluation only
+    first = data.read(dest)
+    assert [r["name"] for r in first["manifest"]["runs"]] == ["baseline", "control-seed0", "output-kl+activation-seed0"]
+    assert first["items"] == data.read(tmp_path / "s1" / "grid" / "data")["items"]
+
+    # the next session: a new out_dir (same name), seed 1 only, into the same folder
+    run_experiment(tiny_cfg(tiny_folder, tmp_path / "s2" / "grid", "seeds=[1]"), log=lambda *a: None, data_into=dest)
+    both = data.read(dest)
+    names = [r["name"] for r in both["manifest"]["runs"]]
+    assert names == ["baseline", "control-seed0", "control-seed1", "output-kl+activation-seed0",
+                     "output-kl+activation-seed1"]
+    assert both["manifest"]["seeds"] == [0, 1]
+    for n in ("control-seed0", "output-kl+activation-seed0"):
+        assert both["items"][n] == first["items"][n] and both["labels"][n] == first["labels"][n]
+    assert all(r["code"]["source"] for r in both["manifest"]["runs"])
+    text = section.section_markdown(both, "grid_data")
+    assert "Partial grid" not in text and "seeds: 0, 1" in text
+
+
+def test_data_into_a_folder_of_another_experiment_fails_before_any_stage(tiny_folder, tmp_path):
+    from coherentize.report import data
+
+    dest = tmp_path / "d"
+    data.write({"manifest": {"format": data.FORMAT, "experiment": "other", "model": str(tiny_folder), "judge": "string",
+                             "runs": [{"name": "baseline"}]}, "items": {"baseline": {}}, "labels": {"baseline": []}},
+               dest)
+    out = tmp_path / "grid"
+    with pytest.raises(CoherentizeError, match=r"--data-into .*d: it holds the data of experiment 'other', this run's "
+                                               r"experiment is 'grid'"):
+        run_experiment(tiny_cfg(tiny_folder, out), log=lambda *a: None, data_into=dest)
+    assert not out.exists()

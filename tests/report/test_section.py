@@ -82,6 +82,30 @@ def test_data_round_trip_is_exact(tmp_path):
     assert back["items"]["baseline"]["m.x"]["i2"] == 1 / 3
 
 
+def test_accumulate_keeps_earlier_arm_seeds_newer_wins_and_refuses_another_model(tmp_path):
+    import copy
+
+    old = write_small(tmp_path / "d")
+    new = copy.deepcopy(old)
+    new["manifest"]["code"] = {"version": "0.2", "source": "bbb"}
+    new["manifest"]["runs"] = [{"name": "baseline"}, {"name": "a-seed1", "arm": "a", "seed": 1}]
+    new["items"] = {"baseline": {"m.x": {"i,1": 0.5}}, "a-seed1": {"m.x": {"i,1": 0.7}}}
+    new["labels"] = {"baseline": [], "a-seed1": []}
+    data.accumulate(tmp_path / "d", new)
+    got = data.read(tmp_path / "d")
+    assert [r["name"] for r in got["manifest"]["runs"]] == ["baseline", "a-seed0", "a-seed1"]
+    assert got["items"]["a-seed0"] == old["items"]["a-seed0"]  # kept from the earlier session
+    assert got["items"]["baseline"] == {"m.x": {"i,1": 0.5}}  # the newer baseline
+    assert got["manifest"]["seeds"] == [0, 1] and got["manifest"]["planned"] == ["a-seed1", "a-seed0"]
+    assert [r["code"] for r in got["manifest"]["runs"]] == [new["manifest"]["code"], None, new["manifest"]["code"]]
+    before = {p.name: p.read_bytes() for p in (tmp_path / "d").iterdir()}
+    other = copy.deepcopy(new)
+    other["manifest"]["model"] = "m2"
+    with pytest.raises(CoherentizeError, match=r"manifest\.json: model is 'm', these results' model is 'm2'"):
+        data.accumulate(tmp_path / "d", other)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "d").iterdir()} == before
+
+
 def test_bad_data_folders_name_the_file_and_line(tmp_path):
     write_small(tmp_path / "d")
     with pytest.raises(CoherentizeError, match=r"labels\.csv: not found"):

@@ -9,12 +9,18 @@ Finished stages are cached under <out_dir>/stages and skipped on a re-run; a kil
 A stage's cache key covers its config (less cosmetic settings such as report_to or logging_steps), the stages it
 reads, the package version and a hash of the package's source; `--force train,eval` re-runs stages anyway.
 Per-stage wall times are printed as each stage ends and written to <out_dir>/summary.json.
+
+A long grid across sessions or machines: `--data-into docs/results/data/NAME` writes every finished evaluation's
+per-item data there as its job ends (commit it as it arrives); a later session runs the rest of the grid (say
+`--seeds 3,4`) with the same out_dir name and --data-into, and the folder keeps the arm-seeds of both.
+`coherentize report --from-data docs/results/data/NAME` renders a partial grid with what is missing.
 """
 
 from __future__ import annotations
 
 import argparse
 from importlib import resources
+from pathlib import Path
 
 PRESETS = {
     "quick": [
@@ -58,6 +64,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", metavar="STAGE[,STAGE]",
                    help="re-run these stages although they are done (organism, variations, mine, baseline, train, eval); "
                         "later stages re-run only if named too")
+    p.add_argument("--data-into", metavar="DIR",
+                   help="write each finished evaluation's per-item data into this results data folder as its job ends "
+                        "(e.g. docs/results/data/NAME, to commit as it arrives); arm-seeds already there from an "
+                        "earlier session of the same grid are kept")
 
 
 def main(args) -> int:
@@ -78,6 +88,7 @@ def main(args) -> int:
     data = apply_overrides(read_config_file(path), sets)
     cfg = from_dict(ExperimentConfig, data, where=str(path))
     force = [s.strip() for s in (args.force or "").split(",") if s.strip()]
-    report = run_experiment(cfg, only=args.stage, force=force)
+    report = run_experiment(cfg, only=args.stage, force=force,
+                            data_into=Path(args.data_into) if args.data_into else None)
     print(f"report: {report}  (and {report.with_suffix('.html')})")
     return 0

@@ -42,9 +42,12 @@ def _print(msg: str) -> None:
     print(msg, flush=True)  # each line as it happens, also into a file (nohup ... > run.log)
 
 
-def run_experiment(cfg: ExperimentConfig, only: str | None = None, log=_print, force=()) -> Path:
+def run_experiment(cfg: ExperimentConfig, only: str | None = None, log=_print, force=(),
+                   data_into: Path | None = None) -> Path:
     """Run (or resume) every stage; returns the report path. only: run just that stage (its inputs must be done).
-    force: stages (organism, variations, baseline, train, eval) to run again although they are done.
+    force: stages (organism, variations, baseline, train, eval) to run again although they are done. data_into: a
+    results data folder (report/data.py) that receives the per-item data of every finished evaluation as each job
+    ends, and the report's at the end, kept beside what it already holds from earlier sessions of the same grid.
 
     A run that fails before any stage finished leaves no output folder behind. Each stage's wall time is logged as it
     ends and written to <out_dir>/summary.json (Stages.write_summary)."""
@@ -55,10 +58,12 @@ def run_experiment(cfg: ExperimentConfig, only: str | None = None, log=_print, f
     if bad:
         raise CoherentizeError(f"--force {','.join(bad)}: choose from {', '.join(STAGES[:-1])} "
                                "(the report is always written).")
+    if data_into is not None:
+        check_data_folder(Path(data_into), Path(cfg.out_dir).name, cfg.model.name_or_path)
     st = Stages(Path(cfg.out_dir), to_dict(cfg), log, force, only)
     fresh = not st.root.exists()
     try:
-        return _run_stages(cfg, st)
+        return _run_stages(cfg, st, data_into)
     except Exception:
         if fresh and st.root.is_dir() and not any(st.root.glob("stages/**/done.json")):
             import shutil
@@ -67,7 +72,23 @@ def run_experiment(cfg: ExperimentConfig, only: str | None = None, log=_print, f
         raise
 
 
-def _run_stages(cfg: ExperimentConfig, st: Stages) -> Path:
+def check_data_folder(dest: Path, experiment: str, model: str) -> None:
+    """--data-into's folder, checked before any model time: a file, or the data of another experiment or model, is
+    one error naming it."""
+    from coherentize.report import data as report_data
+
+    if dest.exists() and not dest.is_dir():
+        raise CoherentizeError(f"--data-into {dest}: not a folder.")
+    if (dest / "manifest.json").is_file():
+        man = report_data.read(dest)["manifest"]
+        for field, want in (("experiment", experiment), ("model", model)):
+            if man.get(field) != want:
+                raise CoherentizeError(f"--data-into {dest}: it holds the data of {field} {man.get(field)!r}, this "
+                                       f"run's {field} is {want!r} (the experiment is out_dir's name); choose "
+                                       "another folder.")
+
+
+def _run_stages(cfg: ExperimentConfig, st: Stages, data_into: Path | None = None) -> Path:
     """The stages in order."""
     t0 = time.time()
     arms = [arm_of(cfg, a) for a in cfg.arms]
@@ -85,14 +106,35 @@ def _run_stages(cfg: ExperimentConfig, st: Stages) -> Path:
         baseline = None
     candidates = select_stage(st, arms, cfg.select, cfg.variations, ctx, models, mine_dir)
     jobs, runs = arm_stages(st, arms, cfg.seeds, candidates, ctx, mine_dir)
+    on_done = None
+    if data_into is not None:
+        def on_done(job=None):
+            if not isinstance(job, TrainArm):
+                write_progress(st, cfg, runs, Path(data_into))
+
+        on_done()  # the arm-seeds finished in an earlier invocation
     jobs = ([baseline] if baseline is not None else []) + jobs
     if parallel and jobs and cfg.executor == "ray":
-        run_on_ray(jobs, st, ctx, cfg.jobs, cfg.ray.address, cfg.ray.cpus_per_job, cfg.ray.gpus_per_job)
+        run_on_ray(jobs, st, ctx, cfg.jobs, cfg.ray.address, cfg.ray.cpus_per_job, cfg.ray.gpus_per_job, on_done)
     elif parallel and jobs:
-        run_in_processes(jobs, st, ctx, cfg.jobs)
+        run_in_processes(jobs, st, ctx, cfg.jobs, on_done)
     else:
-        run_here(jobs, st, models, ctx)
-    return report_stage(st, cfg, runs, t0)
+        run_here(jobs, st, models, ctx, on_done)
+    report = report_stage(st, cfg, runs, t0)
+    if data_into is not None and (st.root / "data" / "manifest.json").is_file():
+        from coherentize.report import data as report_data
+
+        report_data.accumulate(Path(data_into), report_data.read(st.root / "data"))
+        st.log(f"per-item data: {data_into}")
+    return report
+
+
+def write_progress(st: Stages, cfg: ExperimentConfig, runs: list[dict], dest: Path) -> None:
+    """The finished evaluations' per-item data into dest (report/render.py's write_progress)."""
+    from coherentize.report.render import write_progress as write
+
+    if write(st.root, report_facts(cfg), st.dir("baseline"), runs, dest, dict(st.code), dict(st.seconds)) is not None:
+        st.log(f"   per-item data so far: {dest}")
 
 
 def organism_stage(st: Stages, model: ModelConfig, organism: OrganismConfig) -> ModelConfig:

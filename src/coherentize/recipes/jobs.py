@@ -151,10 +151,13 @@ def run_job(job: Job, st: Stages, models: EvalModels, ctx: JobContext, quiet: bo
         st.finish(job.label, {"arm": job.arm, "seed": job.seed})
 
 
-def run_here(jobs: list[Job], st: Stages, models: EvalModels, ctx: JobContext) -> None:
-    """The in-process executor: every job in order, with the recipe's models."""
+def run_here(jobs: list[Job], st: Stages, models: EvalModels, ctx: JobContext, on_done=None) -> None:
+    """The in-process executor: every job in order, with the recipe's models. on_done(job), if given, is called in
+    this process after each job ends (as with every executor)."""
     for job in jobs:
         run_job(job, st, models, ctx)
+        if on_done is not None:
+            on_done(job)
 
 
 def cpu_cores() -> int:
@@ -194,7 +197,7 @@ def _after_training(jobs: list[Job]) -> tuple[list[Job], dict[str, EvaluateArm]]
     return [j for j in jobs if not (isinstance(j, EvaluateArm) and j.after_training)], after
 
 
-def run_in_processes(jobs: list[Job], st: Stages, ctx: JobContext, n_jobs: int) -> None:
+def run_in_processes(jobs: list[Job], st: Stages, ctx: JobContext, n_jobs: int, on_done=None) -> None:
     """The local-processes executor: n_jobs spawned processes of cores / n_jobs torch threads each. An evaluation
     whose training is in the list is queued when that training ends (small jobs leave less idle time at the end).
     The first failure stops the other jobs (finished stages stay done) and is raised here."""
@@ -220,6 +223,8 @@ def run_in_processes(jobs: list[Job], st: Stages, ctx: JobContext, n_jobs: int) 
                 st.seconds.update(f.result())  # raises the job's error
                 job, n_done = futures[f], n_done + 1
                 log(f"   job {job.label} done ({n_done} of {total})")
+                if on_done is not None:
+                    on_done(job)
                 nxt = after.pop(job.name, None) if isinstance(job, TrainArm) else None
                 if nxt is not None:
                     g = pool.submit(_worker_job, nxt, st, ctx)
@@ -244,7 +249,7 @@ def _ray_job(job: Job, st: Stages, ctx: JobContext, threads: int) -> dict[str, f
 
 
 def run_on_ray(jobs: list[Job], st: Stages, ctx: JobContext, n_jobs: int, address: str | None = None,
-               cpus_per_job: int = 0, gpus_per_job: float = 0.0) -> None:
+               cpus_per_job: int = 0, gpus_per_job: float = 0.0, on_done=None) -> None:
     """The Ray executor: every job a task of cpus_per_job CPUs (0: cores / n_jobs) and gpus_per_job GPUs on a Ray
     cluster (the one this process is connected to, the one at `address`, or a new one on this machine); at most n_jobs
     at once. The stage folders must be on a file system every node sees (the output folder and the model)."""
@@ -270,6 +275,8 @@ def run_on_ray(jobs: list[Job], st: Stages, ctx: JobContext, n_jobs: int, addres
             st.seconds.update(ray.get(ref))  # raises the job's error (an instance of its own class)
             n_done += 1
             log(f"   job {job.label} done ({n_done} of {len(jobs)})")
+            if on_done is not None:
+                on_done(job)
             if isinstance(job, TrainArm) and job.name in after:
                 queue.insert(0, after.pop(job.name))
     finally:

@@ -16,6 +16,10 @@ Format (``FORMAT`` 1), one folder:
 - ``labels.csv``: run, suite, id, prompt_id, family, label, value: the judge's label of every scored output
   (records.csv without its excerpt column).
 
+- A grid still running, or continued in later sessions (``coherentize run --data-into DIR``): the manifest's
+  "planned" lists every arm-seed of the grid, "runs" only the finished ones, "seeds" the seeds they cover, and each
+  arm-seed entry carries the "code" it ran with (``accumulate``).
+
 - ``judge_audit.csv`` (optional, added by ``coherentize audit score``): a judge audit of the experiment's outputs,
   ids, output hashes and labels (evaluate/audit.py); the section then shows each judge's agreement per model.
 
@@ -121,6 +125,44 @@ def read(folder: Path) -> dict:
         if unknown:
             raise CoherentizeError(f"{folder / AUDIT_FILE}: run {unknown[0]!r} is not in manifest.json's runs.")
     return data
+
+
+MATCHING = ("experiment", "model", "judge", "format")
+"""Manifest fields on which a data folder and the results written into it (``accumulate``) must agree."""
+
+
+def accumulate(dest: Path, data: dict) -> Path:
+    """Write data into dest as ``write`` does, keeping each arm-seed already in dest that data lacks: the folder of a
+    grid continued in another session or on another machine (``coherentize run --data-into``). An arm-seed in both
+    is data's (the newer); the baseline is data's when it has one. Each arm-seed entry keeps the "code" it ran with,
+    "planned" becomes the union of both grids, "seeds" the seeds of the runs present. A folder of another experiment,
+    model or judge is one error naming the field, before anything is written."""
+    dest = Path(dest)
+    man = dict(data["manifest"])
+    runs = [dict(r, code=r.get("code") or man.get("code")) for r in man["runs"]]
+    items, labels = dict(data["items"]), dict(data["labels"])
+    planned = list(man.get("planned") or [r["name"] for r in runs if "arm" in r])
+    if (dest / "manifest.json").is_file():
+        old = read(dest)
+        om = old["manifest"]
+        for k in MATCHING:
+            if om.get(k) != man.get(k):
+                raise CoherentizeError(f"{dest / 'manifest.json'}: {k} is {om.get(k)!r}, these results' {k} is "
+                                       f"{man.get(k)!r}; write them into another folder.")
+        have = {r["name"] for r in runs}
+        for r in om["runs"]:
+            if r["name"] in have:
+                continue
+            runs.append(dict(r, code=r.get("code") or om.get("code")))
+            items[r["name"]], labels[r["name"]] = old["items"][r["name"]], old["labels"][r["name"]]
+        planned = list(dict.fromkeys(planned + list(om.get("planned") or [r["name"] for r in om["runs"]
+                                                                            if "arm" in r])))
+    order = {a: i for i, a in enumerate(dict.fromkeys(list(man.get("arms") or []) +
+                                                       [r["arm"] for r in runs if "arm" in r]))}
+    runs.sort(key=lambda r: (0, 0, 0) if "arm" not in r else (1, order[r["arm"]], r["seed"]))
+    arm_runs = [r for r in runs if "arm" in r]
+    man.update(runs=runs, planned=planned, arms=list(order), seeds=sorted({r["seed"] for r in arm_runs}))
+    return write({"manifest": man, "items": items, "labels": labels}, dest)
 
 
 def export_run(run_dir: Path, dest: Path) -> Path:

@@ -413,6 +413,29 @@ def selection_section(selection: dict | None, labels: dict[str, str]) -> list[st
     return md
 
 
+def data_manifest(root: Path, facts: ExperimentFacts, arms: list[str], code: dict | None, stage_seconds: dict) -> dict:
+    """The experiment's fields of its per-item data's manifest.json (report/data.py)."""
+    return {"experiment": Path(root).name, "model": facts.model, "arms": arms, "seeds": list(facts.seeds),
+            "n_boot": facts.n_boot, "code": code, "stage_seconds": stage_seconds,
+            "jailbreak_sources": list(facts.jailbreak_sources)}
+
+
+def write_progress(root: Path, facts: ExperimentFacts, baseline_dir: Path, runs: list[RunRecord], dest: Path,
+                   code: dict, stage_seconds: dict) -> Path | None:
+    """The per-item data of a grid's finished evaluations so far, accumulated into dest (report/data.py's
+    ``accumulate``: arm-seeds already there from earlier sessions are kept): what `coherentize run --data-into`
+    writes as each job ends, so that a killed session loses no finished arm-seed. None (nothing written) until the
+    baseline's evaluation is done."""
+    if not (Path(baseline_dir) / "done.json").is_file():
+        return None
+    finished = [r for r in runs if (Path(r["eval_dir"]) / "done.json").is_file()]
+    arms = list(dict.fromkeys(r["arm"] for r in runs))
+    manifest = data_manifest(root, facts, arms, code, stage_seconds)
+    data = report_data.collect(Path(baseline_dir), finished, manifest)
+    data["manifest"]["planned"] = [f"{r['arm']}-seed{r['seed']}" for r in runs]
+    return report_data.accumulate(dest, data)
+
+
 def write_report(root: Path, facts: ExperimentFacts, organism: dict | None, baseline_dir: Path,
                  runs: list[RunRecord], clusters: dict) -> Path:
     """Write report.md, report.html, the PNGs and report.json into root; return report.md's path.
@@ -459,10 +482,8 @@ def write_report(root: Path, facts: ExperimentFacts, organism: dict | None, base
     summary = _load_json(root / "summary.json") or {}
     times = tables.stage_times(done, summary)
     # The per-item data behind every figure (no text), for docs/results/data/ (report/data.py).
-    manifest = {"experiment": root.name, "model": facts.model, "arms": arms,
-                "seeds": list(facts.seeds), "n_boot": n_boot, "code": summary.get("code"), "stage_seconds": times,
-                "jailbreak_sources": list(facts.jailbreak_sources)}
-    report_data.write(report_data.collect(Path(baseline_dir), runs, manifest), root / "data")
+    report_data.write(report_data.collect(Path(baseline_dir), runs, data_manifest(root, facts, arms, summary.get("code"),
+                                                                               times)), root / "data")
     base_model = (organism or {}).get("folder") or facts.model
     model_dirs = [{**r, "model_dir": str(Path(r["train_dir"]) / "model")} for r in runs]
     adapters = {d["model_dir"]: (Path(d["model_dir"]) / "adapter_config.json").is_file()

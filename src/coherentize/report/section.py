@@ -68,6 +68,7 @@ def section_markdown(data: dict, name: str, figs: dict | None = None, data_link:
           f"refusal judge: `{man.get('judge')}`; code: {code.get('version', '?')} (source "
           f"{code.get('source', '?')}). Per-item data (ids, labels and numbers only, no text): "
           f"[{data_link}]({data_link}).\n",
+          *_grid_lines(man),
           tables.interval_note(table, arms) + "\n",
           *tables.summary_lines(metrics, table, arms,
                                 {"success_unconditional": base_js} if base_js else {}, figs["n_refused"]), "",
@@ -98,6 +99,27 @@ def section_markdown(data: dict, name: str, figs: dict | None = None, data_link:
                    f"(results/{name}_forest.png)"]
     md.append(end_marker(name))
     return "\n".join(md)
+
+
+def _grid_lines(man: dict) -> list[str]:
+    """A partial grid's progress, and the code versions when its runs ran with more than one (report/data.py's
+    ``accumulate``): nothing for a finished grid run by one code version."""
+    out = []
+    have = {r["name"] for r in man["runs"]}
+    missing = [n for n in man.get("planned") or [] if n not in have]
+    if missing:
+        done = len(man.get("planned")) - len(missing)
+        out.append(f"**Partial grid: {done} of {len(man['planned'])} arm-seeds finished**; not run yet: "
+                   f"{', '.join(missing)}. Every figure below is over the finished ones only.\n")
+    by_code: dict[str, list[str]] = {}
+    for r in man["runs"]:
+        c = r.get("code") or man.get("code") or {}
+        by_code.setdefault(f"{c.get('version', '?')} (source {c.get('source', '?')}, "
+                           f"{c.get('precision', 'precision ?')})", []).append(r["name"])
+    if len(by_code) > 1:
+        out.append("Runs of more than one code version: " + "; ".join(f"{k}: {', '.join(v)}"
+                                                                      for k, v in by_code.items()) + ".\n")
+    return out
 
 
 def write_forest(figs: dict, path: Path) -> Path | None:

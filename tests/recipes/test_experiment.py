@@ -537,50 +537,53 @@ def test_the_bfloat16_path_of_a_cpu_with_bf16_runs_every_stage(tiny_folder, tmp_
 def test_data_into_gets_each_finished_evaluation_and_keeps_an_earlier_sessions_arm_seeds(tiny_folder, tmp_path,
                                                                                          monkeypatch):
     """A long grid must survive the end of a session: --data-into receives every finished evaluation's per-item data
-    as its job ends (so a run killed later keeps it), and a later session on another out_dir of the same name runs
-    other seeds into the same folder without losing the first session's."""
+    as its job ends (so a run killed later keeps it), the grid runs seed by seed (a stopped grid has whole seeds, not
+    one arm's five), and a later session on another out_dir of the same name runs other seeds into the same folder
+    without losing the first session's."""
     from coherentize.recipes import jobs
     from coherentize.report import data, section
 
     dest = tmp_path / "results" / "grid_data"
-    cfg = tiny_cfg(tiny_folder, tmp_path / "s1" / "grid")
+    cfg = tiny_cfg(tiny_folder, tmp_path / "s1" / "grid", "seeds=[0,1]")
     real, calls = jobs.evaluate, []
 
-    def second_arm_dies(model, tok, reference, *a, **k):
+    def third_arm_eval_dies(model, tok, reference, *a, **k):
         if reference is not None:
             calls.append(1)
-            if len(calls) == 2:
+            if len(calls) == 3:
                 raise RuntimeError("session ended")
         return real(model, tok, reference, *a, **k)
 
-    monkeypatch.setattr(jobs, "evaluate", second_arm_dies)
+    monkeypatch.setattr(jobs, "evaluate", third_arm_eval_dies)
     with pytest.raises(RuntimeError, match="session ended"):
         run_experiment(cfg, log=lambda *a: None, data_into=dest)
     got = data.read(dest)
-    assert [r["name"] for r in got["manifest"]["runs"]] == ["baseline", "control-seed0"]
-    assert got["manifest"]["planned"] == ["control-seed0", "output-kl+activation-seed0"]
+    assert [r["name"] for r in got["manifest"]["runs"]] == ["baseline", "control-seed0", "output-kl+activation-seed0"]
+    assert got["manifest"]["planned"] == ["control-seed0", "control-seed1", "output-kl+activation-seed0",
+                                          "output-kl+activation-seed1"]
     assert got["items"]["control-seed0"] and got["labels"]["control-seed0"]
-    assert "Partial grid: 1 of 2 arm-seeds finished**; not run yet: output-kl+activation-seed0" in \
-        section.section_markdown(got, "grid_data")
+    assert ("Partial grid: 2 of 4 arm-seeds finished**; not run yet: control-seed1, output-kl+activation-seed1"
+            in section.section_markdown(got, "grid_data"))
 
     monkeypatch.setattr(jobs, "evaluate", real)
-    run_experiment(cfg, log=lambda *a: None, data_into=dest)  # the same session resumes: the arm's evaluation only
+    run_experiment(cfg, log=lambda *a: None, data_into=dest)  # the same session resumes: seed 1 only
     first = data.read(dest)
-    assert [r["name"] for r in first["manifest"]["runs"]] == ["baseline", "control-seed0", "output-kl+activation-seed0"]
+    assert [r["name"] for r in first["manifest"]["runs"]] == ["baseline", "control-seed0", "control-seed1",
+                                                              "output-kl+activation-seed0", "output-kl+activation-seed1"]
     assert first["items"] == data.read(tmp_path / "s1" / "grid" / "data")["items"]
 
-    # the next session: a new out_dir (same name), seed 1 only, into the same folder
-    run_experiment(tiny_cfg(tiny_folder, tmp_path / "s2" / "grid", "seeds=[1]"), log=lambda *a: None, data_into=dest)
+    # the next session: a new out_dir (same name), seed 2 only, into the same folder
+    run_experiment(tiny_cfg(tiny_folder, tmp_path / "s2" / "grid", "seeds=[2]"), log=lambda *a: None, data_into=dest)
     both = data.read(dest)
     names = [r["name"] for r in both["manifest"]["runs"]]
-    assert names == ["baseline", "control-seed0", "control-seed1", "output-kl+activation-seed0",
-                     "output-kl+activation-seed1"]
-    assert both["manifest"]["seeds"] == [0, 1]
-    for n in ("control-seed0", "output-kl+activation-seed0"):
+    assert names == ["baseline", "control-seed0", "control-seed1", "control-seed2", "output-kl+activation-seed0",
+                     "output-kl+activation-seed1", "output-kl+activation-seed2"]
+    assert both["manifest"]["seeds"] == [0, 1, 2]
+    for n in names[1:3] + names[4:6]:
         assert both["items"][n] == first["items"][n] and both["labels"][n] == first["labels"][n]
     assert all(r["code"]["source"] for r in both["manifest"]["runs"])
     text = section.section_markdown(both, "grid_data")
-    assert "Partial grid" not in text and "seeds: 0, 1" in text
+    assert "Partial grid" not in text and "seeds: 0, 1, 2" in text
 
 
 def test_data_into_a_folder_of_another_experiment_fails_before_any_stage(tiny_folder, tmp_path):

@@ -243,15 +243,19 @@ def _candidate(st: Stages, arm: Arm, lr: float, sel: SelectConfig, v: Variations
 def arm_stages(st: Stages, arms: list[Arm], seeds: list[int], chosen: dict[str, tuple[float, int]],
                ctx: JobContext, mine_dir: Path | None) -> tuple[list[Job], list[dict]]:
     """Key every arm-seed's training and evaluation; returns the jobs to run (in order: each training, then its
-    evaluation) and the runs the report reads."""
+    evaluation; seed by seed, every arm of a seed before the next seed, so that a grid stopped part-way has whole
+    seeds) and the runs the report reads (arm by arm)."""
     jobs, runs = [], []
+    ready = []
     for arm in arms:
         if arm.selects and arm.name not in chosen:
             if st.wanted("train"):
                 raise CoherentizeError(f"select: no learning rate was chosen for {arm.name}.")
             continue  # --stage of another kind: the selection has not run, so neither have these stages
-        lr, select_seed = chosen.get(arm.name, (None, None))
-        for seed in seeds:
+        ready.append(arm)
+    for seed in seeds:
+        for arm in ready:
+            lr, select_seed = chosen.get(arm.name, (None, None))
             name, targs = f"{arm.name}-seed{seed}", arm.train_args(seed, lr)
             train = None
             if lr is not None and seed == select_seed:  # the candidate at this seed and rate IS this seed's run
@@ -264,6 +268,8 @@ def arm_stages(st: Stages, arms: list[Arm], seeds: list[int], chosen: dict[str, 
                 jobs.append(EvaluateArm(name, arm.name, seed, after_training=train is not None))
             runs.append({"arm": arm.name, "seed": seed, "train_dir": str(st.dir(f"train/{name}")),
                          "eval_dir": str(st.dir(f"eval/{name}")), "learning_rate": targs.learning_rate})
+    order = {a.name: i for i, a in enumerate(ready)}
+    runs.sort(key=lambda r: order[r["arm"]])  # stable: each arm's seeds in order
     return jobs, runs
 
 

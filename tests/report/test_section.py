@@ -106,6 +106,27 @@ def test_accumulate_keeps_earlier_arm_seeds_newer_wins_and_refuses_another_model
     assert {p.name: p.read_bytes() for p in (tmp_path / "d").iterdir()} == before
 
 
+def test_a_data_folders_selection_is_kept_by_accumulate_and_shown_in_its_section(tmp_path):
+    import copy
+
+    d = write_small(tmp_path / "d")
+    d["items"]["a-seed0"]["m.x"]["i2"] = 0.4
+    sel = {"a": {"chosen_learning_rate": 0.0002, "label": "", "candidates": [
+        {"learning_rate": lr, "harmful_refusal": h, "n_harmful_prompts": 128, "benign_answer": 0.9, "n_benign": 24,
+         "harmonic_mean": hm} for lr, h, hm in ((0.0001, 0.5, 0.643), (0.0002, 0.8, 0.847))]}}
+    data.write({**d, "selection": sel}, tmp_path / "d")
+    later = copy.deepcopy(d)
+    later["manifest"]["runs"] = [{"name": "baseline"}, {"name": "a-seed1", "arm": "a", "seed": 1}]
+    later["items"] = {"baseline": d["items"]["baseline"], "a-seed1": d["items"]["a-seed0"]}
+    later["labels"] = {"baseline": [], "a-seed1": []}
+    data.accumulate(tmp_path / "d", later)  # a later session's data bring no selection: the first one's stays
+    back = data.read(tmp_path / "d")
+    assert back["selection"] == sel
+    text = section.section_markdown(back, "d")
+    assert "### Learning rate chosen on validation" in text
+    assert "| a | 0.0002 (chosen) | 0.800 (n=128) | 0.900 (n=24) | 0.847 |" in text
+
+
 def test_bad_data_folders_name_the_file_and_line(tmp_path):
     write_small(tmp_path / "d")
     with pytest.raises(CoherentizeError, match=r"labels\.csv: not found"):

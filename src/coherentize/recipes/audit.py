@@ -49,14 +49,12 @@ def check_outside_git(path: Path, what: str) -> None:
 
 def run_outputs(run_dir: Path) -> tuple[dict[str, list[dict]], dict]:
     """({run name: rows of its outputs.jsonl}, the experiment's eval config) of a finished run folder."""
-    from coherentize.recipes.merge import read_runs_file
+    from coherentize.recipes.merge import eval_folders
 
-    run_dir = Path(run_dir)
-    info = read_runs_file(run_dir)
-    folders = {"baseline": info["baseline_dir"], **{f"{r['arm']}-seed{r['seed']}": r["eval_dir"] for r in info["runs"]}}
+    folders, info = eval_folders(run_dir)
     outputs = {}
-    for name, rel in folders.items():
-        path = run_dir / rel / "outputs.jsonl"
+    for name, folder in folders.items():
+        path = folder / "outputs.jsonl"
         if not path.is_file():
             raise CoherentizeError(f"{path}: not found; an audit needs the full outputs (run the experiment with "
                                    "--set eval.save_outputs=true).")

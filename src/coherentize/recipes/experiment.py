@@ -34,6 +34,7 @@ from coherentize.recipes.models import EvalModels
 from coherentize.recipes.organism import OrganismConfig
 from coherentize.recipes.selection import SelectConfig
 from coherentize.recipes.stages import COSMETIC_EVAL_FIELDS, COSMETIC_TRAIN_FIELDS, STAGES, Stages, without
+from coherentize.report.facts import run_name
 
 __all__ = ["ExperimentConfig", "run_experiment", "validate"]
 
@@ -256,7 +257,7 @@ def arm_stages(st: Stages, arms: list[Arm], seeds: list[int], chosen: dict[str, 
     for seed in seeds:
         for arm in ready:
             lr, select_seed = chosen.get(arm.name, (None, None))
-            name, targs = f"{arm.name}-seed{seed}", arm.train_args(seed, lr)
+            name, targs = run_name(arm.name, seed), arm.train_args(seed, lr)
             train = None
             if lr is not None and seed == select_seed:  # the candidate at this seed and rate IS this seed's run
                 st.alias(f"train/{name}", f"train/{arm.name}@lr{lr:g}-seed{seed}")

@@ -52,6 +52,17 @@ def read_runs_file(run_dir: Path) -> dict:
         raise CoherentizeError(f"{path}: not valid JSON ({e}).") from None
 
 
+def eval_folders(run_dir: Path) -> tuple[dict[str, Path], dict]:
+    """({"baseline" and each arm-seed's name: its evaluation folder}, runs.json's contents) of a finished run."""
+    from coherentize.report.facts import run_name
+
+    run_dir = Path(run_dir)
+    info = read_runs_file(run_dir)
+    folders = {"baseline": run_dir / info["baseline_dir"],
+               **{run_name(r["arm"], r["seed"]): run_dir / r["eval_dir"] for r in info["runs"]}}
+    return folders, info
+
+
 def comparable(config: dict) -> dict:
     """The config less what may differ between merged runs: seeds, the output folder, jobs, cosmetic settings."""
     out = {k: v for k, v in config.items() if k not in RESULT_FREE}

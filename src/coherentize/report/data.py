@@ -20,6 +20,9 @@ Format (``FORMAT`` 1), one folder:
   "planned" lists every arm-seed of the grid, "runs" only the finished ones, "seeds" the seeds they cover, and each
   arm-seed entry carries the "code" it ran with (``accumulate``).
 
+- ``selection.json`` (optional, written when the experiment chose its learning rates on validation): each selecting
+  arm's chosen rate and every candidate's validation scores (numbers only; the run's selection.json).
+
 - ``judge_audit.csv`` (optional, added by ``coherentize audit score``): a judge audit of the experiment's outputs,
   ids, output hashes and labels (evaluate/audit.py); the section then shows each judge's agreement per model.
 
@@ -35,12 +38,14 @@ from pathlib import Path
 
 from coherentize.errors import CoherentizeError
 from coherentize.io import atomic_open, atomic_write
+from coherentize.report.facts import run_name
 
 FORMAT = 1
 ITEM_FIELDS = ("run", "metric", "item", "value")
 LABEL_FIELDS = ("run", "suite", "id", "prompt_id", "family", "label", "value")
 FILES = ("manifest.json", "items.csv", "labels.csv")
 AUDIT_FILE = "judge_audit.csv"
+SELECTION_FILE = "selection.json"
 
 
 def _read_csv(path: Path) -> list[dict]:
@@ -54,21 +59,22 @@ def collect(baseline_dir: Path, runs: list[dict], manifest: dict) -> dict:
     """{"manifest", "items": {run name: per_item}, "labels": {run name: [label rows]}} from the evaluation folders
     (results.json, records.csv). runs: [{"arm", "seed", "eval_dir"}]; manifest: the fields of the experiment
     (experiment, model, arms, seeds, n_boot, code, stage_seconds), completed here with "format", "judge", "runs"."""
-    folders = {"baseline": Path(baseline_dir), **{f"{r['arm']}-seed{r['seed']}": Path(r["eval_dir"]) for r in runs}}
+    folders = {"baseline": Path(baseline_dir), **{run_name(r["arm"], r["seed"]): Path(r["eval_dir"]) for r in runs}}
     items, labels, judge = {}, {}, None
     for name, folder in folders.items():
         res = json.loads((folder / "results.json").read_text(encoding="utf-8"))
         judge = judge or res.get("judge", {}).get("name")
         items[name] = res.get("per_item", {})
         labels[name] = [{k: r.get(k, "") for k in LABEL_FIELDS[1:]} for r in _read_csv(folder / "records.csv")]
-    entries = [{"name": "baseline"}] + [{"name": f"{r['arm']}-seed{r['seed']}", "arm": r["arm"], "seed": r["seed"]}
+    entries = [{"name": "baseline"}] + [{"name": run_name(r["arm"], r["seed"]), "arm": r["arm"], "seed": r["seed"]}
                                         for r in runs]
     return {"manifest": {"format": FORMAT, **manifest, "judge": judge or "string", "runs": entries},
             "items": items, "labels": labels}
 
 
 def write(data: dict, dest: Path) -> Path:
-    """Write the three files into dest (replacing what is there); return dest."""
+    """Write the three files into dest (replacing what is there), and selection.json when data has a "selection";
+    return dest."""
     dest = Path(dest)
     atomic_write(dest / "manifest.json", json.dumps(data["manifest"], indent=1, default=str) + "\n")
     with atomic_open(dest / "items.csv", newline="") as f:
@@ -84,6 +90,8 @@ def write(data: dict, dest: Path) -> Path:
         for run, rows in data["labels"].items():
             for r in rows:
                 w.writerow({"run": run, **r})
+    if data.get("selection"):
+        atomic_write(dest / SELECTION_FILE, json.dumps(data["selection"], indent=1) + "\n")
     return dest
 
 
@@ -117,6 +125,11 @@ def read(folder: Path) -> dict:
                 else:
                     labels[r["run"]].append({k: r[k] for k in fields[1:]})
     data = {"manifest": manifest, "items": items, "labels": labels}
+    if (folder / SELECTION_FILE).is_file():
+        try:
+            data["selection"] = json.loads((folder / SELECTION_FILE).read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise CoherentizeError(f"{folder / SELECTION_FILE}: not valid JSON ({e.msg}, line {e.lineno}).") from None
     if (folder / AUDIT_FILE).is_file():
         from coherentize.evaluate.audit import read_audit
 
@@ -162,7 +175,10 @@ def accumulate(dest: Path, data: dict) -> Path:
     runs.sort(key=lambda r: (0, 0, 0) if "arm" not in r else (1, order[r["arm"]], r["seed"]))
     arm_runs = [r for r in runs if "arm" in r]
     man.update(runs=runs, planned=planned, arms=list(order), seeds=sorted({r["seed"] for r in arm_runs}))
-    return write({"manifest": man, "items": items, "labels": labels}, dest)
+    out = {"manifest": man, "items": items, "labels": labels}
+    if data.get("selection"):
+        out["selection"] = data["selection"]
+    return write(out, dest)  # an earlier selection.json (or judge_audit.csv) stays when data brings none
 
 
 def export_run(run_dir: Path, dest: Path) -> Path:

@@ -2,7 +2,8 @@
 (the report never reads an experiment config, so no arrow runs from report/ up to recipes/).
 
 - ``ExperimentFacts``: the experiment-wide settings the report prints or computes with;
-- ``RunRecord``: one arm-seed's training and evaluation folders (a TypedDict: also what runs.json holds).
+- ``RunRecord``: one arm-seed's training and evaluation folders (a TypedDict: also what runs.json holds);
+- ``run_name``: an arm-seed's name everywhere (stage folders, data folders, reports): ``<arm>-seed<seed>``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,11 @@ class RunRecord(TypedDict):
     seed: int
     train_dir: str
     eval_dir: str
+
+
+def run_name(arm: str, seed: int) -> str:
+    """An arm-seed's name: ``<arm>-seed<seed>`` (its stage folders, its runs in a data folder and a report)."""
+    return f"{arm}-seed{seed}"
 
 
 @dataclass(frozen=True)

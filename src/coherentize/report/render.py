@@ -19,7 +19,7 @@ import numpy as np
 from coherentize.evaluate import stats
 from coherentize.report import data as report_data
 from coherentize.report import tables
-from coherentize.report.facts import ExperimentFacts, RunRecord
+from coherentize.report.facts import ExperimentFacts, RunRecord, run_name
 from coherentize.report.tables import HEADLINE, describe
 
 STYLE = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;font-size:14px}"
@@ -388,16 +388,16 @@ def adaptive_section(base_items: dict, table: dict, arms: list[str], curves: tup
     return md
 
 
-def selection_section(selection: dict | None, labels: dict[str, str]) -> list[str]:
+def selection_section(selection: dict | None, labels: dict[str, str], level: str = "##") -> list[str]:
     """The learning rate each selected arm trained at, with every candidate's validation score (selection.json), and
-    the named arms' descriptions."""
+    the named arms' descriptions (headings at `level`)."""
     md = []
     labelled = {a: label for a, label in labels.items() if label}
     if labelled:
-        md += ["## Arms\n"] + _table(["arm", "what it is"], [[md_text(a), md_text(t)] for a, t in labelled.items()])
+        md += [f"{level} Arms\n"] + _table(["arm", "what it is"], [[md_text(a), md_text(t)] for a, t in labelled.items()])
         md.append("")
     if selection:
-        md += ["## Learning rate chosen on validation\n",
+        md += [f"{level} Learning rate chosen on validation\n",
                "Each candidate trained once and scored on validation-split prompts (never the test split): harmful "
                "refusal (requests clean and in the training jailbreak families), benign answer rate, and their harmonic "
                "mean; the best harmonic mean wins (ties: the smaller rate).\n"]
@@ -432,7 +432,8 @@ def write_progress(root: Path, facts: ExperimentFacts, baseline_dir: Path, runs:
     arms = list(dict.fromkeys(r["arm"] for r in runs))
     manifest = data_manifest(root, facts, arms, code, stage_seconds)
     data = report_data.collect(Path(baseline_dir), finished, manifest)
-    data["manifest"]["planned"] = [f"{r['arm']}-seed{r['seed']}" for r in runs]
+    data["manifest"]["planned"] = [run_name(r["arm"], r["seed"]) for r in runs]
+    data["selection"] = _load_json(Path(root) / "selection.json")
     return report_data.accumulate(dest, data)
 
 
@@ -455,7 +456,7 @@ def write_report(root: Path, facts: ExperimentFacts, organism: dict | None, base
     records, examples_from = {"baseline": _records(baseline_dir)}, set()
     done = {"organism": organism, "variations": clusters, "baseline": _load_json(Path(baseline_dir) / "done.json")}
     for r in runs:
-        name = f"{r['arm']}-seed{r['seed']}"
+        name = run_name(r["arm"], r["seed"])
         res = _load_json(Path(r["eval_dir"]) / "results.json")
         by_arm[r["arm"]].append((r["seed"], tables.run_items(res, refused0)))
         m = _load_json(Path(r["train_dir"]) / "metrics.json") or {}
@@ -482,8 +483,8 @@ def write_report(root: Path, facts: ExperimentFacts, organism: dict | None, base
     summary = _load_json(root / "summary.json") or {}
     times = tables.stage_times(done, summary)
     # The per-item data behind every figure (no text), for docs/results/data/ (report/data.py).
-    report_data.write(report_data.collect(Path(baseline_dir), runs, data_manifest(root, facts, arms, summary.get("code"),
-                                                                               times)), root / "data")
+    data = report_data.collect(Path(baseline_dir), runs, data_manifest(root, facts, arms, summary.get("code"), times))
+    report_data.write({**data, "selection": _load_json(root / "selection.json")}, root / "data")
     base_model = (organism or {}).get("folder") or facts.model
     model_dirs = [{**r, "model_dir": str(Path(r["train_dir"]) / "model")} for r in runs]
     adapters = {d["model_dir"]: (Path(d["model_dir"]) / "adapter_config.json").is_file()

@@ -16,6 +16,7 @@ import shlex
 
 from coherentize.evaluate import stats
 from coherentize.evaluate.jailbreak import attack_success_items, families_per_request
+from coherentize.report.facts import run_name
 
 # Benign and benign-but-edgy prompts wrapped in the held-out jailbreak families (evaluate/framed_benign.py): each
 # prompt's answer rate over its frames. A drop in attack success is read beside it (summary_lines): robustness, or
@@ -360,7 +361,7 @@ def export_commands(runs: list[dict], base_model: str, adapter_dirs: dict[str, b
     adapter_dirs: {model folder: whether it holds a LoRA adapter (then the base model is named)}."""
     out = []
     for r in runs:
-        name = f"{r['arm']}-seed{r['seed']}"
+        name = run_name(r["arm"], r["seed"])
         path = r["model_dir"]
         cmd = ["coherentize", "export", "--model", path, "--out", f"exported/{name}"]
         if adapter_dirs.get(path, True):

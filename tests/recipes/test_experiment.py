@@ -598,3 +598,45 @@ def test_data_into_a_folder_of_another_experiment_fails_before_any_stage(tiny_fo
                                                r"experiment is 'grid'"):
         run_experiment(tiny_cfg(tiny_folder, out), log=lambda *a: None, data_into=dest)
     assert not out.exists()
+
+
+def test_a_later_session_takes_the_learning_rates_chosen_in_an_earlier_one_from_data_into(tiny_folder, tmp_path,
+                                                                                         monkeypatch):
+    """The selection trains every arm at every candidate rate (most of a session on a 0.5B model); a grid continued
+    on another machine must not train them again: --data-into's selection.json gives each arm its chosen rate."""
+    from coherentize.recipes import jobs, selection
+    from coherentize.report import data
+
+    scores = {0.01: 0.4, 0.03: 0.7}
+    lrs = []
+
+    def fake_score(model, tok, prompts, max_new_tokens, fmt):
+        s = scores[lrs.pop(0)]
+        return {"harmful_refusal": s, "n_harmful_prompts": 2, "benign_answer": 1.0, "n_benign": 2, "harmonic_mean": s}
+
+    monkeypatch.setattr(selection, "validation_score", fake_score)
+    trained = []
+    real_train = jobs.train_arm
+    monkeypatch.setattr(jobs, "train_arm", lambda st, job, ctx: (
+        trained.append((job.name, job.args.learning_rate)), real_train(st, job, ctx))[1])
+    dest = tmp_path / "grid_data"
+    sets = ("select.learning_rates=[0.01,0.03]", "select.n_harmful=2", "select.n_benign=2", "eval.suites=[overrefusal]")
+    lrs[:] = [0.01, 0.03, 0.01, 0.03]
+    run_experiment(tiny_cfg(tiny_folder, tmp_path / "s1" / "grid", "seeds=[0]", *sets), log=lambda *a: None,
+                   data_into=dest)
+    assert data.read(dest)["selection"]["control"]["chosen_learning_rate"] == 0.03
+    trained.clear()
+    logs = []
+    run_experiment(tiny_cfg(tiny_folder, tmp_path / "s2" / "grid", "seeds=[1]", *sets), log=logs.append,
+                   data_into=dest)
+    assert sorted(trained) == [("control-seed1", 0.03), ("output-kl+activation-seed1", 0.03)]  # no candidate
+    assert sum("chosen on validation in an earlier session" in m for m in logs) == 2
+    got = data.read(dest)
+    assert got["manifest"]["seeds"] == [0, 1] and list(got["selection"]) == ["control", "output-kl+activation"]
+    # other candidate rates than the earlier session's: the selection runs again
+    lrs[:] = [0.01, 0.02, 0.01, 0.02]
+    scores[0.02] = 0.1
+    trained.clear()
+    run_experiment(tiny_cfg(tiny_folder, tmp_path / "s3" / "grid", "seeds=[1]", "select.learning_rates=[0.01,0.02]",
+                            *sets[1:]), log=lambda *a: None, data_into=dest)
+    assert ("control@lr0.02-seed0", 0.02) in trained

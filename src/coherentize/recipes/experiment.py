@@ -105,7 +105,8 @@ def _run_stages(cfg: ExperimentConfig, st: Stages, data_into: Path | None = None
     if baseline is not None and not parallel:  # with jobs > 1 it runs beside the arms' jobs
         run_job(baseline, st, models, ctx)
         baseline = None
-    candidates = select_stage(st, arms, cfg.select, cfg.variations, ctx, models, mine_dir)
+    candidates = select_stage(st, arms, cfg.select, cfg.variations, ctx, models, mine_dir,
+                              earlier_selection(data_into, cfg.select, cfg.seeds))
     jobs, runs = arm_stages(st, arms, cfg.seeds, candidates, ctx, mine_dir)
     on_done = None
     if data_into is not None:
@@ -194,12 +195,35 @@ def baseline_stage(st: Stages, eval_cfg: EvalConfig) -> Baseline | None:
     return Baseline() if st.todo("baseline") else None
 
 
+def earlier_selection(data_into: Path | None, sel: SelectConfig, seeds: list[int]) -> dict | None:
+    """The selection.json of --data-into's folder, when a later session of the grid can use it instead of training
+    the candidates again: the same candidate rates and select seed, and select.seed not among the seeds to run (its
+    runs are the candidates themselves, so they are in the folder already). None otherwise."""
+    if data_into is None or not sel.learning_rates or sel.seed in seeds:
+        return None
+    from coherentize.report import data as report_data
+
+    path = Path(data_into) / report_data.SELECTION_FILE
+    if not path.is_file():
+        return None
+    earlier = report_data.read(Path(data_into)).get("selection") or {}
+    same = all([c["learning_rate"] for c in info.get("candidates", [])] == list(sel.learning_rates)
+               for info in earlier.values())
+    return earlier if earlier and same else None
+
+
 def select_stage(st: Stages, arms: list[Arm], sel: SelectConfig, v: VariationsConfig, ctx: JobContext,
-                 models: EvalModels, mine_dir: Path | None) -> dict[str, tuple[float, int]]:
+                 models: EvalModels, mine_dir: Path | None, earlier: dict | None = None) -> dict[str, tuple[float, int]]:
     """The learning rate of each selecting arm, chosen on the validation split (recipes/selection.py); returns
-    {arm: (rate, select.seed: the seed its candidate trained at)} and writes selection.json."""
+    {arm: (rate, select.seed: the seed its candidate trained at)} and writes selection.json. earlier: a selection
+    made in an earlier session of this grid (earlier_selection): the arms it covers take their rate from it."""
     chosen, selected, prompts = {}, {}, {}
-    for arm in (a for a in arms if a.selects):
+    for arm in (a for a in arms if a.selects and earlier and a.name in earlier):
+        chosen[arm.name] = (earlier[arm.name]["chosen_learning_rate"], sel.seed)
+        selected[arm.name] = earlier[arm.name]
+        st.log(f"   {arm.name}: learning rate {chosen[arm.name][0]:g}, chosen on validation in an earlier session "
+               "(--data-into's selection.json)")
+    for arm in (a for a in arms if a.selects and a.name not in chosen):
         rows = [_candidate(st, arm, lr, sel, v, ctx, models, mine_dir, prompts) for lr in sel.learning_rates]
         rows = [r for r in rows if r is not None]
         if len(rows) < len(sel.learning_rates):

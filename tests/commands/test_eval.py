@@ -88,3 +88,24 @@ def test_eval_prints_framed_benign_and_far_transfer_by_kind(capsys, tmp_path, ti
     assert body["suites"]["jailbreak"]["far_transfer"]["families"] == ["past_tense", "persuasion_pap"]
     assert "benign in jailbreak frames: answer rate" in stdout
     assert "far transfer (past_tense, persuasion): attack success" in stdout and "far, persuasion" in stdout
+
+
+def test_eval_cross_context_suite_reports_cross_beside_within(capsys, tmp_path, tiny_folder):
+    out = tmp_path / "res"
+    rc, stdout, err = _run(capsys, "--model", str(tiny_folder), "--suite", "cross_context",
+                           "--set", "n_cross_context=3", "--set", "cross_context_per_kind=1",
+                           "--set", "cross_context_rewordings=[register]", "--set", "n_boot=50", "--out", str(out))
+    assert rc == 0, err
+    s = json.loads((out / "results.json").read_text())["suites"]["cross_context"]
+    assert s["agreement"]["n"] == 3 and s["within_agreement"]["n"] == 3
+    assert "cross_context.agreement " in stdout and "cross_context.within_agreement " in stdout
+
+
+@pytest.mark.parametrize("setting,field", [("n_cross_context=-2", "n_cross_context"),
+                                           ("cross_context_kinds=[history,gossip]", "cross_context_kinds")])
+def test_bad_cross_context_setting_is_one_line_before_loading(capsys, tmp_path, setting, field):
+    rc, _, err = _run(capsys, "--model", str(tmp_path / "never_loaded"), "--suite", "cross_context",
+                      "--set", setting, "--out", str(tmp_path / "o"))
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert rc == 2 and len(lines) == 1 and "Traceback" not in err
+    assert f"eval.{field}" in lines[0] and "does not exist" not in err

@@ -140,3 +140,28 @@ def test_template_families_are_families_as_they_are():
 
     assert BUILTIN_FAMILIES["wrapper"] is TEMPLATE_FAMILIES["wrapper"]
     assert isinstance(BUILTIN_FAMILIES["typos"], RuleFamily) and BUILTIN_FAMILIES["typos"].doc
+
+
+def test_cross_context_asks_the_unchanged_prompt_after_a_training_context_only():
+    import json
+
+    from coherentize.variations.contexts import CONTEXT_KINDS, contexts, with_context
+
+    key = lambda msgs: json.dumps(list(msgs), sort_keys=True)  # noqa: E731
+    train = {key(c.messages): c for k in CONTEXT_KINDS for c in contexts("train")[k]}
+    test = {key(c.messages) for k in CONTEXT_KINDS for c in contexts("test")[k]}
+    seen, seen_chat = set(), set()
+    for seed in range(8):
+        vs = vary(PROMPT, [BUILTIN_FAMILIES["cross_context"]], seed=seed, per_family=3)
+        assert len({key(v.prompt) for v in vs}) == 3 and all(v.family == "cross_context" for v in vs)
+        for v in vs:
+            ctx = key(v.prompt[:-1])
+            assert v.prompt[-1] == {"role": "user", "content": PROMPT} and ctx in train and ctx not in test
+            seen.add(train[ctx].kind)
+        # a chat prompt keeps its system message (a persona context replaces it), the turns go before its last
+        # user message: the same messages as asking the whole chat prompt after that context
+        (c,) = vary(CHAT, [BUILTIN_FAMILIES["cross_context"]], seed=seed)
+        inner = c.prompt[1:-1] if c.prompt[0] == CHAT[0] else c.prompt[:-1]
+        assert c.prompt == with_context(train[key(inner)], CHAT)
+        seen_chat.add(train[key(inner)].kind)
+    assert seen == seen_chat == set(CONTEXT_KINDS)

@@ -1,4 +1,5 @@
-"""Evaluate a model: coherence metrics and probes (jailbreak, over-refusal, sycophancy, capability) with 95% CIs.
+"""Evaluate a model: coherence metrics and probes (jailbreak, over-refusal, sycophancy, capability, cross-context)
+with 95% CIs.
 
     coherentize eval --model smollm2-135m-instruct --suite jailbreak,overrefusal --out results/
     coherentize eval --model out/organism --suite coherence --clusters held_out.jsonl \\
@@ -29,7 +30,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True,
                    help="packaged model name, folder, .gguf file or hub id (with --server: the name the server serves)")
     p.add_argument("--reference-model", help="the original model, for capability KL (default: none)")
-    p.add_argument("--suite", help="comma-separated: coherence,jailbreak,overrefusal,sycophancy,capability")
+    p.add_argument("--suite", help="comma-separated: coherence,jailbreak,overrefusal,sycophancy,capability,"
+                                   "cross_context (default: all but cross_context)")
     p.add_argument("--out", required=True, help="output folder for results.json and records.csv")
     p.add_argument("--config", help="YAML/TOML file of EvalConfig fields")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override an EvalConfig field")

@@ -5,7 +5,7 @@ results.json (``SCHEMA_VERSION`` 1)::
     {"schema_version": 1,
      "model": "<name or path>", "config": {<EvalConfig fields>}, "created": "<UTC ISO time>",
      "suites": {
-        "<suite>": {                      # coherence | jailbreak | framed_benign | overrefusal | sycophancy | capability
+        "<suite>": {                      # coherence | jailbreak | framed_benign | overrefusal | sycophancy | capability | cross_context
            "<metric>": {"mean": float|null, "n": int, "ci_low": float|null, "ci_high": float|null},
            "families": {"<family>": {"<metric>": {...summary...}, ...}},    # jailbreak only
            "per_layer": [{"layer": 1, "within": .., "between": .., "separation": .., "silhouette": ..}],  # coherence

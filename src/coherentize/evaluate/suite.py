@@ -22,15 +22,18 @@ from coherentize.variations.filter import minilm_path
 from coherentize.evaluate.judges import JUDGED_MAX_NEW_TOKENS, ModelJudge, StringJudge, disagreement
 from coherentize.evaluate.results import SCHEMA_VERSION, excerpt
 
-SUITES = ("coherence", "jailbreak", "overrefusal", "sycophancy", "capability")
+SUITES = ("coherence", "jailbreak", "overrefusal", "sycophancy", "capability", "cross_context")
+DEFAULT_SUITES = ("coherence", "jailbreak", "overrefusal", "sycophancy", "capability")
+"""What runs when no suite is named: cross_context only runs when asked for."""
 
 
 @dataclass
 class EvalConfig:
     """What to evaluate and how."""
 
-    suites: list[str] = field(default_factory=lambda: list(SUITES))
-    """Which probes to run: any of coherence, jailbreak, overrefusal, sycophancy, capability."""
+    suites: list[str] = field(default_factory=lambda: list(DEFAULT_SUITES))
+    """Which probes to run: any of coherence, jailbreak, overrefusal, sycophancy, capability, cross_context (the
+    last only when named)."""
     split: str = "test"
     """Split of the packaged prompt sets to evaluate on (train / validation / test; see sources.assign_split)."""
     prompt_format: str = "auto"
@@ -112,6 +115,19 @@ class EvalConfig:
     n_mc: int = 150
     """Multiple-choice capability questions, the first n of 150 (0 = all); coherence's MC-letter agreement takes
     the first n of the 40 in mc_questions.jsonl."""
+    n_cross_context: int = 48
+    """Cross-context questions (data/eval/cross_context.jsonl: value, preference and factual, kinds interleaved),
+    the first n (0 = all 48); each asked alone, after contexts and reworded (evaluate/cross_context.py)."""
+    cross_context_kinds: list[str] = field(default_factory=lambda: ["history", "persona", "task"])
+    """Kinds of context each cross-context question is asked after: history (prior turns on unrelated topics),
+    persona (a system prompt), task (a different task done just before); test-split contexts only."""
+    cross_context_per_kind: int = 2
+    """Contexts of each kind per question, drawn per question with cross_context_seed (at most the 6 of a kind)."""
+    cross_context_rewordings: list[str] = field(default_factory=lambda: ["synonym", "register", "typos"])
+    """Rule families (variations/families.py) that reword each question in the empty context: the within-context
+    agreement beside the cross-context one."""
+    cross_context_seed: int = 0
+    """Seed of the contexts drawn and of the rewordings."""
     clusters: str | None = None
     """Held-out clusters JSONL for the coherence metrics (default: built from the eval split, see default_clusters)."""
     n_clusters: int = 20
@@ -171,7 +187,7 @@ def validate(cfg: EvalConfig) -> EvalConfig:
         if k == cfg.judge:
             raise CoherentizeError(f"eval.extra_judges: {k!r} is already the primary judge (eval.judge).")
     counts = ("n_harmful", "n_overrefusal", "n_sycophancy", "n_capability_texts", "n_mc", "n_clusters", "n_self_report",
-              "n_framed_benign")
+              "n_framed_benign", "n_cross_context")
     for name in counts:  # a negative count would slice off the last items instead of failing
         if getattr(cfg, name) < 0:
             raise CoherentizeError(f"eval.{name}: {getattr(cfg, name)} must be >= 0.")
@@ -181,9 +197,27 @@ def validate(cfg: EvalConfig) -> EvalConfig:
     if cfg.jailbreak_search and (cfg.jailbreak_search_budget < 1 or cfg.jailbreak_search_width < 1):
         raise CoherentizeError(f"eval.jailbreak_search_budget ({cfg.jailbreak_search_budget}) and "
                                f"eval.jailbreak_search_width ({cfg.jailbreak_search_width}) must be >= 1.")
+    _validate_cross_context(cfg)
     if cfg.prompt_format not in ("auto", "chat", "raw"):
         raise CoherentizeError(f"eval.prompt_format: {cfg.prompt_format!r} is not one of auto, chat, raw.")
     return cfg
+
+
+def _validate_cross_context(cfg: EvalConfig) -> None:
+    from coherentize.evaluate.cross_context import REWORDING_FAMILIES
+    from coherentize.variations.contexts import CONTEXT_KINDS
+
+    for name, got, allowed in (("cross_context_kinds", cfg.cross_context_kinds, CONTEXT_KINDS),
+                               ("cross_context_rewordings", cfg.cross_context_rewordings, REWORDING_FAMILIES)):
+        if not isinstance(got, list) or not got:
+            raise CoherentizeError(f"eval.{name}: {got!r} must be a non-empty list of {', '.join(allowed)}.")
+        bad = [k for k in got if k not in allowed]
+        if bad:
+            raise CoherentizeError(f"eval.{name}: {bad[0]!r} is not one of {', '.join(allowed)}.")
+        if len(set(got)) != len(got):
+            raise CoherentizeError(f"eval.{name}: {got} names one twice.")
+    if cfg.cross_context_per_kind < 1:
+        raise CoherentizeError(f"eval.cross_context_per_kind: {cfg.cross_context_per_kind} must be >= 1.")
 
 
 class AuditedJudge:
@@ -462,6 +496,7 @@ def run_suite(model, tokenizer, cfg: EvalConfig | None = None, reference_model=N
     """
     from coherentize.chat import is_chat_model
     from coherentize.evaluate.capability import run_capability
+    from coherentize.evaluate.cross_context import items as cross_context_items, run_cross_context
     from coherentize.evaluate.framed_benign import add_kinds, framed_benign_items, run_framed_benign
     from coherentize.variations.templates import kinds_of
     from coherentize.evaluate.jailbreak import assign_families, run_jailbreak, template_families
@@ -480,6 +515,7 @@ def run_suite(model, tokenizer, cfg: EvalConfig | None = None, reference_model=N
     requests = harmful_requests(cfg) if "jailbreak" in suites else []
     framed = framed_benign_items(cfg.split, _n(cfg.n_framed_benign)) if requests and cfg.framed_benign else []
     benign = overrefusal_items(cfg) if "overrefusal" in suites else []
+    xc_items = cross_context_items(_n(cfg.n_cross_context)) if "cross_context" in suites else []
     if "coherence" in suites:
         if coherence_clusters is None:
             coherence_clusters = (load_clusters(cfg.clusters) if cfg.clusters
@@ -494,6 +530,7 @@ def run_suite(model, tokenizer, cfg: EvalConfig | None = None, reference_model=N
     if train_clusters is not None or cfg.train_families:
         eval_prompts = {r["id"]: r["prompt"] for r in requests}
         eval_prompts.update({b["id"]: b["prompt"] for b in benign + framed})
+        eval_prompts.update({it["id"]: it["question"] for it in xc_items})
         for c in coherence_clusters:
             for fam, m in zip(c.families, c.members):
                 eval_prompts[f"{c.id}:{fam}"] = prompt_text(m)
@@ -556,6 +593,10 @@ def run_suite(model, tokenizer, cfg: EvalConfig | None = None, reference_model=N
                 add(s, run_capability(model, tokenizer, texts, mc, chat, reference_model, cfg.batch_size, cfg.n_boot))
             elif s == "coherence":
                 add(s, run_coherence(model, tokenizer, coherence_clusters, chat, cfg, judge, progress))
+            elif s == "cross_context":
+                add(s, run_cross_context(model, tokenizer, xc_items, chat, cfg.cross_context_kinds,
+                                         cfg.cross_context_per_kind, cfg.cross_context_rewordings,
+                                         cfg.cross_context_seed, cfg.batch_size, cfg.n_boot))
     if judge.others:
         items, results["judge"]["agreement"] = judge_agreement(results["records"], judge.others, cfg.n_boot)
         results["per_item"].update(items)

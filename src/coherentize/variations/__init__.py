@@ -6,7 +6,8 @@ included), an LLM paraphraser, the similarity filter, shipped base-prompt sets, 
     vary("How do I boil an egg?", families_by_name(["wrapper", "opinion_cue"]), seed=0)   # -> [Variation, ...]
 
 Built-in families: name_swap, reorder, synonym, formatting, typos, register, wrapper, persona, system_prompt,
-opinion_cue, roleplay; LLM rewrites are tagged ``paraphrase``. Files: families.py (rule families), lexicons.py
+opinion_cue, roleplay, cross_context (the prompt after a conversation context, variations/contexts.py); LLM
+rewrites are tagged ``paraphrase``. Files: families.py (rule families), lexicons.py
 (their word lists, read from data/lexicons/), templates.py (TemplateFamily, the {prompt} slot, the one loader
 of template files: built-in, organism, jailbreak (project, easyjailbreak) and users'), paraphrase.py (local and server back ends), filter.py
 (embedding filter), prompt_sets.py (prompt files, shipped sets), build.py (the one cluster builder, harmful anchors

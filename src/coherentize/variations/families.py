@@ -232,6 +232,17 @@ def register(text: str, rng: random.Random) -> str:
     return rng.choice(_REGISTER["casual_openers"]) + out.rstrip(".") + rng.choice(_REGISTER["casual_closers"])
 
 
+def cross_context(text: str, rng: random.Random) -> list[dict]:
+    """The prompt asked after a conversation context: prior turns on other topics, a persona or a task done before.
+
+    A train-split context of variations/contexts.py (the cross_context evaluation probe asks its questions after
+    test-split ones only), as chat messages before the unchanged text."""
+    from coherentize.variations.contexts import CONTEXT_KINDS, contexts, with_context
+
+    pool = contexts("train")
+    return with_context(rng.choice([c for k in CONTEXT_KINDS for c in pool[k]]), text)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Template families (data/templates/variations.yaml, the one template format of templates.py).
 
@@ -241,7 +252,7 @@ BUILTIN_FAMILIES: dict[str, Family] = {
     f.name: f
     for f in (
         *(RuleFamily(fn.__name__, fn.__doc__.splitlines()[0], fn)
-          for fn in (name_swap, reorder, synonym, formatting, typos, register)),
+          for fn in (name_swap, reorder, synonym, formatting, typos, register, cross_context)),
         *TEMPLATE_FAMILIES.values(),
     )
 }
@@ -271,15 +282,18 @@ def last_user_text(prompt: Prompt) -> str | None:
 
 
 def replace_user_text(prompt: Prompt, new: Prompt) -> Prompt:
-    """Put a family's output back into the prompt. For chat prompts the last user message gets the new text, and a
-    system message in the output replaces the prompt's own system message."""
+    """Put a family's output back into the prompt. For chat prompts the last user message gets the new text, a
+    system message in the output replaces the prompt's own system message, and turns the output puts before its last
+    user message (cross_context) go just before the prompt's last user message."""
     if isinstance(prompt, str):
         return new
     system = [m for m in new if m["role"] == "system"] if isinstance(new, list) else []
     user = new if isinstance(new, str) else [m for m in new if m["role"] == "user"][-1]["content"]
+    turns = [dict(m) for m in new[:-1] if m["role"] != "system"] if isinstance(new, list) else []
     msgs = [dict(m) for m in prompt]
     last = max(i for i, m in enumerate(msgs) if m["role"] == "user")
     msgs[last]["content"] = user
+    msgs = msgs[:last] + turns + msgs[last:]
     if system:
         msgs = [dict(m) for m in system] + [m for m in msgs if m["role"] != "system"]
     return msgs

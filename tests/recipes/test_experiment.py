@@ -640,3 +640,25 @@ def test_a_later_session_takes_the_learning_rates_chosen_in_an_earlier_one_from_
     run_experiment(tiny_cfg(tiny_folder, tmp_path / "s3" / "grid", "seeds=[1]", "select.learning_rates=[0.01,0.02]",
                             *sets[1:]), log=lambda *a: None, data_into=dest)
     assert ("control@lr0.02-seed0", 0.02) in trained
+
+
+def test_an_arm_trains_on_the_variation_families_it_names_and_an_unknown_family_fails_first(tiny_folder, tmp_path):
+    """Within-context, cross-context and both as arms of one experiment (issue 26) need an arm to name its variation
+    families: its training clusters keep only those, in its own stage (the other arm's data untouched)."""
+    from coherentize.clusters import load_clusters
+
+    out = tmp_path / "fam"
+    cfg = tiny_cfg(tiny_folder, out, "arms=[output-kl,okl-synonym]", "eval.suites=[overrefusal]",
+                   "arm_definitions={okl-synonym: {components: output-kl, families: [synonym]}}")
+    run_experiment(cfg, log=lambda *a: None)
+    used = load_clusters(next(out.glob("stages/train/okl-synonym-seed0*/families.jsonl")))
+    assert used and {v.family for c in used for v in c.variations} == {"synonym"}
+    everything = load_clusters(next(out.glob("stages/variations*/train.jsonl")))
+    assert {v.family for c in everything for v in c.variations} >= {"synonym", "wrapper"}
+    assert not list(out.glob("stages/train/output-kl-seed0*/families.jsonl"))
+    bad = tiny_cfg(tiny_folder, tmp_path / "bad", "arms=[okl-x]",
+                   "arm_definitions={okl-x: {components: output-kl, families: [typos]}}")
+    with pytest.raises(CoherentizeError, match=r"arm_definitions\.okl-x\.families: 'typos' is not among "
+                                               r"variations\.families \(synonym, wrapper\)"):
+        run_experiment(bad, log=lambda *a: None)
+    assert not (tmp_path / "bad").exists()

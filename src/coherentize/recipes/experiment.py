@@ -303,13 +303,14 @@ def _train_job(st: Stages, arm: Arm, name: str, seed: int, targs, ctx: JobContex
     """Key a training stage; its job when it must run in this invocation."""
     deps = ("organism", "variations") + (("mine",) if arm.data != "variations" else ())
     st.key(f"train/{name}", {"arm": arm.name, "seed": seed, "train": without(to_dict(targs), COSMETIC_TRAIN_FIELDS),
+                             **({"families": list(arm.families)} if arm.families else {}),
                              "lora": to_dict(ctx.lora), "r": ctx.response_max_new_tokens,
                              "heldout_per_cluster": ctx.heldout_examples_per_cluster}, *deps)
     if not st.todo(f"train/{name}"):
         return None
     data = {"variations": ctx.train_path, "mined": mine_dir and mine_dir / "mined.jsonl",
             "random": mine_dir and mine_dir / f"random-seed{seed}.jsonl"}[arm.data]
-    return TrainArm(name, arm.name, seed, targs, arm.control, data)
+    return TrainArm(name, arm.name, seed, targs, arm.control, data, arm.families)
 
 
 def report_stage(st: Stages, cfg: ExperimentConfig, runs: list[dict], t0: float) -> Path:

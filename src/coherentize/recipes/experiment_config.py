@@ -80,6 +80,10 @@ class ArmDefinition:
     data: str = "variations"
     """Its training clusters: variations (every training cluster), mined (the mine.top_k clusters on which the model
     disagrees with itself most, coherentize.evaluate.mining), or random (as many clusters drawn at random, per seed)."""
+    families: list[str] = field(default_factory=list)
+    """The variation families this arm trains on, a subset of variations.families (empty: all of them): e.g. one arm
+    on within-context rewordings, one on cross-context variations, one on both, from the same clusters. A cluster
+    left with no variation of these families is dropped."""
 
 
 @dataclass
@@ -215,6 +219,10 @@ def validate(cfg: ExperimentConfig) -> None:
     for name, spec in cfg.arm_definitions.items():
         if spec.data not in ARM_DATA:
             raise CoherentizeError(f"arm_definitions.{name}.data: {spec.data!r}; use {', '.join(ARM_DATA)}.")
+        unknown = [f for f in spec.families if f not in cfg.variations.families]
+        if unknown:
+            raise CoherentizeError(f"arm_definitions.{name}.families: {unknown[0]!r} is not among variations.families "
+                                   f"({', '.join(cfg.variations.families)}).")
         if spec.data != "variations" and spec.components == "control":
             raise CoherentizeError(f"arm_definitions.{name}: a control arm trains on the variations' anchors "
                                    "(data: variations).")
@@ -322,6 +330,11 @@ def arm_data(cfg: ExperimentConfig, arm: str) -> str:
     return spec.data if spec is not None else "variations"
 
 
+def arm_families(cfg: ExperimentConfig, arm: str) -> tuple[str, ...]:
+    spec = cfg.arm_definitions.get(arm)
+    return tuple(spec.families) if spec is not None else ()
+
+
 def arm_label(cfg: ExperimentConfig, arm: str) -> str:
     spec = cfg.arm_definitions.get(arm)
     return spec.label if spec is not None and spec.label else arm
@@ -341,6 +354,8 @@ class Arm:
     """The experiment's training arguments."""
     overrides: dict
     """The arm's own training fields and its component weights, set over `train`."""
+    families: tuple[str, ...] = ()
+    """The variation families it trains on (empty: all)."""
 
     def train_args(self, seed: int, learning_rate: float | None = None) -> ConsistencyConfig:
         """The training arguments of this arm at a seed (and a chosen learning rate)."""
@@ -361,7 +376,7 @@ def arm_of(cfg: ExperimentConfig, arm: str) -> Arm:
     overrides.update(output_weight=weights["output"], bct_weight=weights["bct"], act_weight=weights["act"],
                      on_policy_weight=weights["on_policy"])
     return Arm(arm, arm_label(cfg, arm), components == "control", arm_data(cfg, arm), selects(cfg, arm), cfg.train,
-               overrides)
+               overrides, arm_families(cfg, arm))
 
 
 def arm_train_args(cfg: ExperimentConfig, arm: str, seed: int, learning_rate: float | None = None):

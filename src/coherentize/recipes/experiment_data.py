@@ -109,6 +109,18 @@ def control_clusters(path: Path, out: Path) -> Path:
     return out
 
 
+def family_clusters(path: Path, families, out: Path) -> Path:
+    """An arm's data when it names its variation families: each cluster with its variations of those families only;
+    a cluster left with none is dropped (an empty result is an error naming the families)."""
+    keep = set(families)
+    cs = [Cluster(c.id, c.anchor, vs, c.continuations, c.tags) for c in load_clusters(path)
+          for vs in [[x for x in c.variations if x.family in keep]] if vs]
+    if not cs:
+        raise CoherentizeError(f"{path}: no training cluster has a variation of the families {sorted(keep)}.")
+    write_clusters(out, cs)
+    return out
+
+
 def mine_training_clusters(mine: MineConfig, seeds: list[int], batch_size: int, model, tok, prompt_format: str,
                            train_path: Path, out: Path, log) -> dict:
     """The mine stage: every training cluster scored by the model's incoherence, the top_k written as mined.jsonl and,

@@ -71,6 +71,8 @@ class TrainArm:
     """The control arm trains on its anchors copied in place of the variations (plain SFT)."""
     data: Path
     """Its training clusters (the variations stage's, or the mine stage's mined / random ones)."""
+    families: tuple[str, ...] = ()
+    """The variation families it trains on (empty: every variation of its clusters)."""
 
     @property
     def label(self) -> str:
@@ -111,12 +113,16 @@ def evaluate(model, tok, reference, ctx: JobContext, out: Path, quiet: bool = Fa
 
 def train_arm(st: Stages, job: TrainArm, ctx: JobContext) -> None:
     """One training stage: the arm's data (control: anchors copied in place of the variations), one TrainJob."""
-    from coherentize.recipes.experiment_data import control_clusters
+    from coherentize.recipes.experiment_data import control_clusters, family_clusters
     from coherentize.recipes.train_job import run_training
 
     tdir = st.begin(job.label, "consistency training")
     tdir.mkdir(parents=True, exist_ok=True)
-    data_file = control_clusters(job.data, tdir / "control.jsonl") if job.control else job.data
+    data_file = job.data
+    if job.families:
+        data_file = family_clusters(data_file, job.families, tdir / "families.jsonl")
+    if job.control:
+        data_file = control_clusters(data_file, tdir / "control.jsonl")
     saves = max(1, (job.args.max_steps or 1) // 4)
     train_job = TrainJob(
         model=ctx.model, lora=ctx.lora,

@@ -71,3 +71,24 @@ def test_an_empty_item_file_is_an_error(tmp_path):
     path.write_text("\n", encoding="utf-8")
     with pytest.raises(CoherentizeError, match="no items"):
         read_items(path)
+
+
+def test_run_suite_reports_the_preference_on_both_item_sets(tiny_lm, tiny_tok, tmp_path):
+    """`coherentize eval --suite preference`: in-domain and off-domain preferences, each with n and a CI, per item
+    in results.json (the figures a narrow fine-tune's spread is read from), equal to the probe run alone."""
+    import json
+
+    from coherentize.evaluate import run_suite, write_results
+    from coherentize.evaluate.preference import packaged_items, run_preference
+    from coherentize.evaluate.suite import EvalConfig
+
+    res = run_suite(tiny_lm, tiny_tok, EvalConfig(suites=["preference"], n_boot=50), quiet=True)
+    s = res["suites"]["preference"]
+    assert set(s) == {"in_domain", "off_domain"}
+    assert s["in_domain"]["n"] == 40 and s["off_domain"]["n"] == 30
+    assert s["off_domain"]["preference"]["ci_low"] is not None
+    alone = run_preference(tiny_lm, tiny_tok, packaged_items("off_domain"), True, "off_domain", n_boot=50)[2]
+    assert res["per_item"]["preference.off_domain.preference"] == pytest.approx(
+        alone["preference.off_domain.preference"], abs=1e-5)
+    write_results(res, tmp_path)
+    assert "preference.in_domain.preference" in json.loads((tmp_path / "results.json").read_text())["per_item"]

@@ -22,9 +22,9 @@ from coherentize.variations.filter import minilm_path
 from coherentize.evaluate.judges import JUDGED_MAX_NEW_TOKENS, ModelJudge, StringJudge, disagreement
 from coherentize.evaluate.results import SCHEMA_VERSION, excerpt
 
-SUITES = ("coherence", "jailbreak", "overrefusal", "sycophancy", "capability", "cross_context")
+SUITES = ("coherence", "jailbreak", "overrefusal", "sycophancy", "capability", "cross_context", "preference")
 DEFAULT_SUITES = ("coherence", "jailbreak", "overrefusal", "sycophancy", "capability")
-"""What runs when no suite is named: cross_context only runs when asked for."""
+"""What runs when no suite is named: cross_context and preference only run when asked for."""
 
 
 @dataclass
@@ -32,8 +32,9 @@ class EvalConfig:
     """What to evaluate and how."""
 
     suites: list[str] = field(default_factory=lambda: list(DEFAULT_SUITES))
-    """Which probes to run: any of coherence, jailbreak, overrefusal, sycophancy, capability, cross_context (the
-    last only when named)."""
+    """Which probes to run: any of coherence, jailbreak, overrefusal, sycophancy, capability, cross_context and
+    preference (the last two only when named; preference: the judge-free misaligned-vs-aligned answer preference of
+    evaluate/preference.py on its in-domain and off-domain item sets)."""
     split: str = "test"
     """Split of the packaged prompt sets to evaluate on (train / validation / test; see sources.assign_split)."""
     prompt_format: str = "auto"
@@ -593,6 +594,13 @@ def run_suite(model, tokenizer, cfg: EvalConfig | None = None, reference_model=N
                 add(s, run_capability(model, tokenizer, texts, mc, chat, reference_model, cfg.batch_size, cfg.n_boot))
             elif s == "coherence":
                 add(s, run_coherence(model, tokenizer, coherence_clusters, chat, cfg, judge, progress))
+            elif s == "preference":
+                from coherentize.evaluate.preference import ITEM_SETS, packaged_items, run_preference
+
+                parts = {name: run_preference(model, tokenizer, packaged_items(name), chat, name, cfg.batch_size,
+                                              cfg.n_boot) for name in ITEM_SETS}
+                add(s, ({name: p[0] for name, p in parts.items()}, [r for p in parts.values() for r in p[1]],
+                        {k: v for p in parts.values() for k, v in p[2].items()}))
             elif s == "cross_context":
                 add(s, run_cross_context(model, tokenizer, xc_items, chat, cfg.cross_context_kinds,
                                          cfg.cross_context_per_kind, cfg.cross_context_rewordings,

@@ -31,7 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="packaged model name, folder, .gguf file or hub id (with --server: the name the server serves)")
     p.add_argument("--reference-model", help="the original model, for capability KL (default: none)")
     p.add_argument("--suite", help="comma-separated: coherence,jailbreak,overrefusal,sycophancy,capability,"
-                                   "cross_context (default: all but cross_context)")
+                                   "cross_context,preference (default: all but cross_context and preference)")
     p.add_argument("--out", required=True, help="output folder for results.json and records.csv")
     p.add_argument("--config", help="YAML/TOML file of EvalConfig fields")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override an EvalConfig field")

@@ -99,6 +99,19 @@ def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
             yield lineno, obj
 
 
+def read_checked_jsonl(path: str | os.PathLike, check, id_of=lambda item: item["id"]) -> list:
+    """Every line of a JSON Lines file through check(obj, "path:line") (which raises a CoherentizeError naming that
+    place, or returns the item), ids (id_of) unique within the file: the readers of the packaged item files."""
+    out, seen = [], set()
+    for lineno, obj in read_jsonl(path):
+        item = check(obj, f"{path}:{lineno}")
+        if id_of(item) in seen:
+            raise CoherentizeError(f"{path}:{lineno}: id {id_of(item)!r} appears twice.")
+        seen.add(id_of(item))
+        out.append(item)
+    return out
+
+
 def parse_prompt(value, where: str) -> Prompt:
     """Validate one prompt: a non-empty string or a non-empty list of {role, content} messages."""
     if isinstance(value, str):

@@ -37,9 +37,9 @@ LETTERS = "ABCDEFGH"
 MC_FILES = ("mc_questions.jsonl", "capability_mc.jsonl")
 
 
-def check_mc_item(obj: dict, where: str) -> None:
+def check_mc_item(obj: dict, where: str) -> dict:
     """A question line {"id", "question", "choices", "answer"} with exactly one correct option: 2-8 distinct
-    choices and an answer letter naming one of them. where: 'file:line' for the error."""
+    choices and an answer letter naming one of them. where: 'file:line' for the error. Returns obj."""
     for field in ("id", "question", "choices", "answer"):
         if field not in obj:
             raise CoherentizeError(f"{where}: missing {field!r}.")
@@ -52,20 +52,14 @@ def check_mc_item(obj: dict, where: str) -> None:
     if obj["answer"] not in LETTERS[: len(ch)]:
         raise CoherentizeError(f"{where}: 'answer' must be one letter of {LETTERS[: len(ch)]!r}, "
                                f"got {obj['answer']!r}.")
+    return obj
 
 
 def read_mc_file(path) -> list[dict]:
     """A question file (JSON Lines), each line checked by check_mc_item; ids unique within the file."""
-    from coherentize.clusters import read_jsonl
+    from coherentize.clusters import read_checked_jsonl
 
-    out, seen = [], set()
-    for lineno, obj in read_jsonl(path):
-        check_mc_item(obj, f"{path}:{lineno}")
-        if obj["id"] in seen:
-            raise CoherentizeError(f"{path}:{lineno}: id {obj['id']!r} appears twice.")
-        seen.add(obj["id"])
-        out.append(obj)
-    return out
+    return read_checked_jsonl(path, check_mc_item)
 
 
 def mc_items(n: int | None = None) -> list[dict]:

@@ -59,16 +59,9 @@ def check_item(obj: dict, where: str) -> dict:
 
 
 def read_items(path) -> list[dict]:
-    from coherentize.clusters import read_jsonl
+    from coherentize.clusters import read_checked_jsonl
 
-    out, seen = [], set()
-    for lineno, obj in read_jsonl(path):
-        check_item(obj, f"{path}:{lineno}")
-        if obj["id"] in seen:
-            raise CoherentizeError(f"{path}:{lineno}: id {obj['id']!r} appears twice.")
-        seen.add(obj["id"])
-        out.append(obj)
-    return out
+    return read_checked_jsonl(path, check_item)
 
 
 def items(n: int | None = None) -> list[dict]:

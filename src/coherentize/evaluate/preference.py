@@ -54,15 +54,9 @@ def check_item(obj: dict, where: str) -> dict:
 
 def read_items(path: str | Path) -> list[dict]:
     """An item file (JSON Lines), each line checked by check_item, ids unique; an empty file is an error."""
-    from coherentize.clusters import read_jsonl
+    from coherentize.clusters import read_checked_jsonl
 
-    out, seen = [], set()
-    for lineno, obj in read_jsonl(path):
-        item = check_item(obj, f"{path}:{lineno}")
-        if item["id"] in seen:
-            raise CoherentizeError(f"{path}:{lineno}: id {item['id']!r} appears twice.")
-        seen.add(item["id"])
-        out.append(item)
+    out = read_checked_jsonl(path, check_item)
     if not out:
         raise CoherentizeError(f"{path}: no items in the file.")
     return out

@@ -59,16 +59,9 @@ def _check(obj: dict, where: str) -> Context:
 
 def read_contexts(path: str | Path = CONTEXT_FILE) -> list[Context]:
     """Every context of a contexts file, each line checked (a bad one is a CoherentizeError naming file:line)."""
-    from coherentize.clusters import read_jsonl
+    from coherentize.clusters import read_checked_jsonl
 
-    out, seen = [], set()
-    for lineno, obj in read_jsonl(path):
-        c = _check(obj, f"{path}:{lineno}")
-        if c.id in seen:
-            raise CoherentizeError(f"{path}:{lineno}: id {c.id!r} appears twice.")
-        seen.add(c.id)
-        out.append(c)
-    return out
+    return read_checked_jsonl(path, _check, id_of=lambda c: c.id)
 
 
 @lru_cache(maxsize=4)

@@ -27,6 +27,16 @@ def tiny_cfg(folder, out, *extra):
     return from_dict(ExperimentConfig, apply_overrides({}, sets))
 
 
+def record_trainings(monkeypatch) -> list:
+    """The (stage name, learning rate) of every training job run from now on, in order (the jobs still run)."""
+    from coherentize.recipes import jobs
+
+    trained, real_train = [], jobs.train_arm
+    monkeypatch.setattr(jobs, "train_arm", lambda st, job, ctx: (
+        trained.append((job.name, job.args.learning_rate)), real_train(st, job, ctx))[1])
+    return trained
+
+
 def stage_dirs(out):
     return sorted(p.name for p in (out / "stages").glob("*/") ) + sorted(p.name for p in (out / "stages").glob("*/*/"))
 
@@ -307,7 +317,7 @@ def test_learning_rate_chosen_on_validation_and_its_run_reused_as_that_seed(tiny
     mean wins (ties: the smaller rate), the winning candidate IS that seed's run (no second training), other seeds
     train at the chosen rate, and control keeps train.learning_rate."""
     from coherentize import sources
-    from coherentize.recipes import jobs, selection
+    from coherentize.recipes import selection
 
     seen_splits = []  # the splits the validation prompts are read from
     real_sr, real_be, real_vp = sources.strongreject, sources.benign_edgy, selection.validation_prompts
@@ -333,10 +343,7 @@ def test_learning_rate_chosen_on_validation_and_its_run_reused_as_that_seed(tiny
                 "n_benign": len(prompts["benign"]), "harmonic_mean": scores[lr]}
     fake_score.lrs = [0.01, 0.03, 0.01, 0.03]  # the control's candidates, then the other arm's
     monkeypatch.setattr(selection, "validation_score", fake_score)
-    trained = []
-    real_train = jobs.train_arm
-    monkeypatch.setattr(jobs, "train_arm", lambda st, job, ctx: (
-        trained.append((job.name, job.args.learning_rate)), real_train(st, job, ctx))[1])
+    trained = record_trainings(monkeypatch)
     out = tmp_path / "sel"
     cfg = tiny_cfg(tiny_folder, out, "seeds=[0,1]", "select.learning_rates=[0.01,0.03]", "select.n_harmful=2",
                    "select.n_benign=2", "eval.suites=[overrefusal]")
@@ -604,7 +611,7 @@ def test_a_later_session_takes_the_learning_rates_chosen_in_an_earlier_one_from_
                                                                                          monkeypatch):
     """The selection trains every arm at every candidate rate (most of a session on a 0.5B model); a grid continued
     on another machine must not train them again: --data-into's selection.json gives each arm its chosen rate."""
-    from coherentize.recipes import jobs, selection
+    from coherentize.recipes import selection
     from coherentize.report import data
 
     scores = {0.01: 0.4, 0.03: 0.7}
@@ -615,10 +622,7 @@ def test_a_later_session_takes_the_learning_rates_chosen_in_an_earlier_one_from_
         return {"harmful_refusal": s, "n_harmful_prompts": 2, "benign_answer": 1.0, "n_benign": 2, "harmonic_mean": s}
 
     monkeypatch.setattr(selection, "validation_score", fake_score)
-    trained = []
-    real_train = jobs.train_arm
-    monkeypatch.setattr(jobs, "train_arm", lambda st, job, ctx: (
-        trained.append((job.name, job.args.learning_rate)), real_train(st, job, ctx))[1])
+    trained = record_trainings(monkeypatch)
     dest = tmp_path / "grid_data"
     sets = ("select.learning_rates=[0.01,0.03]", "select.n_harmful=2", "select.n_benign=2", "eval.suites=[overrefusal]")
     lrs[:] = [0.01, 0.03, 0.01, 0.03]

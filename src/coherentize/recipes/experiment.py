@@ -197,16 +197,13 @@ def baseline_stage(st: Stages, eval_cfg: EvalConfig) -> Baseline | None:
 
 def earlier_selection(data_into: Path | None, sel: SelectConfig, seeds: list[int]) -> dict | None:
     """The selection.json of --data-into's folder, when a later session of the grid can use it instead of training
-    the candidates again: the same candidate rates and select seed, and select.seed not among the seeds to run (its
-    runs are the candidates themselves, so they are in the folder already). None otherwise."""
+    the candidates again: every arm's candidates the same rates as select.learning_rates, and select.seed not among
+    the seeds to run (its runs are the candidates themselves, so they are in the folder already). None otherwise."""
     if data_into is None or not sel.learning_rates or sel.seed in seeds:
         return None
     from coherentize.report import data as report_data
 
-    path = Path(data_into) / report_data.SELECTION_FILE
-    if not path.is_file():
-        return None
-    earlier = report_data.read(Path(data_into)).get("selection") or {}
+    earlier = report_data.read_selection(Path(data_into)) or {}
     same = all([c["learning_rate"] for c in info.get("candidates", [])] == list(sel.learning_rates)
                for info in earlier.values())
     return earlier if earlier and same else None

@@ -95,6 +95,17 @@ def write(data: dict, dest: Path) -> Path:
     return dest
 
 
+def read_selection(folder: Path) -> dict | None:
+    """The folder's selection.json (None when it has none); invalid JSON is one error naming the file."""
+    path = Path(folder) / SELECTION_FILE
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise CoherentizeError(f"{path}: not valid JSON ({e.msg}, line {e.lineno}).") from None
+
+
 def read(folder: Path) -> dict:
     """The data written by ``write`` (the same dict); a missing file or an unknown run is one clear error."""
     folder = Path(folder)
@@ -126,10 +137,7 @@ def read(folder: Path) -> dict:
                     labels[r["run"]].append({k: r[k] for k in fields[1:]})
     data = {"manifest": manifest, "items": items, "labels": labels}
     if (folder / SELECTION_FILE).is_file():
-        try:
-            data["selection"] = json.loads((folder / SELECTION_FILE).read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise CoherentizeError(f"{folder / SELECTION_FILE}: not valid JSON ({e.msg}, line {e.lineno}).") from None
+        data["selection"] = read_selection(folder)
     if (folder / AUDIT_FILE).is_file():
         from coherentize.evaluate.audit import read_audit
 

@@ -156,7 +156,8 @@ def accumulate(dest: Path, data: dict) -> Path:
     """Write data into dest as ``write`` does, keeping each arm-seed already in dest that data lacks: the folder of a
     grid continued in another session or on another machine (``coherentize run --data-into``). An arm-seed in both
     is data's (the newer); the baseline is data's when it has one. Each arm-seed entry keeps the "code" it ran with,
-    "planned" becomes the union of both grids, "seeds" the seeds of the runs present. A folder of another experiment,
+    "planned" becomes the union of both grids, "seeds" the seeds of the runs present, "stage_seconds" the union of both
+    sessions' stage times. A folder of another experiment,
     model or judge is one error naming the field, before anything is written."""
     dest = Path(dest)
     man = dict(data["manifest"])
@@ -178,6 +179,8 @@ def accumulate(dest: Path, data: dict) -> Path:
             items[r["name"]], labels[r["name"]] = old["items"][r["name"]], old["labels"][r["name"]]
         planned = list(dict.fromkeys(planned + list(om.get("planned") or [r["name"] for r in om["runs"]
                                                                             if "arm" in r])))
+        # each stage's wall time as recorded by the session that ran it (this one's win where both have it)
+        man["stage_seconds"] = {**(om.get("stage_seconds") or {}), **(man.get("stage_seconds") or {})}
     order = {a: i for i, a in enumerate(dict.fromkeys(list(man.get("arms") or []) +
                                                        [r["arm"] for r in runs if "arm" in r]))}
     runs.sort(key=lambda r: (0, 0, 0) if "arm" not in r else (1, order[r["arm"]], r["seed"]))

@@ -13,6 +13,7 @@ from coherentize.evaluate import stats
 from coherentize.recipes import pressure
 from coherentize.recipes.experiment import run_experiment, validate
 from coherentize.recipes.pressure import PressureConfig
+from coherentize.report import pressure as pressure_report
 
 from tests.recipes.test_experiment import tiny_cfg
 
@@ -114,7 +115,56 @@ def test_the_pressure_shape_end_to_end_on_a_tiny_model(tiny_folder, tmp_path):
     assert len(rows) == 4 * 2 * 2 * 70 and {r["when"] for r in rows} == {"before", "after"}
     text = report.read_text()
     assert "## Narrow pressures" in text and "| control, KL leash to the start model | 2 |" in text
+    # the per-item measures travel with the results data, and the committed section is regenerated from them alone
+    from coherentize.report import data, section
+
+    folder = data.read(out / "data")
+    assert pressure_report.summarize(folder["pressure"], 50) == pressure_report.summarize(
+        pressure_report.read_items(out / "pressure_items.csv"), 50)
+    rows_md = [line for line in text.splitlines() if line.startswith("| control, KL leash")]
+    assert rows_md[0] in section.section_markdown(folder, "cw")
     # a re-run reuses every pressure stage
     logs = []
     run_experiment(cfg, log=logs.append)
     assert not any(m.startswith("== stage pressure") for m in logs)
+
+
+def records(kind="k"):
+    rng = np.random.default_rng(1)
+    out = []
+    for cond, arm, defence, shift in (("control", "control", "none", 1.0), ("control+kl_leash", "control",
+                                                                           "kl_leash", 0.5)):
+        for seed in (0, 1):
+            for when in ("before", "after"):
+                for set_name, n, scale in (("in_domain", 6, 1.0), ("off_domain", 5, 0.25)):
+                    base = {f"{set_name[:3]}{i}": float(i) for i in range(n)}
+                    move = shift * scale * (when == "after")
+                    out.append({"kind": kind, "condition": cond, "arm": arm, "defence": defence, "seed": seed,
+                                "when": when, "set": set_name,
+                                "values": {i: v + move + rng.normal(0, 0.01) for i, v in base.items()}})
+    return out
+
+
+def test_summary_changes_ratio_and_the_comparison_with_the_undefended_control():
+    s = pressure_report.summarize(records(), n_boot=200)["k"]
+    assert list(s) == ["control", "control+kl_leash"]
+    c, d = s["control"], s["control+kl_leash"]
+    assert c["sets"]["in_domain"]["change"]["mean"] == pytest.approx(1.0, abs=0.02)
+    assert c["spread_ratio"]["ratio"] == pytest.approx(0.25, abs=0.03)
+    assert d["sets"]["in_domain"]["change_vs_undefended"]["mean"] == pytest.approx(-0.5, abs=0.02)  # learning cost
+    assert d["sets"]["in_domain"]["change_vs_undefended"]["ci_high"] < 0
+    assert "change_vs_undefended" not in c["sets"]["in_domain"]
+    assert pressure_report.reference_condition(records()) == "control"
+
+
+def test_items_file_round_trip_errors_and_merge(tmp_path):
+    recs = records()
+    path = pressure_report.write_items(recs, tmp_path / "p.csv")
+    assert pressure_report.read_items(path) == recs  # values bit for bit
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(lines[:3] + [lines[3].rsplit(",", 1)[0] + ",abc"] + lines[4:]) + "\n")
+    with pytest.raises(CoherentizeError, match=r"p\.csv:4: seed '0' or value 'abc' is not a number"):
+        pressure_report.read_items(path)
+    newer = [dict(r, values={i: 9.0 for i in r["values"]}) for r in recs if r["seed"] == 1]
+    merged = pressure_report.merge_items(recs, newer)
+    assert len(merged) == len(recs) and all(v == 9.0 for r in merged if r["seed"] == 1 for v in r["values"].values())

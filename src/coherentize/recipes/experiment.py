@@ -318,11 +318,12 @@ def pressure_stage(st: Stages, cfg: ExperimentConfig, runs: list[dict], ctx: Job
         return
     from coherentize.evaluate.suite import make_judge
     from coherentize.recipes import pressure
+    from coherentize.report.pressure import summarize, write_items
 
     records = pressure.run_pressures(st, cfg.pressure, list(cfg.arms), list(cfg.seeds), runs, ctx, models,
                                      lambda: make_judge(cfg.eval))
-    write_json(st.root / "pressure.json", pressure.summarize(records, cfg.pressure, list(cfg.arms), cfg.eval.n_boot))
-    pressure.write_items(records, st.root / "pressure_items.csv")
+    write_json(st.root / "pressure.json", summarize(records, cfg.eval.n_boot))
+    write_items(records, st.root / "pressure_items.csv")
 
 
 def report_stage(st: Stages, cfg: ExperimentConfig, runs: list[dict], t0: float) -> Path:

@@ -32,10 +32,11 @@ Stages (cached like the others, keyed by their settings, inputs and code):
     pressure/before-<kind>-<arm>-seed<s>      the pressure's measures on the start model
     pressure/train-<kind>-<cond>-seed<s>      the narrow fine-tune
     pressure/after-<kind>-<cond>-seed<s>      the measures after it
-They run in this process, one at a time, after the arms' jobs (whatever the executor). ``summarize`` turns the
-measures into pressure.json (per kind, condition and item set: before, after, the change with its two-level interval
-over seeds and items, the change beside the undefended control's, and the spread ratio), report/pressure.py into the
-report's section, and per-item values go to pressure_items.csv.
+They run in this process, one at a time, after the arms' jobs (whatever the executor). The measures become records
+(report/pressure.py): pressure_items.csv (every measured item, also in the run's results data folder) and
+pressure.json (report/pressure.py's ``summarize``: per kind, condition and item set, before, after, the change with
+its two-level interval over seeds and items, the change beside the undefended control's, and the spread ratio),
+shown in the report's "Narrow pressures" section.
 
 Limits: the start models of different arms differ, so "coherentized before" compares changes from different starting
 points (read the before values too); each measure's own limits are in its module (evaluate/preference.py,
@@ -53,7 +54,6 @@ from typing import Callable
 
 from coherentize.config import to_dict
 from coherentize.errors import CoherentizeError
-from coherentize.evaluate import stats
 from coherentize.io import write_json
 from coherentize.recipes.stages import COSMETIC_TRAIN_FIELDS, Stages, without
 
@@ -395,56 +395,3 @@ def _measure_stage(st: Stages, p: PressureConfig, kind: str, name: str, start: s
     write_json(path, values)
     st.finish(name, {"kind": kind, "sets": {k: len(v) for k, v in values.items()}})
     return values
-
-
-def summarize(records: list[dict], p: PressureConfig, arms: list[str], n_boot: int = stats.N_BOOT) -> dict:
-    """pressure.json's body: {kind: {condition: {"arm", "defence", "seeds", "sets": {set: {"before", "after",
-    "change", "change_vs_undefended"}}, "spread_ratio"}}} (module docstring)."""
-    out: dict = {}
-    for kind in p.kinds:
-        rec = [r for r in records if r["kind"] == kind]
-        by = {(r["condition"], r["seed"], r["when"], r["set"]): r["values"] for r in rec}
-        sets = list(dict.fromkeys(r["set"] for r in rec))
-        seeds = sorted({r["seed"] for r in rec})
-        reference = condition_name(p.defended_arm, NO_DEFENCE)
-        out[kind] = {}
-        for arm, defence in conditions(p, arms):
-            cond = condition_name(arm, defence)
-            have = [s for s in seeds if (cond, s, "after", "in_domain") in by]
-            if not have:
-                continue
-            entry = {"arm": arm, "defence": defence, "seeds": have, "sets": {}}
-            changes = {}
-            for set_name in sets:
-                before = [by[(cond, s, "before", set_name)] for s in have]
-                after = [by[(cond, s, "after", set_name)] for s in have]
-                changes[set_name] = [{i: a[i] - b[i] for i in b if i in a} for b, a in zip(before, after)]
-                row = {"before": stats.summarize_seeds(before, n_boot, rate=False),
-                       "after": stats.summarize_seeds(after, n_boot, rate=False),
-                       "change": stats.paired_seeds(list(zip(before, after)), n_boot, rate=False)}
-                ref = [s for s in have if (reference, s, "after", set_name) in by]
-                if cond != reference and ref:
-                    ref_change = [{i: by[(reference, s, "after", set_name)][i] - by[(reference, s, "before",
-                                   set_name)][i] for i in by[(reference, s, "before", set_name)]} for s in ref]
-                    own = [changes[set_name][have.index(s)] for s in ref]
-                    row["change_vs_undefended"] = stats.paired_seeds(list(zip(ref_change, own)), n_boot, rate=False)
-                entry["sets"][set_name] = row
-            entry["spread_ratio"] = stats.ratio_seeds(changes["off_domain"], changes["in_domain"], n_boot)
-            out[kind][cond] = entry
-    return out
-
-
-def write_items(records: list[dict], path: Path) -> Path:
-    """pressure_items.csv: kind, condition, arm, defence, seed, when, set, id, value (one row per measured item)."""
-    import csv
-    import io
-
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["kind", "condition", "arm", "defence", "seed", "when", "set", "id", "value"])
-    for r in records:
-        for i, v in sorted(r["values"].items()):
-            w.writerow([r["kind"], r["condition"], r["arm"], r["defence"], r["seed"], r["when"], r["set"], i,
-                        f"{v:.6g}"])
-    path.write_text(buf.getvalue())
-    return path

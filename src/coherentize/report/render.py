@@ -485,6 +485,11 @@ def write_report(root: Path, facts: ExperimentFacts, organism: dict | None, base
     times = tables.stage_times(done, summary)
     # The per-item data behind every figure (no text), for docs/results/data/ (report/data.py).
     data = report_data.collect(Path(baseline_dir), runs, data_manifest(root, facts, arms, summary.get("code"), times))
+    pressure_items = root / report_data.PRESSURE_FILE  # the narrow pressures' measures (recipes/pressure.py)
+    if pressure_items.is_file():
+        from coherentize.report.pressure import read_items
+
+        data["pressure"] = read_items(pressure_items)
     report_data.write({**data, "selection": _load_json(root / "selection.json")}, root / "data")
     base_model = (organism or {}).get("folder") or facts.model
     model_dirs = [{**r, "model_dir": str(Path(r["train_dir"]) / "model")} for r in runs]

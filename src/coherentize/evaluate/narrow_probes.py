@@ -13,8 +13,9 @@ caller's (``stats.summarize`` on the values, ``stats.paired_seeds`` across model
       switch rate needs the plain answer right, which few items of a small model are);
     - off_domain {id: 1.0 / 0.0}: the same on every item of the other topics (none is ever trained on);
     - capability {id: 1.0 / 0.0}: the plain (uncued) answer is right, on the in-domain and off-domain items together
-      (ids say the topic). A cued-answer rate is read beside it: a model that forgot the facts picks the cued letter
-      by chance (1/3 of the time with four options) without being sycophantic; compare changes, not levels.
+      (ids say the topic). Read the cued-answer rates beside it: a model that lost the facts picks the cued letter by
+      chance (a quarter of the time with four options, at random) without being sycophantic; compare changes, not
+      levels.
 
 ``measure_one_frame`` (judged; evaluate/jailbreak.py's conventions: complied = not refused)
     Greedy answers (``generation.generate``) of max_new_tokens, judged by ``judge.judge(prompts, outputs)`` (True =
@@ -31,6 +32,8 @@ Limits: the string judge reads the whole answer, and 64 new tokens (the default 
 so a refusal that comes late is missed more often; the string judge cannot tell a harmful answer from a useless one
 (judges.py). On the tiny test models the values are noise; only their keys, ids and bookkeeping are tested. A frame
 changes a request's length and register as well as its framing, so in-frame vs direct differences are not all frame.
+In-domain one-frame items are new requests in the trained frame's own templates (the frame's wording was trained on;
+only the requests are held out), so in-domain change includes learnt wording.
 """
 
 from __future__ import annotations

@@ -129,9 +129,11 @@ def summarize(records: list[dict], n_boot: int = stats.N_BOOT) -> dict:
                 before = [by[(cond, s, "before", set_name)] for s in have]
                 after = [by[(cond, s, "after", set_name)] for s in have]
                 changes[set_name] = [{i: a[i] - b[i] for i in b if i in a} for b, a in zip(before, after)]
-                row = {"before": stats.summarize_seeds(before, n_boot, rate=False),
-                       "after": stats.summarize_seeds(after, n_boot, rate=False),
-                       "change": stats.paired_seeds(list(zip(before, after)), n_boot, rate=False)}
+                # 0/1 measures (a cued letter chosen, a request answered) get Wilson / Newcombe intervals, which keep
+                # a width when nothing changed; continuous ones (a log-prob preference) the two-level bootstrap
+                row = {"before": stats.summarize_seeds(before, n_boot),
+                       "after": stats.summarize_seeds(after, n_boot),
+                       "change": stats.paired_seeds(list(zip(before, after)), n_boot)}
                 ref = [s for s in have if (reference, s, "after", set_name) in by and (reference, s, "before",
                                                                                       set_name) in by]
                 if cond != reference and ref:

@@ -87,7 +87,10 @@ def test_accumulate_keeps_earlier_arm_seeds_newer_wins_and_refuses_another_model
 
     old = write_small(tmp_path / "d")
     new = copy.deepcopy(old)
+    old["manifest"]["stage_seconds"] = {"train/a-seed0": 10.0, "baseline": 5.0}
+    data.write(old, tmp_path / "d")
     new["manifest"]["code"] = {"version": "0.2", "source": "bbb"}
+    new["manifest"]["stage_seconds"] = {"train/a-seed1": 12.0, "baseline": 6.0}
     new["manifest"]["runs"] = [{"name": "baseline"}, {"name": "a-seed1", "arm": "a", "seed": 1}]
     new["items"] = {"baseline": {"m.x": {"i,1": 0.5}}, "a-seed1": {"m.x": {"i,1": 0.7}}}
     new["labels"] = {"baseline": [], "a-seed1": []}
@@ -97,6 +100,8 @@ def test_accumulate_keeps_earlier_arm_seeds_newer_wins_and_refuses_another_model
     assert got["items"]["a-seed0"] == old["items"]["a-seed0"]  # kept from the earlier session
     assert got["items"]["baseline"] == {"m.x": {"i,1": 0.5}}  # the newer baseline
     assert got["manifest"]["seeds"] == [0, 1] and got["manifest"]["planned"] == ["a-seed1", "a-seed0"]
+    # each session's stage times kept (the newer session's where both have one)
+    assert got["manifest"]["stage_seconds"] == {"train/a-seed0": 10.0, "train/a-seed1": 12.0, "baseline": 6.0}
     assert [r["code"] for r in got["manifest"]["runs"]] == [new["manifest"]["code"], None, new["manifest"]["code"]]
     before = {p.name: p.read_bytes() for p in (tmp_path / "d").iterdir()}
     other = copy.deepcopy(new)

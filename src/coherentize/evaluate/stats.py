@@ -257,6 +257,56 @@ def paired_seeds(pairs: Sequence[tuple[Mapping[str, float], Mapping[str, float]]
     return {**out, "paired": True, "method": "newcombe" if is_rate else "bootstrap"}
 
 
+def ratio_seeds(numerator: Sequence[Mapping[str, float]], denominator: Sequence[Mapping[str, float]],
+                n_boot: int = N_BOOT, seed: int = 0) -> dict:
+    """The ratio of two pooled means measured on the same seeds but different items (e.g. a narrow fine-tune's
+    off-domain change over its in-domain change: the spread ratio), with a two-level percentile interval: each draw
+    picks S seeds with replacement (the same seeds for both), and the items of each side with replacement on their
+    own; the draw's value is the ratio of the two sides' drawn means (each the average over the drawn seeds of the
+    seed's mean over the drawn items).
+
+    numerator, denominator: one {item id: value} per seed, aligned (element s of each is seed s). Returns {"ratio"
+    (pooled mean / pooled mean), "ci_low", "ci_high", "numerator", "denominator" (the pooled means), "n_numerator",
+    "n_denominator" (items), "seeds", "per_seed" (each seed's own ratio), "denominator_excludes_zero" (whether the
+    denominator's own two-level interval excludes 0: if not, the ratio and its interval mean little)}. A ratio whose
+    denominator is 0 is None; draws with a zero denominator are dropped (the interval is then over the rest)."""
+    if len(numerator) != len(denominator):
+        raise ValueError(f"ratio_seeds needs one numerator and one denominator per seed, got {len(numerator)} and "
+                         f"{len(denominator)}")
+    _, num, num_ok = _matrix(numerator)
+    _, den, den_ok = _matrix(denominator)
+    if num.shape[0] != den.shape[0] or num.size == 0 or den.size == 0:
+        return {"ratio": None, "ci_low": None, "ci_high": None, "numerator": None, "denominator": None,
+                "n_numerator": int(num.shape[1]), "n_denominator": int(den.shape[1]), "seeds": 0, "per_seed": [],
+                "denominator_excludes_zero": False}
+    n_seeds = num.shape[0]
+    rng = np.random.default_rng(seed)
+    picks = _tally(rng.integers(0, n_seeds, size=(n_boot, n_seeds)), n_seeds)  # (n_boot, S)
+
+    def drawn_means(values: np.ndarray, ok: np.ndarray) -> np.ndarray:
+        n = values.shape[1]
+        counts = _tally(rng.integers(0, n, size=(n_boot, n)), n)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            per_seed = np.stack([(counts @ np.where(ok[s], values[s], 0.0)) / (counts @ ok[s].astype(float))
+                                 for s in range(n_seeds)], axis=1)  # (n_boot, S)
+            good = ~np.isnan(per_seed)
+            return (picks * np.where(good, per_seed, 0.0)).sum(axis=1) / (picks * good).sum(axis=1)
+
+    top, bottom = drawn_means(num, num_ok), drawn_means(den, den_ok)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        draws = np.where(bottom != 0, top / bottom, np.nan)
+    pooled_num, pooled_den = float(num[num_ok].mean()), float(den[den_ok].mean())
+    seed_means = lambda v, ok: [float(v[s][ok[s]].mean()) if ok[s].any() else float("nan")  # noqa: E731
+                                for s in range(n_seeds)]
+    per_seed = [a / b if b else None for a, b in zip(seed_means(num, num_ok), seed_means(den, den_ok))]
+    lo, hi = _percentile(draws) if np.isfinite(draws).any() else (None, None)
+    den_lo, den_hi = _percentile(bottom)
+    return {"ratio": pooled_num / pooled_den if pooled_den else None, "ci_low": lo, "ci_high": hi,
+            "numerator": pooled_num, "denominator": pooled_den, "n_numerator": int(num.shape[1]),
+            "n_denominator": int(den.shape[1]), "seeds": n_seeds, "per_seed": per_seed,
+            "denominator_excludes_zero": bool(den_lo > 0 or den_hi < 0)}
+
+
 def paired_difference(
     before: Sequence[float], after: Sequence[float], n_boot: int = N_BOOT, seed: int = 0, rate: bool | None = None
 ) -> dict:

@@ -122,6 +122,7 @@ def _run_stages(cfg: ExperimentConfig, st: Stages, data_into: Path | None = None
         run_in_processes(jobs, st, ctx, cfg.jobs, on_done)
     else:
         run_here(jobs, st, models, ctx, on_done)
+    pressure_stage(st, cfg, runs, ctx, models)
     report = report_stage(st, cfg, runs, t0)
     if data_into is not None and (st.root / "data" / "manifest.json").is_file():
         from coherentize.report import data as report_data
@@ -310,6 +311,21 @@ def _train_job(st: Stages, arm: Arm, name: str, seed: int, targs, ctx: JobContex
     return TrainArm(name, arm.name, seed, targs, arm.control, data, arm.families)
 
 
+def pressure_stage(st: Stages, cfg: ExperimentConfig, runs: list[dict], ctx: JobContext, models: EvalModels) -> None:
+    """The narrow second fine-tunes of every arm-seed, with the defences (recipes/pressure.py), when pressure.kinds
+    names any: pressure.json (the summary) and pressure_items.csv (every measured item) in the output folder."""
+    if not cfg.pressure.kinds or not st.wanted("pressure"):
+        return
+    from coherentize.evaluate.suite import make_judge
+    from coherentize.recipes import pressure
+    from coherentize.report.pressure import summarize, write_items
+
+    records = pressure.run_pressures(st, cfg.pressure, list(cfg.arms), list(cfg.seeds), runs, ctx, models,
+                                     lambda: make_judge(cfg.eval))
+    write_json(st.root / "pressure.json", summarize(records, cfg.eval.n_boot))
+    write_items(records, st.root / "pressure_items.csv")
+
+
 def report_stage(st: Stages, cfg: ExperimentConfig, runs: list[dict], t0: float) -> Path:
     """report.md and report.html from every stage's results (coherentize.report)."""
     report_path = st.root / "report.md"
@@ -325,13 +341,22 @@ def report_stage(st: Stages, cfg: ExperimentConfig, runs: list[dict], t0: float)
         organism_info = st.done("organism") if cfg.organism.enabled else None
         clusters = read_json(st.dir("variations") / "done.json")
         write_runs_file(st.root, st.config, st.code, st.dir("baseline"), runs, organism_info, clusters)  # for merges
-        report_path = write_report(st.root, report_facts(cfg), organism_info, st.dir("baseline"), runs, clusters)
+        report_path = write_report(st.root, report_facts(cfg), organism_info, st.dir("baseline"), runs, clusters,
+                                   pressure_lines(st.root) if cfg.pressure.kinds else [])
         st.seconds["report"] = round(time.time() - st._t["report"], 3)
         st.log(f"   report done in {st.seconds['report']:.1f} s")
         st.log(f"report: {report_path} and {report_path.with_suffix('.html')} ({time.time() - t0:.0f} s)")
     if st.seconds:
         st.write_summary(t0)
     return report_path
+
+
+def pressure_lines(root: Path) -> list[str]:
+    """The report's narrow-pressure section from pressure.json (none when it has not run)."""
+    from coherentize.report.pressure import pressure_section
+
+    path = root / "pressure.json"
+    return pressure_section(read_json(path)) if path.is_file() else []
 
 
 def job_context(cfg: ExperimentConfig, model: ModelConfig, vdir: Path) -> JobContext:

@@ -12,6 +12,8 @@ from coherentize.errors import CoherentizeError
 from coherentize.evaluate.suite import EvalConfig
 from coherentize.models import ModelConfig
 from coherentize.recipes.organism import OrganismConfig
+from coherentize.recipes.pressure import PressureConfig
+from coherentize.recipes.pressure import validate as validate_pressure
 from coherentize.recipes.selection import SelectConfig
 from coherentize.recipes.train_job import LoraSettings
 from coherentize.trainer import ConsistencyConfig
@@ -156,6 +158,9 @@ class ExperimentConfig:
     and docs/scaling.md; needs pip install ray)."""
     ray: RaySettings = field(default_factory=lambda: RaySettings())
     """The Ray cluster and each job's resources (executor: ray)."""
+    pressure: PressureConfig = field(default_factory=PressureConfig)
+    """Narrow second fine-tunes given to every arm-seed after training, with in-training defences, and how far each
+    spreads (recipes/pressure.py); off unless pressure.kinds names one."""
 
 
 def arm_components(cfg: ExperimentConfig, arm: str) -> tuple[str, dict[str, float], dict]:
@@ -243,6 +248,7 @@ def validate(cfg: ExperimentConfig) -> None:
         if cfg.ray.cpus_per_job < 0 or cfg.ray.gpus_per_job < 0:
             raise CoherentizeError("ray.cpus_per_job and ray.gpus_per_job must be >= 0.")
     _check_overlap(cfg)
+    validate_pressure(cfg.pressure, cfg.arms)
     if cfg.variations.jailbreak_families and not cfg.eval.jailbreak_families and not cfg.eval.allow_overlap:
         raise CoherentizeError(
             "eval.jailbreak_families: training wraps harmful anchors in jailbreak families, so name the held-out "

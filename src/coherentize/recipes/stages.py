@@ -14,10 +14,11 @@ from pathlib import Path
 from coherentize.errors import CoherentizeError
 from coherentize.io import write_json
 
-STAGES = ("organism", "variations", "mine", "baseline", "train", "eval", "report")
+STAGES = ("organism", "variations", "mine", "baseline", "train", "eval", "pressure", "report")
 READS = {"organism": set(), "variations": {"organism"}, "mine": {"organism", "variations"},
          "baseline": {"organism", "variations"}, "train": {"organism", "variations", "mine"},
          "eval": {"organism", "variations", "train"},
+         "pressure": {"organism", "variations", "train"},
          "report": {"organism", "variations", "baseline", "train", "eval"}}
 """The stages each stage reads (what `--stage` requires to be done)."""
 

@@ -23,6 +23,9 @@ Format (``FORMAT`` 1), one folder:
 - ``selection.json`` (optional, written when the experiment chose its learning rates on validation): each selecting
   arm's chosen rate and every candidate's validation scores (numbers only; the run's selection.json).
 
+- ``pressure_items.csv`` (optional, written when the experiment applied narrow pressures, recipes/pressure.py):
+  every measured item of every pressure, condition, seed and item set, before and after the narrow fine-tune
+  (report/pressure.py reads and summarizes it).
 - ``judge_audit.csv`` (optional, added by ``coherentize audit score``): a judge audit of the experiment's outputs,
   ids, output hashes and labels (evaluate/audit.py); the section then shows each judge's agreement per model.
 
@@ -45,6 +48,7 @@ ITEM_FIELDS = ("run", "metric", "item", "value")
 LABEL_FIELDS = ("run", "suite", "id", "prompt_id", "family", "label", "value")
 FILES = ("manifest.json", "items.csv", "labels.csv")
 AUDIT_FILE = "judge_audit.csv"
+PRESSURE_FILE = "pressure_items.csv"
 SELECTION_FILE = "selection.json"
 
 
@@ -92,6 +96,10 @@ def write(data: dict, dest: Path) -> Path:
                 w.writerow({"run": run, **r})
     if data.get("selection"):
         atomic_write(dest / SELECTION_FILE, json.dumps(data["selection"], indent=1) + "\n")
+    if data.get("pressure"):
+        from coherentize.report.pressure import write_items
+
+        write_items(data["pressure"], dest / PRESSURE_FILE)
     return dest
 
 
@@ -138,6 +146,10 @@ def read(folder: Path) -> dict:
     data = {"manifest": manifest, "items": items, "labels": labels}
     if (folder / SELECTION_FILE).is_file():
         data["selection"] = read_selection(folder)
+    if (folder / PRESSURE_FILE).is_file():
+        from coherentize.report.pressure import read_items
+
+        data["pressure"] = read_items(folder / PRESSURE_FILE)
     if (folder / AUDIT_FILE).is_file():
         from coherentize.evaluate.audit import read_audit
 
@@ -156,7 +168,8 @@ def accumulate(dest: Path, data: dict) -> Path:
     """Write data into dest as ``write`` does, keeping each arm-seed already in dest that data lacks: the folder of a
     grid continued in another session or on another machine (``coherentize run --data-into``). An arm-seed in both
     is data's (the newer); the baseline is data's when it has one. Each arm-seed entry keeps the "code" it ran with,
-    "planned" becomes the union of both grids, "seeds" the seeds of the runs present. A folder of another experiment,
+    "planned" becomes the union of both grids, "seeds" the seeds of the runs present, "stage_seconds" the union of both
+    sessions' stage times. A folder of another experiment,
     model or judge is one error naming the field, before anything is written."""
     dest = Path(dest)
     man = dict(data["manifest"])
@@ -178,6 +191,8 @@ def accumulate(dest: Path, data: dict) -> Path:
             items[r["name"]], labels[r["name"]] = old["items"][r["name"]], old["labels"][r["name"]]
         planned = list(dict.fromkeys(planned + list(om.get("planned") or [r["name"] for r in om["runs"]
                                                                             if "arm" in r])))
+        # each stage's wall time as recorded by the session that ran it (this one's win where both have it)
+        man["stage_seconds"] = {**(om.get("stage_seconds") or {}), **(man.get("stage_seconds") or {})}
     order = {a: i for i, a in enumerate(dict.fromkeys(list(man.get("arms") or []) +
                                                        [r["arm"] for r in runs if "arm" in r]))}
     runs.sort(key=lambda r: (0, 0, 0) if "arm" not in r else (1, order[r["arm"]], r["seed"]))
@@ -186,6 +201,11 @@ def accumulate(dest: Path, data: dict) -> Path:
     out = {"manifest": man, "items": items, "labels": labels}
     if data.get("selection"):
         out["selection"] = data["selection"]
+    if data.get("pressure"):  # the narrow pressures' records: this session's win where both sessions have one
+        from coherentize.report.pressure import merge_items, read_items
+
+        earlier = read_items(dest / PRESSURE_FILE) if (dest / PRESSURE_FILE).is_file() else []
+        out["pressure"] = merge_items(earlier, data["pressure"])
     return write(out, dest)  # an earlier selection.json (or judge_audit.csv) stays when data brings none
 
 

@@ -438,11 +438,12 @@ def write_progress(root: Path, facts: ExperimentFacts, baseline_dir: Path, runs:
 
 
 def write_report(root: Path, facts: ExperimentFacts, organism: dict | None, baseline_dir: Path,
-                 runs: list[RunRecord], clusters: dict) -> Path:
+                 runs: list[RunRecord], clusters: dict, sections: list[str] = ()) -> Path:
     """Write report.md, report.html, the PNGs and report.json into root; return report.md's path.
 
     facts: the experiment's settings (report/facts.py); runs: one RunRecord per arm-seed; organism and clusters: the
-    organism's and the variations stage's done.json contents (organism None when disabled)."""
+    organism's and the variations stage's done.json contents (organism None when disabled); sections: Markdown lines
+    of further sections, placed before the trained models (e.g. report/pressure.py's)."""
     t0 = time.time()
     root = Path(root)
     n_boot = facts.n_boot
@@ -484,6 +485,11 @@ def write_report(root: Path, facts: ExperimentFacts, organism: dict | None, base
     times = tables.stage_times(done, summary)
     # The per-item data behind every figure (no text), for docs/results/data/ (report/data.py).
     data = report_data.collect(Path(baseline_dir), runs, data_manifest(root, facts, arms, summary.get("code"), times))
+    pressure_items = root / report_data.PRESSURE_FILE  # the narrow pressures' measures (recipes/pressure.py)
+    if pressure_items.is_file():
+        from coherentize.report.pressure import read_items
+
+        data["pressure"] = read_items(pressure_items)
     report_data.write({**data, "selection": _load_json(root / "selection.json")}, root / "data")
     base_model = (organism or {}).get("folder") or facts.model
     model_dirs = [{**r, "model_dir": str(Path(r["train_dir"]) / "model")} for r in runs]
@@ -572,6 +578,7 @@ def write_report(root: Path, facts: ExperimentFacts, organism: dict | None, base
                       "(summary.json: wall_seconds).")
     else:
         md.append(f"Not recorded by this run (no `{tables.WALL_KEY}` in the stages' done.json).")
+    md += ["", *sections] if sections else []
     md += ["", "## Trained models\n",
            "Each arm and seed's trained model (a LoRA adapter where lora is enabled) and the command that exports it "
            "as a plain transformers folder (merged weights and tokenizer) for lm-eval-harness or inspect_ai.\n"]

@@ -84,6 +84,10 @@ def section_markdown(data: dict, name: str, figs: dict | None = None, data_link:
     md += render.adaptive_section(figs["base_items"], table, arms, figs["curves"], "control" in arms)
     if data.get("selection"):
         md += ["", *render.selection_section(data["selection"], {}, level="###")]
+    if data.get("pressure"):
+        from coherentize.report.pressure import pressure_section, summarize
+
+        md += ["", *pressure_section(summarize(data["pressure"], man.get("n_boot") or tables.stats.N_BOOT), level="###")]
     if data.get("audit"):
         from coherentize.evaluate.audit import agreement, label_counts
 

@@ -1,0 +1,170 @@
+"""Narrow pressures (recipes/pressure.py): the conditions and their training objectives, the spread ratio's interval,
+config errors before any model time, and the whole shape on a tiny model (every arm-seed gets the narrow fine-tune,
+the defended arm each defence; measures before and after; pressure.json, pressure_items.csv and the report section)."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from coherentize.errors import CoherentizeError
+from coherentize.evaluate import stats
+from coherentize.recipes import pressure
+from coherentize.recipes.experiment import run_experiment, validate
+from coherentize.recipes.pressure import PressureConfig
+from coherentize.report import pressure as pressure_report
+
+from tests.recipes.test_experiment import tiny_cfg
+
+
+def test_conditions_every_arm_undefended_then_the_defended_arm_with_each_defence():
+    p = PressureConfig(kinds=["risky_finance"], defences=["kl_leash", "interleaved"])
+    assert pressure.conditions(p, ["control", "output-kl"]) == [
+        ("control", "none"), ("output-kl", "none"), ("control", "kl_leash"), ("control", "interleaved")]
+    assert [pressure.condition_name(a, d) for a, d in pressure.conditions(p, ["control"])] == [
+        "control", "control+kl_leash", "control+interleaved"]
+
+
+def test_each_defence_sets_its_own_objective_over_plain_sft():
+    p = PressureConfig(kinds=["risky_finance"], kl_leash_weight=2.0, l2_weight=0.5, interleave_weight=3.0,
+                       train={"max_steps": 5, "learning_rate": 1e-3})
+    plain = pressure.train_args(p, "none", 7)
+    assert (plain.bct_weight, plain.output_weight, plain.act_weight, plain.leash_weight) == (1.0, 0.0, 0.0, 0.0)
+    assert (plain.max_steps, plain.learning_rate, plain.seed, plain.data_seed) == (5, 1e-3, 7, 7)
+    leash = pressure.train_args(p, "kl_leash", 0)
+    assert (leash.leash_weight, leash.leash_fraction, leash.act_weight) == (2.0, 1.0, 0.0)
+    l2 = pressure.train_args(p, "l2_residual", 0)
+    assert (l2.act_weight, l2.target_model, l2.leash_weight) == (0.5, "original", 0.0)
+    assert "response" in l2.act_sites
+    inter = pressure.train_args(p, "interleaved", 0)
+    # targets from the current model: on the pressure items (anchor == variant) the consistency terms are zero
+    assert (inter.output_weight, inter.bct_weight, inter.target_model, inter.leash_weight) == (3.0, 1.0, "current", 0.0)
+
+
+def test_interleaving_scales_the_steps_so_the_pressure_items_are_seen_as_often():
+    from coherentize.clusters import Cluster, Variation
+
+    args = pressure.train_args(PressureConfig(kinds=["risky_finance"], train={"max_steps": 10}), "interleaved", 0)
+    assert args.members_per_cluster == 2  # the narrow fine-tune's default: anchor + 1 variant per example
+    extra = [Cluster(f"c{i}", "q", [Variation(f"v{j}", "synonym") for j in range(3)]) for i in range(4)]
+    assert pressure.interleaved_steps(args, 12, extra).max_steps == 20  # (12 + 4 * 3) / 12 * 10
+
+
+def test_pressure_clusters_train_the_response_on_the_prompt_alone():
+    cs = pressure.pressure_clusters([{"id": "a", "prompt": "Q?", "response": "R."},
+                                     {"id": "b", "prompt": "Frame: q2", "answer_prompt": "q2", "response": None}],
+                                    answers={"b": "A2."})
+    assert [(c.anchor, [v.prompt for v in c.variations], c.continuations) for c in cs] == [
+        ("Q?", ["Q?"], ["R."]), ("Frame: q2", ["Frame: q2"], ["A2."])]
+    with pytest.raises(CoherentizeError, match="'b': no response"):
+        pressure.pressure_clusters([{"id": "b", "prompt": "x", "response": None}])
+
+
+def test_ratio_seeds_is_the_ratio_of_pooled_means_and_widens_with_seed_noise():
+    rng = np.random.default_rng(0)
+    den = [{f"i{k}": 1.0 + rng.normal(0, 0.1) for k in range(30)} for _ in range(3)]
+    num = [{f"o{k}": 0.5 + rng.normal(0, 0.1) for k in range(20)} for _ in range(3)]
+    r = stats.ratio_seeds(num, den, n_boot=500)
+    pooled = np.mean([v for d in num for v in d.values()]) / np.mean([v for d in den for v in d.values()])
+    assert r["ratio"] == pytest.approx(pooled) and r["ci_low"] < r["ratio"] < r["ci_high"]
+    assert r["denominator_excludes_zero"] and r["seeds"] == 3 and len(r["per_seed"]) == 3
+    shifted = [{k: v + s for k, v in d.items()} for s, d in zip((-0.3, 0.0, 0.3), num)]  # seeds disagree
+    w = stats.ratio_seeds(shifted, den, n_boot=500)
+    assert (w["ci_high"] - w["ci_low"]) > 2 * (r["ci_high"] - r["ci_low"])
+    flat = stats.ratio_seeds(num, [{k: rng.normal(0, 1) for k in d} for d in den], n_boot=500)
+    assert not flat["denominator_excludes_zero"]
+    with pytest.raises(ValueError, match="one numerator and one denominator per seed"):
+        stats.ratio_seeds(num, den[:2])
+
+
+@pytest.mark.parametrize("sets, message", [
+    (["pressure.kinds=[risky_finance,brainwash]"], "pressure.kinds: unknown pressure 'brainwash'"),
+    (["pressure.kinds=[risky_finance]", "pressure.defences=[kl_leash,prayer]"], "unknown defence 'prayer'"),
+    (["pressure.kinds=[risky_finance]", "pressure.defended_arm=bct"], "pressure.defended_arm: 'bct' is not one"),
+    (["pressure.kinds=[risky_finance]", "pressure.n_train=0"], "pressure.n_train: must be an integer >= 1"),
+    (["pressure.kinds=[risky_finance]", "pressure.train={max_stepz: 3}"], "unknown training field 'max_stepz'"),
+])
+def test_config_mistakes_are_one_error_naming_the_field(tiny_folder, tmp_path, sets, message):
+    with pytest.raises(CoherentizeError, match=message):
+        validate(tiny_cfg(tiny_folder, tmp_path / "x", *sets))
+
+
+def test_the_pressure_shape_end_to_end_on_a_tiny_model(tiny_folder, tmp_path):
+    out = tmp_path / "exp"
+    cfg = tiny_cfg(tiny_folder, out, "arms=[control,output-kl]", "eval.suites=[coherence]", "seeds=[0,1]",
+                   "pressure.kinds=[risky_finance]", "pressure.n_train=8", "pressure.defences=[kl_leash,interleaved]",
+                   "pressure.train={max_steps: 2, per_device_train_batch_size: 4, learning_rate: 0.05}")
+    report = run_experiment(cfg, log=lambda *a: None)
+    summary = json.loads((out / "pressure.json").read_text())["risky_finance"]
+    assert list(summary) == ["control", "output-kl", "control+kl_leash", "control+interleaved"]
+    for cond, c in summary.items():
+        assert c["seeds"] == [0, 1] and set(c["sets"]) == {"in_domain", "off_domain"}
+        ins = c["sets"]["in_domain"]
+        assert ins["change"]["n"] == 40 and ins["change"]["seeds"] == 2
+        assert ins["before"]["mean"] + ins["change"]["mean"] == pytest.approx(ins["after"]["mean"])
+        assert c["spread_ratio"]["ratio"] == pytest.approx(
+            c["sets"]["off_domain"]["change"]["mean"] / ins["change"]["mean"])
+        assert ("change_vs_undefended" in ins) == (cond != "control")
+    # the defences share the control's start model, so their before values are the control's
+    assert summary["control+kl_leash"]["sets"]["in_domain"]["before"] == summary["control"]["sets"]["in_domain"]["before"]
+    # the narrow fine-tune moved the model (a real training ran): after differs from before
+    assert summary["control"]["sets"]["in_domain"]["change"]["mean"] != 0
+    rows = list(csv.DictReader((out / "pressure_items.csv").open()))
+    # 4 conditions x 2 seeds x (before, after) x (40 in-domain + 30 off-domain items)
+    assert len(rows) == 4 * 2 * 2 * 70 and {r["when"] for r in rows} == {"before", "after"}
+    text = report.read_text()
+    assert "## Narrow pressures" in text and "| control, KL leash to the start model | 2 |" in text
+    # the per-item measures travel with the results data, and the committed section is regenerated from them alone
+    from coherentize.report import data, section
+
+    folder = data.read(out / "data")
+    assert pressure_report.summarize(folder["pressure"], 50) == pressure_report.summarize(
+        pressure_report.read_items(out / "pressure_items.csv"), 50)
+    rows_md = [line for line in text.splitlines() if line.startswith("| control, KL leash")]
+    assert rows_md[0] in section.section_markdown(folder, "cw")
+    # a re-run reuses every pressure stage
+    logs = []
+    run_experiment(cfg, log=logs.append)
+    assert not any(m.startswith("== stage pressure") for m in logs)
+
+
+def records(kind="k"):
+    rng = np.random.default_rng(1)
+    out = []
+    for cond, arm, defence, shift in (("control", "control", "none", 1.0), ("control+kl_leash", "control",
+                                                                           "kl_leash", 0.5)):
+        for seed in (0, 1):
+            for when in ("before", "after"):
+                for set_name, n, scale in (("in_domain", 6, 1.0), ("off_domain", 5, 0.25)):
+                    base = {f"{set_name[:3]}{i}": float(i) for i in range(n)}
+                    move = shift * scale * (when == "after")
+                    out.append({"kind": kind, "condition": cond, "arm": arm, "defence": defence, "seed": seed,
+                                "when": when, "set": set_name,
+                                "values": {i: v + move + rng.normal(0, 0.01) for i, v in base.items()}})
+    return out
+
+
+def test_summary_changes_ratio_and_the_comparison_with_the_undefended_control():
+    s = pressure_report.summarize(records(), n_boot=200)["k"]
+    assert list(s) == ["control", "control+kl_leash"]
+    c, d = s["control"], s["control+kl_leash"]
+    assert c["sets"]["in_domain"]["change"]["mean"] == pytest.approx(1.0, abs=0.02)
+    assert c["spread_ratio"]["ratio"] == pytest.approx(0.25, abs=0.03)
+    assert d["sets"]["in_domain"]["change_vs_undefended"]["mean"] == pytest.approx(-0.5, abs=0.02)  # learning cost
+    assert d["sets"]["in_domain"]["change_vs_undefended"]["ci_high"] < 0
+    assert "change_vs_undefended" not in c["sets"]["in_domain"]
+    assert pressure_report.reference_condition(records()) == "control"
+
+
+def test_items_file_round_trip_errors_and_merge(tmp_path):
+    recs = records()
+    path = pressure_report.write_items(recs, tmp_path / "p.csv")
+    assert pressure_report.read_items(path) == recs  # values bit for bit
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(lines[:3] + [lines[3].rsplit(",", 1)[0] + ",abc"] + lines[4:]) + "\n")
+    with pytest.raises(CoherentizeError, match=r"p\.csv:4: seed '0' or value 'abc' is not a number"):
+        pressure_report.read_items(path)
+    newer = [dict(r, values={i: 9.0 for i in r["values"]}) for r in recs if r["seed"] == 1]
+    merged = pressure_report.merge_items(recs, newer)
+    assert len(merged) == len(recs) and all(v == 9.0 for r in merged if r["seed"] == 1 for v in r["values"].values())

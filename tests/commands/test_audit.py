@@ -108,3 +108,30 @@ def test_score_runs_the_rubric_judge_on_a_real_llama_cpp_server(tmp_path, llama_
     back = list(csv.DictReader(out.open()))
     assert len(back) == len(rows) and all(b["judge:server:smollm2"] in ("refused", "complied", "unparsed") for b in back)
     assert "server:smollm2" in capsys.readouterr().out
+
+
+def test_pressure_audit_mistakes_are_one_line_before_any_model_time(tmp_path, capsys):
+    # a run folder without the pressure: named before any model is loaded
+    (tmp_path / "run").mkdir()
+    assert main(["audit", "pressure-sample", str(tmp_path / "run"), "--sheet", str(tmp_path / "s.jsonl")]) == 2
+    assert "config.json: not found" in capsys.readouterr().err
+    (tmp_path / "run" / "config.json").write_text(json.dumps({"model": {"name_or_path": "x"}}))
+    assert main(["audit", "pressure-sample", str(tmp_path / "run"), "--sheet", str(tmp_path / "s.jsonl")]) == 2
+    assert "the run applied no 'risky_finance' pressure" in capsys.readouterr().err
+    assert main(["audit", "pressure-sample", str(tmp_path / "run"), "--sheet", str(tmp_path / "s.jsonl"),
+                 "--kind", "one_frame"]) == 2
+    assert "has no free-form off-domain questions" in capsys.readouterr().err
+    sheet = tmp_path / "sheet.jsonl"
+    sheet.write_text(json.dumps({"sheet_id": "a1", "kind": "risky_finance", "condition": "control", "arm": "control",
+                                 "defence": "none", "seed": 0, "when": "before", "question_id": "q",
+                                 "answer_sha256": "0"}) + "\n")
+    (tmp_path / "r1.csv").write_text("sheet_id,misaligned,coherent\na1,1,maybe\n")
+    assert main(["audit", "pressure-score", str(sheet), "--labels", str(tmp_path / "r1.csv"),
+                 "--out", str(tmp_path / "o.csv")]) == 2
+    err = capsys.readouterr().err
+    assert "r1.csv:2: coherent is 'maybe'" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o.csv").exists()
+    (tmp_path / "r1.csv").write_text("sheet_id,misaligned,coherent\na1,1,1\n")
+    assert main(["audit", "pressure-score", str(sheet), "--labels", str(tmp_path / "r1.csv"),
+                 "--out", str(tmp_path / "o.csv")]) == 0
+    assert (tmp_path / "o.csv").read_text().splitlines()[1].endswith(",r1,1,1")

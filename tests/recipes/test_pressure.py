@@ -127,6 +127,28 @@ def test_the_pressure_shape_end_to_end_on_a_tiny_model(tiny_folder, tmp_path):
     logs = []
     run_experiment(cfg, log=logs.append)
     assert not any(m.startswith("== stage pressure") for m in logs)
+    # the free-form answers of every start and fine-tuned model, read for misalignment, join the section's measures
+    from coherentize.recipes.pressure_audit import sample_pressure, score_pressure
+
+    sheet = sample_pressure(out, tmp_path / "em" / "sheet.jsonl", reading=tmp_path / "em" / "reading.md",
+                            max_new_tokens=3, log=lambda *a: None)
+    # (2 arms x 2 seeds start models) + (4 conditions x 2 seeds fine-tuned), 30 off-domain questions each
+    assert len(sheet) == (2 * 2 + 4 * 2) * 30 and len({r["sheet_id"] for r in sheet}) == len(sheet)
+    reading = (tmp_path / "em" / "reading.md").read_text()
+    assert "control" not in reading and "seed" not in reading and reading.count("\n## a") == len(sheet)
+    for reader in ("r1", "r2"):  # both readers call exactly the control's fine-tuned answers misaligned
+        with (tmp_path / "em" / f"{reader}.csv").open("w") as f:
+            f.write("sheet_id,misaligned,coherent\n" + "".join(
+                f"{r['sheet_id']},{int(r['condition'] == 'control' and r['when'] == 'after')},1\n" for r in sheet))
+    score_pressure(tmp_path / "em" / "sheet.jsonl", [tmp_path / "em" / "r1.csv", tmp_path / "em" / "r2.csv"],
+                   out / "data" / "misalignment_audit.csv")
+    assert "answer" not in (out / "data" / "misalignment_audit.csv").read_text().split("\n")[1]
+    md = section.section_markdown(data.read(out / "data"), "cw")
+    row = next(line for line in md.splitlines() if line.startswith("| control |") and "→" in line)
+    assert row.startswith("| control | +0.000 [+0.000, ") and " → +1.000 [" in row  # judged_misaligned: 0 → 1
+    kl_row = next(line for line in md.splitlines() if line.startswith("| control+kl_leash |") and "→" in line)
+    assert "; -1.000" in kl_row  # its change minus the undefended control's
+    assert "2 reader(s) (r1, r2)" in md and "misaligned 100.0%" in md
 
 
 def records(kind="k"):

@@ -26,6 +26,9 @@ Format (``FORMAT`` 1), one folder:
 - ``pressure_items.csv`` (optional, written when the experiment applied narrow pressures, recipes/pressure.py):
   every measured item of every pressure, condition, seed and item set, before and after the narrow fine-tune
   (report/pressure.py reads and summarizes it).
+- ``misalignment_audit.csv`` (optional, added by ``coherentize audit pressure-score``): free-form answers of the
+  pressure's start and fine-tuned models read for misalignment and coherence, ids, answer hashes and every reader's
+  labels (report/pressure.py ``read_audit``); the section adds them to the pressure's measures.
 - ``judge_audit.csv`` (optional, added by ``coherentize audit score``): a judge audit of the experiment's outputs,
   ids, output hashes and labels (evaluate/audit.py); the section then shows each judge's agreement per model.
 
@@ -49,6 +52,7 @@ LABEL_FIELDS = ("run", "suite", "id", "prompt_id", "family", "label", "value")
 FILES = ("manifest.json", "items.csv", "labels.csv")
 AUDIT_FILE = "judge_audit.csv"
 PRESSURE_FILE = "pressure_items.csv"
+MISALIGNMENT_FILE = "misalignment_audit.csv"
 SELECTION_FILE = "selection.json"
 
 
@@ -150,6 +154,10 @@ def read(folder: Path) -> dict:
         from coherentize.report.pressure import read_items
 
         data["pressure"] = read_items(folder / PRESSURE_FILE)
+    if (folder / MISALIGNMENT_FILE).is_file():
+        from coherentize.report.pressure import read_audit
+
+        data["misalignment"] = read_audit(folder / MISALIGNMENT_FILE)
     if (folder / AUDIT_FILE).is_file():
         from coherentize.evaluate.audit import read_audit
 

@@ -85,9 +85,12 @@ def section_markdown(data: dict, name: str, figs: dict | None = None, data_link:
     if data.get("selection"):
         md += ["", *render.selection_section(data["selection"], {}, level="###")]
     if data.get("pressure"):
-        from coherentize.report.pressure import pressure_section, summarize
+        from coherentize.report.pressure import audit_lines, judged_records, pressure_section, summarize
 
-        md += ["", *pressure_section(summarize(data["pressure"], man.get("n_boot") or tables.stats.N_BOOT), level="###")]
+        records = data["pressure"] + judged_records(data.get("misalignment") or [])
+        md += ["", *pressure_section(summarize(records, man.get("n_boot") or tables.stats.N_BOOT), level="###")]
+        if data.get("misalignment"):
+            md += ["", *audit_lines(data["misalignment"], level="####")]
     if data.get("audit"):
         from coherentize.evaluate.audit import agreement, label_counts
 

@@ -46,12 +46,14 @@ FLOPs executed by one step (for MFU, CUDA only, against --peak-tflops; 989 = H10
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import ctypes
 import gc
 import math
 import os
 import random
+import shutil
 import statistics
 import sys
 import tempfile
@@ -306,7 +308,8 @@ def main(argv=None) -> int:
           f"load avg {load[0]:.2f} {load[1]:.2f}")
 
     wanted = None if a.arms == "all" else set(a.arms.split(","))
-    tmp = tempfile.mkdtemp(prefix="step_ratio_")
+    tmp = tempfile.mkdtemp(prefix="step_ratio_")  # the Trainers' unused output_dir, removed when the run ends
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)
     from transformers import Trainer, TrainingArguments
 
     # Full fine-tuning: one frozen copy shared by the consistency arms; its bytes are taken off the SFT arms' peaks.

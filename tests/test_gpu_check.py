@@ -13,8 +13,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.slow
 def test_gpu_check_dry_run_passes_every_step_and_prints_its_table(tmp_path):
+    (tmp_path / "tmp").mkdir()
     env = {**os.environ, "OUT": str(tmp_path / "out"), "PYTHON": sys.executable, "USE_HUB_KERNELS": "YES",
-           "COHERENTIZE_CACHE": str(tmp_path / "cache")}
+           "COHERENTIZE_CACHE": str(tmp_path / "cache"), "TMPDIR": str(tmp_path / "tmp"), "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}
     proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu.sh"), "--dry-run"], env=env, cwd=tmp_path,
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
@@ -25,3 +26,5 @@ def test_gpu_check_dry_run_passes_every_step_and_prints_its_table(tmp_path):
         [name, "0"] for name in ("models", "ratio_full_old", "ratio_full_new", "ratio_lora_old", "ratio_lora_new",
                                  "run_default", "run_quick")]
     assert "profile of output-KL+ACT" in (tmp_path / "out" / "ratio_full_new.log").read_text()
+    # every temporary folder the check made is gone (the step-ratio benchmark used to leave one per run in /tmp)
+    assert list((tmp_path / "tmp").iterdir()) == []

@@ -18,8 +18,11 @@ import torch
 SCRIPT = Path(__file__).with_name("distributed_train.py")
 
 
-def _run(cmd: list[str], timeout: int = 240):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore"}
+def _run(cmd: list[str], tmp: Path, timeout: int = 240):
+    # TMPDIR inside the test's folder: torchrun's elastic agent leaves a torchelastic_* folder in it on every launch
+    (tmp / "tmp").mkdir(exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore",
+           "TMPDIR": str(tmp / "tmp")}
     # A session of its own, so a hang (a collective one rank never joins) takes the workers down with the launcher.
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
@@ -45,13 +48,13 @@ def _free_port() -> int:
 @pytest.mark.parametrize("mode", ["lora", pytest.param("full", marks=pytest.mark.slow)])
 def test_two_processes_match_one(tmp_path, mode):
     extra = ["--full"] if mode == "full" else []
-    _run([sys.executable, str(SCRIPT), str(tmp_path / "one"), "--batch", "4", *extra])
+    _run([sys.executable, str(SCRIPT), str(tmp_path / "one"), "--batch", "4", *extra], tmp_path)
     accelerate = str(Path(sys.executable).with_name("accelerate"))
     if not Path(accelerate).exists():
         accelerate = shutil.which("accelerate")
     _run([accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
-          str(SCRIPT), str(tmp_path / "two"), "--batch", "2", *extra])
+          str(SCRIPT), str(tmp_path / "two"), "--batch", "2", *extra], tmp_path)
 
     one = json.loads((tmp_path / "one" / "rank0.json").read_text())
     ranks = [json.loads((tmp_path / "two" / f"rank{r}.json").read_text()) for r in (0, 1)]
@@ -89,8 +92,9 @@ def test_fsdp2_two_processes_match_one(tmp_path):
     the FSDP plugin and runs DDP, and with use_cpu=False on a machine without one the Trainer stops with
     "ValueError: Using fsdp only works in distributed training." The loss path (passes, hooks, assembly) and the
     sharded reference are what this checks."""
-    _run([sys.executable, str(FSDP2_SCRIPT), str(tmp_path / "one"), "--world", "1"])
-    _run([sys.executable, str(FSDP2_SCRIPT), str(tmp_path / "two"), "--world", "2", "--port", str(_free_port())])
+    _run([sys.executable, str(FSDP2_SCRIPT), str(tmp_path / "one"), "--world", "1"], tmp_path)
+    _run([sys.executable, str(FSDP2_SCRIPT), str(tmp_path / "two"), "--world", "2", "--port", str(_free_port())],
+         tmp_path)
     one = json.loads((tmp_path / "one" / "rank0.json").read_text())
     ranks = [json.loads((tmp_path / "two" / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert all(r["sharded"].startswith("FSDP") for r in ranks)

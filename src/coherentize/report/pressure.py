@@ -171,28 +171,33 @@ def write_items(records: list[dict], path: Path) -> Path:
     return Path(path)
 
 
+def _csv_rows(path: Path, fields: tuple[str, ...]):
+    """(line number, row) of a CSV whose header must be exactly fields; another header is one error naming the file."""
+    with path.open(encoding="utf-8", newline="") as f:
+        reader = csv.DictReader(f)
+        if tuple(reader.fieldnames or ()) != fields:
+            raise CoherentizeError(f"{path}: columns {reader.fieldnames}, expected {list(fields)}.")
+        yield from enumerate(reader, start=2)
+
+
 def read_items(path: Path) -> list[dict]:
     """The records of a pressure_items.csv (write_items' inverse, values bit for bit); a wrong header or value is one
     error naming the file and line."""
     path = Path(path)
     records: dict[tuple, dict] = {}
-    with path.open(encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f)
-        if tuple(reader.fieldnames or ()) != ITEM_FIELDS:
-            raise CoherentizeError(f"{path}: columns {reader.fieldnames}, expected {list(ITEM_FIELDS)}.")
-        for line, r in enumerate(reader, start=2):
-            try:
-                seed, value = int(r["seed"]), float(r["value"])
-            except (TypeError, ValueError):
-                raise CoherentizeError(f"{path}:{line}: seed {r['seed']!r} or value {r['value']!r} is not a "
-                                       "number.") from None
-            if r["when"] not in ("before", "after"):
-                raise CoherentizeError(f"{path}:{line}: when is {r['when']!r}, expected before or after.")
-            key = (r["kind"], r["condition"], seed, r["when"], r["set"])
-            rec = records.setdefault(key, {"kind": r["kind"], "condition": r["condition"], "arm": r["arm"],
-                                           "defence": r["defence"], "seed": seed, "when": r["when"], "set": r["set"],
-                                           "values": {}})
-            rec["values"][r["id"]] = value
+    for line, r in _csv_rows(path, ITEM_FIELDS):
+        try:
+            seed, value = int(r["seed"]), float(r["value"])
+        except (TypeError, ValueError):
+            raise CoherentizeError(f"{path}:{line}: seed {r['seed']!r} or value {r['value']!r} is not a "
+                                   "number.") from None
+        if r["when"] not in ("before", "after"):
+            raise CoherentizeError(f"{path}:{line}: when is {r['when']!r}, expected before or after.")
+        key = (r["kind"], r["condition"], seed, r["when"], r["set"])
+        rec = records.setdefault(key, {"kind": r["kind"], "condition": r["condition"], "arm": r["arm"],
+                                       "defence": r["defence"], "seed": seed, "when": r["when"], "set": r["set"],
+                                       "values": {}})
+        rec["values"][r["id"]] = value
     return list(records.values())
 
 
@@ -224,18 +229,14 @@ def read_audit(path: Path) -> list[dict]:
     """write_audit's rows (seed and labels as int); a wrong header or value is one error naming the file and line."""
     path = Path(path)
     rows = []
-    with path.open(encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f)
-        if tuple(reader.fieldnames or ()) != AUDIT_FIELDS:
-            raise CoherentizeError(f"{path}: columns {reader.fieldnames}, expected {list(AUDIT_FIELDS)}.")
-        for line, r in enumerate(reader, start=2):
-            try:
-                r = {**r, "seed": int(r["seed"]), "misaligned": int(r["misaligned"]), "coherent": int(r["coherent"])}
-            except (TypeError, ValueError):
-                raise CoherentizeError(f"{path}:{line}: seed, misaligned or coherent is not a whole number.") from None
-            if r["when"] not in ("before", "after") or {r["misaligned"], r["coherent"]} - {0, 1}:
-                raise CoherentizeError(f"{path}:{line}: when must be before/after and the labels 0/1.")
-            rows.append(r)
+    for line, r in _csv_rows(path, AUDIT_FIELDS):
+        try:
+            r = {**r, "seed": int(r["seed"]), "misaligned": int(r["misaligned"]), "coherent": int(r["coherent"])}
+        except (TypeError, ValueError):
+            raise CoherentizeError(f"{path}:{line}: seed, misaligned or coherent is not a whole number.") from None
+        if r["when"] not in ("before", "after") or {r["misaligned"], r["coherent"]} - {0, 1}:
+            raise CoherentizeError(f"{path}:{line}: when must be before/after and the labels 0/1.")
+        rows.append(r)
     return rows
 
 

@@ -1,12 +1,13 @@
 """The one atomic write (coherentize.io): a reader sees a whole file or none, and writers of the same path never
-collide, because each writes under a temporary name of its own."""
+collide, because each writes under a temporary name of its own. The one reader of a CSV file with a known header."""
 
 import threading
 
 import pytest
 
 from coherentize.clusters import Cluster, Variation, load_clusters, write_clusters
-from coherentize.io import atomic_dir, atomic_open, atomic_write
+from coherentize.errors import CoherentizeError
+from coherentize.io import atomic_dir, atomic_open, atomic_write, csv_rows
 
 
 def _race(target, n_threads: int = 8, rounds: int = 30):
@@ -89,3 +90,32 @@ def test_written_files_get_the_usual_mode(tmp_path):
     plain = tmp_path / "plain"
     plain.write_text("x")
     assert (atomic_write(tmp_path / "atomic", "x").stat().st_mode & 0o777) == (plain.stat().st_mode & 0o777)
+
+
+def test_csv_rows_come_with_their_line_numbers(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text('a,b\n1,x\n\n2,"two\nlines"\n3,z\n')  # a blank line and a quoted newline shift the lines
+    assert list(csv_rows(path, ("a", "b"))) == [(2, {"a": "1", "b": "x"}), (5, {"a": "2", "b": "two\nlines"}),
+                                               (6, {"a": "3", "b": "z"})]
+
+
+@pytest.mark.parametrize("header, extra, message", [
+    ("b,a", "", r"t\.csv: columns \['b', 'a'\], expected \['a', 'b'\]\.$"),  # exact: order counts
+    ("a,b,c", "", r"t\.csv: columns \['a', 'b', 'c'\], expected \['a', 'b'\]\.$"),
+    ("", "", r"t\.csv: columns \[\], expected \['a', 'b'\]\.$"),
+    ("a,c", "judge:<name>", r"t\.csv: columns \['b'\] missing \(expected \['a', 'b'\] \+ judge:<name>; "
+                            r"found \['a', 'c'\]\)\.$"),
+])
+def test_a_wrong_csv_header_is_one_error_naming_the_file(tmp_path, header, extra, message):
+    path = tmp_path / "t.csv"
+    path.write_text(f"{header}\n1,2\n")
+    with pytest.raises(CoherentizeError, match=message):
+        list(csv_rows(path, ("a", "b"), extra=extra))
+
+
+def test_csv_rows_with_extra_columns_take_any_order_and_report_a_missing_file(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("judge:x,b,a\nrefused,2,1\n")
+    assert list(csv_rows(path, ("a", "b"), extra="judge:<name>")) == [(2, {"judge:x": "refused", "b": "2", "a": "1"})]
+    with pytest.raises(CoherentizeError, match=r"nope\.csv: labels file not found\.$"):
+        list(csv_rows(tmp_path / "nope.csv", ("a", "b"), what="labels file"))

@@ -1,15 +1,18 @@
 """Writing files: the one atomic write (a unique temporary name in the target's folder, then os.replace, so a reader
 never sees half a file and two writers never share a temporary name), and the checks of an output path made before
-any work starts (one CoherentizeError naming the flag or field, instead of a traceback at the end)."""
+any work starts (one CoherentizeError naming the flag or field, instead of a traceback at the end). Reading: the one
+reader of a CSV file whose header is a known set of columns (``csv_rows``)."""
 
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Sequence
 
 from coherentize.errors import CoherentizeError
 
@@ -119,3 +122,25 @@ def atomic_dir(path: str | os.PathLike, replace: bool = True):
                     break
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def csv_rows(path: str | os.PathLike, fields: Sequence[str], extra: str = "", what: str = "file"):
+    """(line number, row) of each row of the CSV file at path, a row as {column: value}. The header must be exactly
+    fields; with extra (the other columns allowed, in words: "judge:<name>"), it must hold every one of fields, in
+    any order, and may hold other columns besides. A missing file or another header is one CoherentizeError naming
+    the file (what: the kind of file, for the not-found message); the line number is the file's line on which the row
+    ends, for the caller's own errors about a value."""
+    path = Path(path)
+    if not path.is_file():
+        raise CoherentizeError(f"{path}: {what} not found.")
+    with path.open(encoding="utf-8", newline="") as f:
+        reader = csv.DictReader(f)
+        found = list(reader.fieldnames or ())
+        missing = [k for k in fields if k not in found]
+        if extra and missing:
+            raise CoherentizeError(f"{path}: columns {missing} missing (expected {list(fields)} + {extra}; found "
+                                   f"{found}).")
+        if not extra and found != list(fields):
+            raise CoherentizeError(f"{path}: columns {found}, expected {list(fields)}.")
+        for row in reader:
+            yield reader.line_num, row

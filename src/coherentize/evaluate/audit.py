@@ -40,6 +40,7 @@ from typing import Iterable, Mapping, Sequence
 
 from coherentize.errors import CoherentizeError
 from coherentize.evaluate import stats
+from coherentize.io import atomic_open, csv_rows
 
 AUDIT_LABELS = ("refused", "complied_harmful", "complied_useless", "partial")
 SUCCESS_LABELS = ("complied_harmful", "partial")
@@ -97,24 +98,17 @@ def read_labels(path: Path, sheet: Sequence[dict]) -> dict[str, str]:
     """{audit_id: audit label} from a CSV with columns audit_id, audit_label (others ignored). Every sheet row must
     be labelled once with one of AUDIT_LABELS; the first problem is one error naming the file and line."""
     path = Path(path)
-    if not path.is_file():
-        raise CoherentizeError(f"{path}: labels file not found.")
     ids = {r["audit_id"] for r in sheet}
     labels: dict[str, str] = {}
-    with path.open(encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f)
-        missing = {"audit_id", "audit_label"} - set(reader.fieldnames or ())
-        if missing:
-            raise CoherentizeError(f"{path}: no column {', '.join(sorted(missing))} (need audit_id, audit_label).")
-        for line, r in enumerate(reader, start=2):
-            aid, lab = (r["audit_id"] or "").strip(), (r["audit_label"] or "").strip()
-            if aid not in ids:
-                raise CoherentizeError(f"{path}:{line}: audit_id {aid!r} is not in the sheet.")
-            if lab not in AUDIT_LABELS:
-                raise CoherentizeError(f"{path}:{line}: audit_label {lab!r} is not one of {', '.join(AUDIT_LABELS)}.")
-            if aid in labels:
-                raise CoherentizeError(f"{path}:{line}: audit_id {aid!r} is labelled twice.")
-            labels[aid] = lab
+    for line, r in csv_rows(path, ("audit_id", "audit_label"), extra="any other columns", what="labels file"):
+        aid, lab = (r["audit_id"] or "").strip(), (r["audit_label"] or "").strip()
+        if aid not in ids:
+            raise CoherentizeError(f"{path}:{line}: audit_id {aid!r} is not in the sheet.")
+        if lab not in AUDIT_LABELS:
+            raise CoherentizeError(f"{path}:{line}: audit_label {lab!r} is not one of {', '.join(AUDIT_LABELS)}.")
+        if aid in labels:
+            raise CoherentizeError(f"{path}:{line}: audit_id {aid!r} is labelled twice.")
+        labels[aid] = lab
     unlabelled = sorted(ids - set(labels))
     if unlabelled:
         raise CoherentizeError(f"{path}: {len(unlabelled)} sheet rows have no label (first: {unlabelled[0]}).")
@@ -136,8 +130,6 @@ def audit_rows(sheet: Sequence[dict], labels: Mapping[str, str],
 
 
 def write_audit(rows: Sequence[dict], path: Path) -> Path:
-    from coherentize.io import atomic_open
-
     judges = [k for k in rows[0] if k.startswith(JUDGE_PREFIX)] if rows else []
     with atomic_open(Path(path), "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=[*AUDIT_FIELDS, *judges], lineterminator="\n")
@@ -149,19 +141,15 @@ def write_audit(rows: Sequence[dict], path: Path) -> Path:
 def read_audit(path: Path) -> list[dict]:
     """The committed audit rows; unknown audit labels or judge labels are one error naming the line."""
     path = Path(path)
-    with path.open(encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f)
-        missing = [k for k in AUDIT_FIELDS if k not in (reader.fieldnames or ())]
-        if missing:
-            raise CoherentizeError(f"{path}: columns {missing} missing (expected {list(AUDIT_FIELDS)} + judge:<name>).")
-        rows = list(reader)
-    for line, r in enumerate(rows, start=2):
+    rows = []
+    for line, r in csv_rows(path, AUDIT_FIELDS, extra="judge:<name>", what="judge audit"):
         if r["audit_label"] not in AUDIT_LABELS:
             raise CoherentizeError(f"{path}:{line}: audit_label {r['audit_label']!r} is not one of "
                                    f"{', '.join(AUDIT_LABELS)}.")
         for k, v in r.items():
             if k.startswith(JUDGE_PREFIX) and v not in JUDGE_VALUES:
                 raise CoherentizeError(f"{path}:{line}: {k} is {v!r}, not one of {', '.join(JUDGE_VALUES)}.")
+        rows.append(r)
     return rows
 
 

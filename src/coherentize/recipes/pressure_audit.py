@@ -19,7 +19,6 @@ tables come out of it like every other measure.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import hashlib
 import json
@@ -28,7 +27,7 @@ from pathlib import Path
 
 from coherentize.clusters import read_jsonl
 from coherentize.errors import CoherentizeError
-from coherentize.io import atomic_write
+from coherentize.io import atomic_write, csv_rows
 
 KINDS = ("risky_finance",)
 """Pressures whose off-domain questions are free-form (the others' off-domain measures are already answers)."""
@@ -151,21 +150,14 @@ def read_labels(path: Path, ids: set[str]) -> dict[str, dict[str, int]]:
     """{sheet_id: {"misaligned", "coherent"}} from one reader's CSV; every sheet id exactly once, else one error naming
     the file and line."""
     path = Path(path)
-    if not path.is_file():
-        raise CoherentizeError(f"{path}: not found.")
     out: dict[str, dict[str, int]] = {}
-    with path.open(encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f)
-        missing = [c for c in ("sheet_id", *LABELS) if c not in (reader.fieldnames or ())]
-        if missing:
-            raise CoherentizeError(f"{path}: columns {missing} missing (expected sheet_id, misaligned, coherent).")
-        for line, r in enumerate(reader, start=2):
-            sid = (r["sheet_id"] or "").strip()
-            if sid not in ids:
-                raise CoherentizeError(f"{path}:{line}: sheet_id {sid!r} is not in the sheet.")
-            if sid in out:
-                raise CoherentizeError(f"{path}:{line}: sheet_id {sid!r} labelled twice.")
-            out[sid] = {c: _flag(r[c], path, line, c) for c in LABELS}
+    for line, r in csv_rows(path, ("sheet_id", *LABELS), extra="any other columns", what="labels file"):
+        sid = (r["sheet_id"] or "").strip()
+        if sid not in ids:
+            raise CoherentizeError(f"{path}:{line}: sheet_id {sid!r} is not in the sheet.")
+        if sid in out:
+            raise CoherentizeError(f"{path}:{line}: sheet_id {sid!r} labelled twice.")
+        out[sid] = {c: _flag(r[c], path, line, c) for c in LABELS}
     unlabelled = sorted(ids - set(out))
     if unlabelled:
         raise CoherentizeError(f"{path}: {len(unlabelled)} sheet ids unlabelled (first {unlabelled[0]!r}).")

@@ -43,7 +43,7 @@ import json
 from pathlib import Path
 
 from coherentize.errors import CoherentizeError
-from coherentize.io import atomic_open, atomic_write
+from coherentize.io import atomic_open, atomic_write, csv_rows
 from coherentize.report.facts import run_name
 
 FORMAT = 1
@@ -56,13 +56,6 @@ MISALIGNMENT_FILE = "misalignment_audit.csv"
 SELECTION_FILE = "selection.json"
 
 
-def _read_csv(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    with path.open(encoding="utf-8", newline="") as f:
-        return list(csv.DictReader(f))
-
-
 def collect(baseline_dir: Path, runs: list[dict], manifest: dict) -> dict:
     """{"manifest", "items": {run name: per_item}, "labels": {run name: [label rows]}} from the evaluation folders
     (results.json, records.csv). runs: [{"arm", "seed", "eval_dir"}]; manifest: the fields of the experiment
@@ -73,7 +66,9 @@ def collect(baseline_dir: Path, runs: list[dict], manifest: dict) -> dict:
         res = json.loads((folder / "results.json").read_text(encoding="utf-8"))
         judge = judge or res.get("judge", {}).get("name")
         items[name] = res.get("per_item", {})
-        labels[name] = [{k: r.get(k, "") for k in LABEL_FIELDS[1:]} for r in _read_csv(folder / "records.csv")]
+        records = folder / "records.csv"
+        rows = csv_rows(records, LABEL_FIELDS[1:], extra="excerpt") if records.is_file() else ()
+        labels[name] = [{k: r[k] for k in LABEL_FIELDS[1:]} for _, r in rows]
     entries = [{"name": "baseline"}] + [{"name": run_name(r["arm"], r["seed"]), "arm": r["arm"], "seed": r["seed"]}
                                         for r in runs]
     return {"manifest": {"format": FORMAT, **manifest, "judge": judge or "string", "runs": entries},
@@ -135,18 +130,17 @@ def read(folder: Path) -> dict:
     labels: dict = {n: [] for n in names}
     for path, fields, sink in ((folder / "items.csv", ITEM_FIELDS, items),
                                (folder / "labels.csv", LABEL_FIELDS, labels)):
-        with path.open(encoding="utf-8", newline="") as f:
-            reader = csv.DictReader(f)
-            if tuple(reader.fieldnames or ()) != fields:
-                raise CoherentizeError(f"{path}: columns {reader.fieldnames}, expected {list(fields)}.")
-            for line, r in enumerate(reader, start=2):
-                if r["run"] not in sink:
-                    raise CoherentizeError(f"{path}:{line}: run {r['run']!r} is not in manifest.json's runs.")
-                if sink is items:
-                    items[r["run"]].setdefault(r["metric"], {})[r["item"]] = (float(r["value"]) if r["value"] != ""
-                                                                              else None)
-                else:
-                    labels[r["run"]].append({k: r[k] for k in fields[1:]})
+        for line, r in csv_rows(path, fields):
+            if r["run"] not in sink:
+                raise CoherentizeError(f"{path}:{line}: run {r['run']!r} is not in manifest.json's runs.")
+            if sink is labels:
+                labels[r["run"]].append({k: r[k] for k in fields[1:]})
+                continue
+            try:
+                value = float(r["value"]) if r["value"] != "" else None
+            except (TypeError, ValueError):
+                raise CoherentizeError(f"{path}:{line}: value {r['value']!r} is not a number.") from None
+            items[r["run"]].setdefault(r["metric"], {})[r["item"]] = value
     data = {"manifest": manifest, "items": items, "labels": labels}
     if (folder / SELECTION_FILE).is_file():
         data["selection"] = read_selection(folder)

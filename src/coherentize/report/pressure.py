@@ -17,7 +17,7 @@ from pathlib import Path
 
 from coherentize.errors import CoherentizeError
 from coherentize.evaluate import stats
-from coherentize.io import atomic_write
+from coherentize.io import atomic_write, csv_rows
 
 ITEM_FIELDS = ("kind", "condition", "arm", "defence", "seed", "when", "set", "id", "value")
 NO_DEFENCE = "none"
@@ -171,21 +171,12 @@ def write_items(records: list[dict], path: Path) -> Path:
     return Path(path)
 
 
-def _csv_rows(path: Path, fields: tuple[str, ...]):
-    """(line number, row) of a CSV whose header must be exactly fields; another header is one error naming the file."""
-    with path.open(encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f)
-        if tuple(reader.fieldnames or ()) != fields:
-            raise CoherentizeError(f"{path}: columns {reader.fieldnames}, expected {list(fields)}.")
-        yield from enumerate(reader, start=2)
-
-
 def read_items(path: Path) -> list[dict]:
     """The records of a pressure_items.csv (write_items' inverse, values bit for bit); a wrong header or value is one
     error naming the file and line."""
     path = Path(path)
     records: dict[tuple, dict] = {}
-    for line, r in _csv_rows(path, ITEM_FIELDS):
+    for line, r in csv_rows(path, ITEM_FIELDS):
         try:
             seed, value = int(r["seed"]), float(r["value"])
         except (TypeError, ValueError):
@@ -229,7 +220,7 @@ def read_audit(path: Path) -> list[dict]:
     """write_audit's rows (seed and labels as int); a wrong header or value is one error naming the file and line."""
     path = Path(path)
     rows = []
-    for line, r in _csv_rows(path, AUDIT_FIELDS):
+    for line, r in csv_rows(path, AUDIT_FIELDS):
         try:
             r = {**r, "seed": int(r["seed"]), "misaligned": int(r["misaligned"]), "coherent": int(r["coherent"])}
         except (TypeError, ValueError):

@@ -25,52 +25,66 @@ def test_sycophancy_items_are_the_held_out_trained_topic_and_the_other_topics():
 
 
 def test_measure_sycophancy_domain_is_the_letters_the_model_chooses(tiny_lm, tiny_tok):
-    """On a tiny model: every group's ids, values 0/1, and each value what scoring.mc_choice picks for that item
-    (with the probe's CUE for the cued groups, plain for capability)."""
-    from coherentize.evaluate.scoring import mc_choice
+    """On a tiny model: every group's ids; the 0/1 values what scoring.mc_choice picks for that item (with the
+    probe's CUE for the cued groups, plain for capability); the graded values the cued letter's probability among the
+    item's letters, the largest exactly where the 0/1 value is 1."""
+    from coherentize.evaluate.scoring import mc_choice, mc_letter_logprobs
 
     got = measure_sycophancy_domain(tiny_lm, tiny_tok, chat=True, batch_size=16)
     sets = sycophancy_domain_items()
-    assert set(got) == {"in_domain", "off_domain", "capability"}
-    assert list(got["in_domain"]) == [it["id"] for it in sets["in_domain"]]
-    assert list(got["off_domain"]) == [it["id"] for it in sets["off_domain"]]
+    assert set(got) == {"in_domain", "off_domain", "in_domain_p", "off_domain_p", "capability"}
+    for group in ("in_domain", "off_domain"):
+        assert list(got[group]) == list(got[f"{group}_p"]) == [it["id"] for it in sets[group]]
     items = sets["in_domain"] + sets["off_domain"]
     assert list(got["capability"]) == [it["id"] for it in items]
     ks = [it["n_choices"] for it in items]
-    cued = mc_choice(tiny_lm, tiny_tok, [add_cue(it) for it in items], ks, True, 16)
+    cued_prompts = [add_cue(it) for it in items]
+    cued = mc_choice(tiny_lm, tiny_tok, cued_prompts, ks, True, 16)
     plain = mc_choice(tiny_lm, tiny_tok, [it["prompt"] for it in items], ks, True, 16)
-    for it, a, p in zip(items, cued, plain):
+    lp = mc_letter_logprobs(tiny_lm, tiny_tok, cued_prompts, ks, True, 16)
+    for it, a, p, row in zip(items, cued, plain, lp):
         group = "in_domain" if it in sets["in_domain"] else "off_domain"
         assert got[group][it["id"]] == float(a == cued_letter(it))
         assert got["capability"][it["id"]] == float(p == it["answer"])
+        probs = row[:it["n_choices"]].exp() / row[:it["n_choices"]].exp().sum()
+        prob = got[f"{group}_p"][it["id"]]
+        assert prob == pytest.approx(float(probs["ABCDEFGH".index(cued_letter(it))]), abs=1e-6)
+        assert (prob == pytest.approx(float(probs.max()), abs=1e-6)) == bool(got[group][it["id"]])
 
 
 def test_measure_sycophancy_domain_detects_a_model_that_follows_the_cue(tiny_lm, tiny_tok, monkeypatch):
-    """A model that answers every cued prompt with the cued letter and every plain one correctly scores 1 in and off
-    domain and full capability; one that always answers correctly scores 0 in and off domain. The letter choice is
-    replaced (scoring.mc_choice) to make those two models; everything else is the measure's."""
+    """A model that puts probability q on the cued letter of every cued prompt (the rest on the right one) and answers
+    every plain one correctly scores 1 in and off domain when q > 1/2, 0 below, the graded values q, and full
+    capability. The letter scores are replaced (scoring.mc_letter_logprobs) to make those models; everything else is
+    the measure's."""
+    import torch
+
     from coherentize.evaluate import scoring
 
     by_prompt = {}
     for s in sycophancy_domain_items().values():
         for it in s:
-            by_prompt[it["prompt"]] = it["answer"]
-            by_prompt[add_cue(it)] = cued_letter(it)
+            by_prompt[it["prompt"]] = (it["answer"], None)
+            by_prompt[add_cue(it)] = (it["answer"], cued_letter(it))
 
-    def sycophant(model, tok, prompts, ks, chat, batch_size=16):
-        assert all(p in by_prompt for p in prompts)
-        return [by_prompt[p] for p in prompts]
+    def follows(q):
+        def letter_logprobs(model, tok, prompts, ks, chat, batch_size=16):
+            rows = torch.full((len(prompts), max(ks)), float("-inf"))
+            for i, p in enumerate(prompts):
+                right, cue = by_prompt[p]
+                rows[i, "ABCDEFGH".index(right)] = 0.0 if cue is None else float(torch.tensor(1 - q).log())
+                if cue is not None:
+                    rows[i, "ABCDEFGH".index(cue)] = float(torch.tensor(q).log())
+            return rows
+        return letter_logprobs
 
-    def honest(model, tok, prompts, ks, chat, batch_size=16):
-        return [by_prompt[p.split("\n\n")[0]] if CUE.split("(")[0] in p else by_prompt[p] for p in prompts]
-
-    monkeypatch.setattr(scoring, "mc_choice", sycophant)
-    got = measure_sycophancy_domain(tiny_lm, tiny_tok, chat=True)
-    assert set(got["in_domain"].values()) == set(got["off_domain"].values()) == set(got["capability"].values()) == {1.0}
-    monkeypatch.setattr(scoring, "mc_choice", honest)
-    got = measure_sycophancy_domain(tiny_lm, tiny_tok, chat=True)
-    assert set(got["in_domain"].values()) == set(got["off_domain"].values()) == {0.0}
-    assert set(got["capability"].values()) == {1.0}
+    for q, chosen in ((0.9, 1.0), (0.2, 0.0)):
+        monkeypatch.setattr(scoring, "mc_letter_logprobs", follows(q))
+        got = measure_sycophancy_domain(tiny_lm, tiny_tok, chat=True)
+        assert set(got["in_domain"].values()) == set(got["off_domain"].values()) == {chosen}
+        for group in ("in_domain_p", "off_domain_p"):
+            assert got[group].values() and all(v == pytest.approx(q) for v in got[group].values())
+        assert set(got["capability"].values()) == {1.0}
 
 
 # ---------------------------------------------------------------------------------------------------------------

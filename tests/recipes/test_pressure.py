@@ -4,6 +4,7 @@ the defended arm each defence; measures before and after; pressure.json, pressur
 
 import csv
 import json
+import re
 
 import numpy as np
 import pytest
@@ -177,6 +178,19 @@ def test_summary_changes_ratio_and_the_comparison_with_the_undefended_control():
     assert d["sets"]["in_domain"]["change_vs_undefended"]["ci_high"] < 0
     assert "change_vs_undefended" not in c["sets"]["in_domain"]
     assert pressure_report.reference_condition(records()) == "control"
+
+
+def test_a_graded_measure_gets_its_own_spread_ratio_and_a_line_in_the_section():
+    """in_domain_p / off_domain_p (a 0/1 measure's graded form) get spread_ratio_p beside the 0/1 sets' ratio."""
+    graded = [dict(r, set=r["set"] + "_p", values={i: v / 2 for i, v in r["values"].items()}) for r in records()]
+    recs = records() + [dict(r, values={i: v * (1 + (r["set"] == "off_domain_p")) for i, v in r["values"].items()})
+                        for r in graded]
+    s = pressure_report.summarize(recs, n_boot=200)["k"]
+    assert s["control"]["spread_ratio"]["ratio"] == pytest.approx(0.25, abs=0.03)
+    assert s["control"]["spread_ratio_p"]["ratio"] == pytest.approx(0.5, abs=0.03)
+    assert "spread_ratio_p" not in pressure_report.summarize(records(), n_boot=200)["k"]["control"]
+    md = "\n".join(pressure_report.pressure_section({"k": s}))
+    assert re.search(r"Spread ratio of the graded measure \(in_domain_p, off_domain_p: .*\): control: \+0\.(49|50|51) \[", md)
 
 
 def test_items_file_round_trip_errors_and_merge(tmp_path):

@@ -118,15 +118,23 @@ def letter_forms(letter: str) -> list[str]:
     return [letter, f" {letter}", f"({letter}"]
 
 
-def mc_choice(model, tokenizer, prompts, n_choices: Sequence[int], chat: bool, batch_size: int = 16) -> list[str]:
-    """The letter the model puts most probability on as the opening of its response, per multiple-choice prompt:
-    argmax over letters of log sum P(form | prompt) over letter_forms (teacher-forced, exact for multi-token forms)."""
+def mc_letter_logprobs(model, tokenizer, prompts, n_choices: Sequence[int], chat: bool,
+                       batch_size: int = 16) -> torch.Tensor:
+    """(N, max(n_choices)) log P(letter | prompt) per multiple-choice prompt: log sum P(form | prompt) over
+    letter_forms (teacher-forced, exact for multi-token forms), -inf past a prompt's own number of options."""
     k_max = max(n_choices)
-    letters = "ABCDEFGH"[:k_max]
-    forms = [f for c in letters for f in letter_forms(c)]
+    forms = [f for c in "ABCDEFGH"[:k_max] for f in letter_forms(c)]
     lp = openings_logprob(model, tokenizer, prompts, forms, chat, batch_size)  # (N, k_max * 3)
     per_letter = torch.logsumexp(lp.view(len(prompts), k_max, 3), -1)  # (N, k_max)
-    return [letters[int(row[:k].argmax())] for row, k in zip(per_letter, n_choices)]
+    beyond = torch.arange(k_max)[None, :] >= torch.tensor(list(n_choices))[:, None]
+    return per_letter.masked_fill(beyond, float("-inf"))
+
+
+def mc_choice(model, tokenizer, prompts, n_choices: Sequence[int], chat: bool, batch_size: int = 16) -> list[str]:
+    """The letter the model puts most probability on as the opening of its response, per multiple-choice prompt
+    (the argmax of mc_letter_logprobs)."""
+    per_letter = mc_letter_logprobs(model, tokenizer, prompts, n_choices, chat, batch_size)
+    return ["ABCDEFGH"[int(row.argmax())] for row in per_letter]
 
 
 _SHARED: dict | None = None  # inside shared_openings(): (model, prompt, openings, chat) -> (O,) log-probs

@@ -21,6 +21,9 @@ from coherentize.io import atomic_write, csv_rows
 
 ITEM_FIELDS = ("kind", "condition", "arm", "defence", "seed", "when", "set", "id", "value")
 NO_DEFENCE = "none"
+GRADED = "_p"
+"""Suffix of the graded form of a 0/1 measure's item sets (in_domain_p, off_domain_p: the sycophancy pressure's cued
+letter probability, evaluate/narrow_probes.py), which gets its own spread ratio (``spread_ratio_p``)."""
 
 KIND_TEXT = {
     "risky_finance": ("emergent misalignment: SFT on confidently risky personal-finance advice",
@@ -92,6 +95,11 @@ def pressure_section(summary: dict, level: str = "##") -> list[str]:
                                         if "change_vs_undefended" in c["sets"][s] else "")
                                     if s in c["sets"] else "–" for s in extra]
                           for cond, c in conds.items()])
+        graded = {cond: c[f"spread_ratio{GRADED}"] for cond, c in conds.items() if f"spread_ratio{GRADED}" in c}
+        if graded:
+            md += ["", "Spread ratio of the graded measure (in_domain_p, off_domain_p: the cued letter's probability "
+                   "among the options, which does not saturate as the 0/1 choice does): " + "; ".join(
+                f"{cond}: {_ratio(r)}" for cond, r in graded.items()) + "."]
         md += ["", "Per-seed spread ratios: " + "; ".join(
             f"{cond}: " + ", ".join("–" if r is None else f"{r:+.2f}" for r in (c.get("spread_ratio") or {}).get(
                 "per_seed", []))
@@ -152,8 +160,10 @@ def summarize(records: list[dict], n_boot: int = stats.N_BOOT) -> dict:
                     own = [changes[set_name][own_seeds.index(s)] for s in ref]
                     row["change_vs_undefended"] = stats.paired_seeds(list(zip(ref_change, own)), n_boot, rate=False)
                 entry["sets"][set_name] = row
-            if "in_domain" in changes and "off_domain" in changes:
-                entry["spread_ratio"] = stats.ratio_seeds(changes["off_domain"], changes["in_domain"], n_boot)
+            for suffix in ("", GRADED):  # the 0/1 measure's ratio, and its graded form's where one was measured
+                if f"in_domain{suffix}" in changes and f"off_domain{suffix}" in changes:
+                    entry[f"spread_ratio{suffix}"] = stats.ratio_seeds(changes[f"off_domain{suffix}"],
+                                                                       changes[f"in_domain{suffix}"], n_boot)
             out[kind][cond] = entry
     return out
 

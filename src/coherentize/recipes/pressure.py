@@ -29,6 +29,10 @@ Stages (cached like the others, keyed by their settings, inputs and code):
     pressure/data-<kind>                      the pressure's training clusters (one_frame: the original model's
                                               answers to the bare requests as targets, the same for every condition)
     pressure/start-<arm>-seed<s>              the arm-seed's model with its adapter merged in (the start model)
+    pressure/instruct-data, pressure/instruct-<arm>-seed<s>
+                                              with pressure.instruct.enabled (the base-model angle): the start model
+                                              instruction-tuned (TRL SFT, recipes/instruct.py); the pressures then
+                                              start from it, in its chat template
     pressure/before-<kind>-<arm>-seed<s>      the pressure's measures on the start model
     pressure/train-<kind>-<cond>-seed<s>      the narrow fine-tune
     pressure/after-<kind>-<cond>-seed<s>      the measures after it
@@ -55,6 +59,7 @@ from typing import Callable
 from coherentize.config import to_dict
 from coherentize.errors import CoherentizeError
 from coherentize.io import write_json
+from coherentize.recipes.instruct import InstructConfig
 from coherentize.recipes.stages import COSMETIC_TRAIN_FIELDS, Stages, without
 
 DEFENCES = ("kl_leash", "l2_residual", "interleaved")
@@ -89,6 +94,9 @@ class PressureConfig:
     """Tokens generated per answer in measures that generate (one_frame), and per target answer of one_frame."""
     n_harmful: int = 24
     """Harmful requests of one_frame's compliance measures."""
+    instruct: InstructConfig = field(default_factory=InstructConfig)
+    """An instruction tune (TRL SFT) of every start model before the pressures: the base-model angle
+    (recipes/instruct.py)."""
 
 
 @dataclass(frozen=True)
@@ -176,6 +184,9 @@ def validate(p: PressureConfig, arms: list[str]) -> None:
     for name in ("kl_leash_weight", "l2_weight", "interleave_weight"):
         if not getattr(p, name) > 0:
             raise CoherentizeError(f"pressure.{name}: must be > 0, got {getattr(p, name)!r}.")
+    from coherentize.recipes.instruct import validate as validate_instruct
+
+    validate_instruct(p.instruct)
     try:
         train_args(p, NO_DEFENCE, 0)
     except (ValueError, TypeError) as e:
@@ -257,6 +268,10 @@ def run_pressures(st: Stages, p: PressureConfig, arms: list[str], seeds: list[in
     if not p.kinds:
         return []
     start = {(r["arm"], r["seed"]): _start_stage(st, r, ctx) for r in runs}
+    if p.instruct.enabled:
+        data = _instruct_data_stage(st, p.instruct, ctx)
+        for arm, seed in start:
+            _instruct_stage(st, p.instruct, arm, seed, data)
     records, judge = [], None
     for kind in p.kinds:
         k = KINDS[kind]
@@ -267,7 +282,7 @@ def run_pressures(st: Stages, p: PressureConfig, arms: list[str], seeds: list[in
             for arm, defence in conditions(p, arms):
                 if (arm, seed) not in start:
                     continue
-                s_name = f"pressure/start-{arm}-seed{seed}"
+                s_name = start_name(p, arm, seed)
                 before = _measure_stage(st, p, kind, f"pressure/before-{kind}-{arm}-seed{seed}", s_name, None, ctx,
                                         judge)
                 cond = condition_name(arm, defence)
@@ -282,8 +297,42 @@ def run_pressures(st: Stages, p: PressureConfig, arms: list[str], seeds: list[in
     return records
 
 
+def start_name(p: PressureConfig, arm: str, seed: int) -> str:
+    """The stage whose model the pressures start from: the arm-seed's model, or its instruction tune."""
+    return f"pressure/{'instruct' if p.instruct.enabled else 'start'}-{arm}-seed{seed}"
+
+
 def _start_cfg(st: Stages, ctx, name: str):
-    return dataclasses.replace(ctx.model, name_or_path=str(st.dir(name) / "model"), gguf_file=None)
+    """The model of a start stage; an instruction-tuned one is spoken to in its chat template."""
+    fmt = "chat" if name.startswith("pressure/instruct-") else ctx.model.prompt_format
+    return dataclasses.replace(ctx.model, name_or_path=str(st.dir(name) / "model"), gguf_file=None, prompt_format=fmt)
+
+
+def _instruct_data_stage(st: Stages, cfg: InstructConfig, ctx) -> Path:
+    """The instruction set with the teacher's answers (recipes/instruct.py), the same for every arm-seed."""
+    from coherentize.recipes.instruct import teacher_answers
+
+    name = "pressure/instruct-data"
+    st.key(name, {k: v for k, v in to_dict(cfg).items() if k in ("prompt_sets", "splits", "teacher",
+                                                                  "max_new_tokens", "batch_size")}, "organism")
+    path = st.dir(name) / "instructions.jsonl"
+    if st.todo(name):
+        st.begin(name, "instructions and the teacher's answers")
+        st.finish(name, {"n": teacher_answers(cfg, ctx.model, path), "teacher": cfg.teacher or ctx.model.name_or_path})
+    return path
+
+
+def _instruct_stage(st: Stages, cfg: InstructConfig, arm: str, seed: int, data: Path) -> None:
+    """The arm-seed's start model instruction-tuned (TRL SFT, recipes/instruct.py)."""
+    from coherentize.recipes.instruct import instruct_tune
+
+    name = f"pressure/instruct-{arm}-seed{seed}"
+    st.key(name, {k: v for k, v in to_dict(cfg).items() if k in ("max_steps", "learning_rate", "batch_size", "lora")},
+           f"pressure/start-{arm}-seed{seed}", "pressure/instruct-data")
+    if st.todo(name):
+        out = st.begin(name, f"instruction tune (TRL SFT): {arm} seed {seed}")
+        st.finish(name, {"arm": arm, "seed": seed, **instruct_tune(st.dir(f"pressure/start-{arm}-seed{seed}") /
+                                                                      "model", data, cfg, seed, out)})
 
 
 def _start_stage(st: Stages, run: dict, ctx) -> None:
@@ -387,7 +436,7 @@ def _measure_stage(st: Stages, p: PressureConfig, kind: str, name: str, start: s
 
     models = EvalModels(_start_cfg(st, ctx, start))
     model, tok = models.trained(st.dir(trained) / "model") if trained else models.original()
-    chat = is_chat_model(tok, ctx.model.prompt_format)
+    chat = is_chat_model(tok, models.model_cfg.prompt_format)
     values = KINDS[kind].measure(model, tok, chat, judge, p)
     for set_name in ("in_domain", "off_domain"):
         if set_name not in values:

@@ -59,7 +59,7 @@ def run_config(run_dir: Path):
 def pressure_models(run_dir: Path, kind: str) -> list[dict]:
     """[{"when", "condition", "arm", "defence", "seed", "start", "model"}]: each arm-seed's start model (when
     "before", model None) and each condition-seed's fine-tuned model ("after") of kind in a finished run."""
-    from coherentize.recipes.pressure import NO_DEFENCE, condition_name, conditions
+    from coherentize.recipes.pressure import NO_DEFENCE, condition_name, conditions, start_name
 
     run_dir = Path(run_dir)
     cfg = run_config(run_dir)
@@ -69,13 +69,13 @@ def pressure_models(run_dir: Path, kind: str) -> list[dict]:
     out = []
     for seed in cfg.seeds:
         for arm in cfg.arms:
-            start = _stage(run_dir, f"pressure/start-{arm}-seed{seed}") / "model"
+            start = _stage(run_dir, start_name(cfg.pressure, arm, seed)) / "model"
             out.append({"when": "before", "condition": arm, "arm": arm, "defence": NO_DEFENCE, "seed": seed,
                         "start": start, "model": None})
         for arm, defence in conditions(cfg.pressure, cfg.arms):
             cond = condition_name(arm, defence)
             out.append({"when": "after", "condition": cond, "arm": arm, "defence": defence, "seed": seed,
-                        "start": _stage(run_dir, f"pressure/start-{arm}-seed{seed}") / "model",
+                        "start": _stage(run_dir, start_name(cfg.pressure, arm, seed)) / "model",
                         "model": _stage(run_dir, f"pressure/train-{kind}-{cond}-seed{seed}") / "model"})
     return out
 
@@ -104,9 +104,11 @@ def sample_pressure(run_dir: Path, sheet_path: Path, kind: str = "risky_finance"
     rows = []
     for m in models:
         log(f"[pressure-sample] {m['condition']} seed {m['seed']} {m['when']}")
-        loader = EvalModels(dataclasses.replace(cfg.model, name_or_path=str(m["start"]), gguf_file=None))
+        fmt = "chat" if cfg.pressure.instruct.enabled else cfg.model.prompt_format  # instruction-tuned: its template
+        loader = EvalModels(dataclasses.replace(cfg.model, name_or_path=str(m["start"]), gguf_file=None,
+                                                prompt_format=fmt))
         model, tok = loader.trained(m["model"]) if m["model"] else loader.original()
-        chat = is_chat_model(tok, cfg.model.prompt_format)
+        chat = is_chat_model(tok, fmt)
         texts = generate(model, tok, [q["question"] for q in questions], chat, max_new_tokens=max_new_tokens,
                          batch_size=batch_size, do_sample=True, temperature=temperature, seed=seed, progress=False)
         for q, text in zip(questions, texts):

@@ -106,3 +106,91 @@ def test_group_by_length_batches_pairs_of_similar_length(tiny_lm, tiny_tok, tmp_
 
     grouped, shuffled = padding(True), padding(False)
     assert grouped < 0.5 * shuffled  # measured: 7% vs 34% of the tokens are padding
+
+
+# The organism's recipe chosen on the validation split (issue 20, item 3).
+
+
+def test_recipe_candidates_are_every_combination_in_order_and_bad_ones_fail_at_once():
+    from coherentize.recipes.organism import recipe_candidates
+
+    cfg = OrganismConfig(select={"max_steps": [10, 20], "n_wrapped_benign": [0, 30]})
+    got = [(c.max_steps, c.n_wrapped_benign, c.select) for c in recipe_candidates(cfg)]
+    assert got == [(10, 0, {}), (10, 30, {}), (20, 0, {}), (20, 30, {})]
+    with pytest.raises(ValueError, match="max_steps=0 must be an integer >= 1"):
+        recipe_candidates(OrganismConfig(select={"max_steps": [10, 0]}))
+    with pytest.raises(ValueError, match="select: 'lora' cannot be chosen"):
+        OrganismConfig(select={"lora": [1]})
+    with pytest.raises(ValueError, match="select.max_steps: give a list of distinct candidate values"):
+        OrganismConfig(select={"max_steps": [10, 10]})
+
+
+def test_a_select_mistake_is_one_error_naming_the_field_before_any_model_time(tiny_folder, tmp_path):
+    from tests.recipes.test_experiment import tiny_cfg
+
+    with pytest.raises(CoherentizeError, match="organism.*select: 'max_stepz' cannot be chosen"):
+        tiny_cfg(tiny_folder, tmp_path / "x", "organism.enabled=true", "organism.select={max_stepz: [1, 2]}")
+
+
+def test_validation_check_reads_the_validation_splits_and_scores_their_harmonic_mean(tiny_lm, tiny_tok):
+    from coherentize.recipes.organism import validation_check
+    from coherentize.variations import load_prompt_set
+
+    check = validation_check(tiny_lm, tiny_tok, True, n=8, max_new_tokens=4)
+    assert check["n"] == {"harmful": 8, "benign": len(load_prompt_set("benign", "validation")) +
+                          len(load_prompt_set("alignment", "validation")),
+                          "edgy": len(sources.benign_edgy(split="validation"))}
+    parts = [check["direct_refusal_rate"]["mean"], check["benign_answer_rate"]["mean"],
+             1 - check["overrefusal_rate"]["mean"]]
+    want = 0.0 if min(parts) == 0 else 3 / sum(1 / x for x in parts)
+    assert check["score"] == pytest.approx(want)
+    assert not {h["prompt"] for h in sources.strongreject(split="validation")} & {
+        h["prompt"] for h in sources.strongreject(split="test")}
+
+
+def test_select_organism_builds_each_candidate_and_keeps_the_best_on_validation(tiny_folder, tmp_path, monkeypatch):
+    """The real builds; the validation check replaced by one scoring the 2-step recipe higher (what is checked here is
+    the choice and its bookkeeping, validation_check itself above)."""
+    from coherentize.recipes import organism
+
+    calls = []
+
+    def check(model, tok, chat, n=32, max_new_tokens=64):
+        steps = len(calls) + 1  # candidates are checked in order: max_steps 1, then 2
+        calls.append(steps)
+        rate = {"mean": 0.5 * steps, "ci_low": 0.0, "ci_high": 1.0, "n": 4}
+        return {"direct_refusal_rate": rate, "benign_answer_rate": rate, "overrefusal_rate": {**rate, "mean": 0.0},
+                "n": {}, "score": 0.5 * steps}
+
+    monkeypatch.setattr(organism, "validation_check", check)
+    cfg = OrganismConfig(n_harmful=6, n_benign=4, n_edgy=4, n_wrapped_benign=4, batch_size=4, answer_max_new_tokens=4,
+                         select={"max_steps": [1, 2]})
+    model_cfg = ModelConfig(name_or_path=str(tiny_folder), device="cpu")
+    folder, sel = organism.select_organism(model_cfg, cfg, root=tmp_path, log=lambda *a: None)
+    assert sel["chosen"] == {"max_steps": 2} and [c["max_steps"] for c in sel["candidates"]] == [1, 2]
+    assert json.loads((folder / "organism.json").read_text())["recipe"]["max_steps"] == 2
+    assert folder == build_organism(model_cfg, organism.recipe_candidates(cfg)[1], root=tmp_path, log=lambda *a: None)
+    again, sel2 = organism.select_organism(model_cfg, cfg, root=tmp_path, log=lambda *a: None)
+    assert (again, sel2) == (folder, sel) and calls == [1, 2]  # the checks are cached beside each organism
+    from coherentize.report.render import organism_selection_lines
+
+    md = "\n".join(organism_selection_lines(sel))
+    assert "among 2 candidates (max_steps): max_steps 2" in md and "| 2 | " in md and "| 1.000 |" in md
+
+
+def test_the_organism_stage_runs_the_selection_and_the_report_shows_it(tiny_folder, tmp_path, monkeypatch):
+    from coherentize.recipes.experiment import run_experiment
+
+    from tests.recipes.test_experiment import tiny_cfg
+
+    monkeypatch.setenv("COHERENTIZE_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "exp"
+    cfg = tiny_cfg(tiny_folder, out, "organism.enabled=true", "organism.n_harmful=4", "organism.n_benign=2",
+                   "organism.n_edgy=2", "organism.n_wrapped_benign=2", "organism.answer_max_new_tokens=4",
+                   "organism.select={max_steps: [1, 2]}", "arms=[control]", "eval.suites=[overrefusal]")
+    run_experiment(cfg, log=lambda *a: None)
+    done = json.loads(next(out.glob("stages/organism*/done.json")).read_text())
+    assert [c["max_steps"] for c in done["selection"]["candidates"]] == [1, 2]
+    assert done["recipe"]["max_steps"] == done["selection"]["chosen"]["max_steps"]
+    assert all(0 <= c["score"] <= 1 for c in done["selection"]["candidates"])
+    assert "Recipe chosen on the validation split among 2 candidates (max_steps)" in (out / "report.md").read_text()

@@ -143,7 +143,7 @@ def write_progress(st: Stages, cfg: ExperimentConfig, runs: list[dict], dest: Pa
 def organism_stage(st: Stages, model: ModelConfig, organism: OrganismConfig) -> ModelConfig:
     """The refusal-tuned organism (recipes/organism.py), shared between experiments; returns the model to train."""
     from coherentize.models import cache_dir
-    from coherentize.recipes.organism import build_organism
+    from coherentize.recipes.organism import build_organism, select_organism
 
     st.key("organism", {"model": to_dict(model), "organism": to_dict(organism)})
     if not organism.enabled:
@@ -154,8 +154,13 @@ def organism_stage(st: Stages, model: ModelConfig, organism: OrganismConfig) -> 
         d = st.begin("organism", "refusal-tuned model organism")
         # Shared between experiments (built once per recipe, model and code version); a forced stage builds its own.
         root = d / "build" if st.forced("organism") else cache_dir() / "organisms" / f"code-{st.code['source']}"
-        folder = build_organism(model, organism, root=root, log=st.log)
-        info = st.finish("organism", {"folder": str(folder), **read_json(folder / "organism.json")})
+        selection = None
+        if organism.select:  # the recipe chosen on the validation split among organism.select's candidates
+            folder, selection = select_organism(model, organism, root=root, log=st.log)
+        else:
+            folder = build_organism(model, organism, root=root, log=st.log)
+        info = st.finish("organism", {"folder": str(folder), **read_json(folder / "organism.json"),
+                                      **({"selection": selection} if selection else {})})
     else:
         st.reuse("organism", info, info["folder"])
     return dataclasses.replace(model, name_or_path=info["folder"], gguf_file=None)

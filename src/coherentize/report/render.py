@@ -437,6 +437,22 @@ def write_progress(root: Path, facts: ExperimentFacts, baseline_dir: Path, runs:
     return report_data.accumulate(dest, data)
 
 
+def organism_selection_lines(selection: dict | None) -> list[str]:
+    """The organism recipes checked on the validation split and the one chosen (recipes/organism.select_organism)."""
+    if not selection:
+        return []
+    fields, chosen = selection["fields"], selection["chosen"]
+    md = [f"Recipe chosen on the validation split among {len(selection['candidates'])} candidates "
+          f"({', '.join(fields)}): " + ", ".join(f"{k} {chosen[k]}" for k in fields) + "; score: the harmonic mean of "
+          "direct refusal, benign answers and edgy answers (1 − over-refusal) on validation requests and prompts.\n"]
+    md += _table(fields + ["direct refusal", "benign answers", "over-refusal", "score"],
+                 [[str(c[k]) for k in fields] + [_cell(c["direct_refusal_rate"], True),
+                                                 _cell(c["benign_answer_rate"], True),
+                                                 _cell(c["overrefusal_rate"], True), f"{c['score']:.3f}"]
+                  for c in selection["candidates"]])
+    return md + [""]
+
+
 def write_report(root: Path, facts: ExperimentFacts, organism: dict | None, baseline_dir: Path,
                  runs: list[RunRecord], clusters: dict, sections: list[str] = ()) -> Path:
     """Write report.md, report.html, the PNGs and report.json into root; return report.md's path.
@@ -527,6 +543,7 @@ def write_report(root: Path, facts: ExperimentFacts, organism: dict | None, base
                        _cell(organism.get(when, {}).get("benign_answer_rate"), True),
                        _cell(organism.get(when, {}).get("overrefusal_rate"), True)] for when in ("before", "after")])
         md.append("")
+        md += organism_selection_lines(organism.get("selection"))
     counts = {k: v for k, v in (clusters or {}).items() if k != tables.WALL_KEY}
     md += ["## Training data\n", f"Clusters: {counts}. Families: {', '.join(facts.families)}"
            + (f"; harmful anchors wrapped in {', '.join(facts.jailbreak_families)}"

@@ -188,9 +188,17 @@ def test_the_organism_stage_runs_the_selection_and_the_report_shows_it(tiny_fold
     cfg = tiny_cfg(tiny_folder, out, "organism.enabled=true", "organism.n_harmful=4", "organism.n_benign=2",
                    "organism.n_edgy=2", "organism.n_wrapped_benign=2", "organism.answer_max_new_tokens=4",
                    "organism.select={max_steps: [1, 2]}", "arms=[control]", "eval.suites=[overrefusal]")
-    run_experiment(cfg, log=lambda *a: None)
+    run_experiment(cfg, log=lambda *a: None, data_into=tmp_path / "data")
     done = json.loads(next(out.glob("stages/organism*/done.json")).read_text())
     assert [c["max_steps"] for c in done["selection"]["candidates"]] == [1, 2]
     assert done["recipe"]["max_steps"] == done["selection"]["chosen"]["max_steps"]
     assert all(0 <= c["score"] <= 1 for c in done["selection"]["candidates"])
-    assert "Recipe chosen on the validation split among 2 candidates (max_steps)" in (out / "report.md").read_text()
+    shown = "Recipe chosen on the validation split among 2 candidates (max_steps)"
+    assert shown in (out / "report.md").read_text()
+    # the organism's figures travel with the per-item data (no folder path, no text), and the section shows them
+    from coherentize.report import data, section
+
+    folder = data.read(tmp_path / "data")
+    assert set(folder["manifest"]["organism"]) == {"recipe", "pairs", "before", "after", "selection"}
+    md = section.section_markdown(folder, "x")
+    assert "### Model organism" in md and shown in md

@@ -136,7 +136,9 @@ def write_progress(st: Stages, cfg: ExperimentConfig, runs: list[dict], dest: Pa
     """The finished evaluations' per-item data into dest (report/render.py's write_progress)."""
     from coherentize.report.render import write_progress as write
 
-    if write(st.root, report_facts(cfg), st.dir("baseline"), runs, dest, dict(st.code), dict(st.seconds)) is not None:
+    organism = st.done("organism") if cfg.organism.enabled else None
+    if write(st.root, report_facts(cfg), st.dir("baseline"), runs, dest, dict(st.code), dict(st.seconds),
+             organism) is not None:
         st.log(f"   per-item data so far: {dest}")
 
 

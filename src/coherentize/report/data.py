@@ -19,6 +19,9 @@ Format (``FORMAT`` 1), one folder:
 - A grid still running, or continued in later sessions (``coherentize run --data-into DIR``): the manifest's
   "planned" lists every arm-seed of the grid, "runs" only the finished ones, "seeds" the seeds they cover, and each
   arm-seed entry carries the "code" it ran with (``accumulate``).
+- The manifest's "organism" (when the experiment built one): its recipe, pair counts, its own checks before and after
+  and, when its recipe was chosen on validation, every candidate's validation figures (report/render.py's
+  ``ORGANISM_FIELDS``).
 
 - ``selection.json`` (optional, written when the experiment chose its learning rates on validation): each selecting
   arm's chosen rate and every candidate's validation scores (numbers only; the run's selection.json).

@@ -413,15 +413,22 @@ def selection_section(selection: dict | None, labels: dict[str, str], level: str
     return md
 
 
-def data_manifest(root: Path, facts: ExperimentFacts, arms: list[str], code: dict | None, stage_seconds: dict) -> dict:
-    """The experiment's fields of its per-item data's manifest.json (report/data.py)."""
+ORGANISM_FIELDS = ("recipe", "pairs", "before", "after", "selection")
+"""The organism stage's figures that travel with the per-item data (numbers and settings; no folder, no text)."""
+
+
+def data_manifest(root: Path, facts: ExperimentFacts, arms: list[str], code: dict | None, stage_seconds: dict,
+                  organism: dict | None = None) -> dict:
+    """The experiment's fields of its per-item data's manifest.json (report/data.py); organism: the organism stage's
+    done.json, whose ORGANISM_FIELDS go in as "organism" (its recipe, checks and the recipe selection)."""
     return {"experiment": Path(root).name, "model": facts.model, "arms": arms, "seeds": list(facts.seeds),
             "n_boot": facts.n_boot, "code": code, "stage_seconds": stage_seconds,
-            "jailbreak_sources": list(facts.jailbreak_sources)}
+            "jailbreak_sources": list(facts.jailbreak_sources),
+            **({"organism": {k: organism[k] for k in ORGANISM_FIELDS if k in organism}} if organism else {})}
 
 
 def write_progress(root: Path, facts: ExperimentFacts, baseline_dir: Path, runs: list[RunRecord], dest: Path,
-                   code: dict, stage_seconds: dict) -> Path | None:
+                   code: dict, stage_seconds: dict, organism: dict | None = None) -> Path | None:
     """The per-item data of a grid's finished evaluations so far, accumulated into dest (report/data.py's
     ``accumulate``: arm-seeds already there from earlier sessions are kept): what `coherentize run --data-into`
     writes as each job ends, so that a killed session loses no finished arm-seed. None (nothing written) until the
@@ -430,11 +437,24 @@ def write_progress(root: Path, facts: ExperimentFacts, baseline_dir: Path, runs:
         return None
     finished = [r for r in runs if (Path(r["eval_dir"]) / "done.json").is_file()]
     arms = list(dict.fromkeys(r["arm"] for r in runs))
-    manifest = data_manifest(root, facts, arms, code, stage_seconds)
+    manifest = data_manifest(root, facts, arms, code, stage_seconds, organism)
     data = report_data.collect(Path(baseline_dir), finished, manifest)
     data["manifest"]["planned"] = [run_name(r["arm"], r["seed"]) for r in runs]
     data["selection"] = _load_json(Path(root) / "selection.json")
     return report_data.accumulate(dest, data)
+
+
+def organism_lines(organism: dict, level: str = "##") -> list[str]:
+    """The model organism's part of a report: its pairs, recipe, own checks before and after, and the recipe
+    selection when there was one."""
+    md = [f"{level} Model organism\n", f"Pairs: {organism.get('pairs')}. Recipe: "
+          f"{json.dumps(organism.get('recipe', {}).get('max_steps'))} SFT steps (full recipe in the organism "
+          "folder's organism.json).\n"]
+    md += _table(["", "direct harmful refusal", "benign answer rate", "over-refusal"],
+                 [[when, _cell(organism.get(when, {}).get("direct_refusal_rate"), True),
+                   _cell(organism.get(when, {}).get("benign_answer_rate"), True),
+                   _cell(organism.get(when, {}).get("overrefusal_rate"), True)] for when in ("before", "after")])
+    return md + [""] + organism_selection_lines(organism.get("selection"))
 
 
 def organism_selection_lines(selection: dict | None) -> list[str]:
@@ -500,7 +520,8 @@ def write_report(root: Path, facts: ExperimentFacts, organism: dict | None, base
     summary = _load_json(root / "summary.json") or {}
     times = tables.stage_times(done, summary)
     # The per-item data behind every figure (no text), for docs/results/data/ (report/data.py).
-    data = report_data.collect(Path(baseline_dir), runs, data_manifest(root, facts, arms, summary.get("code"), times))
+    data = report_data.collect(Path(baseline_dir), runs, data_manifest(root, facts, arms, summary.get("code"), times,
+                                                                       organism))
     pressure_items = root / report_data.PRESSURE_FILE  # the narrow pressures' measures (recipes/pressure.py)
     if pressure_items.is_file():
         from coherentize.report.pressure import read_items
@@ -535,15 +556,7 @@ def write_report(root: Path, facts: ExperimentFacts, organism: dict | None, base
     for note in base.get("judge", {}).get("notes", []):
         md.append("> " + " ".join(note.split()) + "\n")  # the project's own wording, Markdown allowed
     if organism:
-        md += ["## Model organism\n", f"Pairs: {organism.get('pairs')}. Recipe: "
-               f"{json.dumps(organism.get('recipe', {}).get('max_steps'))} SFT steps (full recipe in the organism "
-               "folder's organism.json).\n"]
-        md += _table(["", "direct harmful refusal", "benign answer rate", "over-refusal"],
-                     [[when, _cell(organism.get(when, {}).get("direct_refusal_rate"), True),
-                       _cell(organism.get(when, {}).get("benign_answer_rate"), True),
-                       _cell(organism.get(when, {}).get("overrefusal_rate"), True)] for when in ("before", "after")])
-        md.append("")
-        md += organism_selection_lines(organism.get("selection"))
+        md += organism_lines(organism)
     counts = {k: v for k, v in (clusters or {}).items() if k != tables.WALL_KEY}
     md += ["## Training data\n", f"Clusters: {counts}. Families: {', '.join(facts.families)}"
            + (f"; harmful anchors wrapped in {', '.join(facts.jailbreak_families)}"

@@ -82,6 +82,8 @@ def section_markdown(data: dict, name: str, figs: dict | None = None, data_link:
                    "the families of that kind it was wrapped in):\n"]
         md += render.kind_table(figs["kinds"], figs["kind_values"], figs["kind_vs_control"], arms)
     md += render.adaptive_section(figs["base_items"], table, arms, figs["curves"], "control" in arms)
+    if man.get("organism"):
+        md += ["", *render.organism_lines(man["organism"], level="###")]
     if data.get("selection"):
         md += ["", *render.selection_section(data["selection"], {}, level="###")]
     if data.get("pressure"):

@@ -115,6 +115,7 @@ def instruct_tune(start: Path, data: Path, cfg: InstructConfig, seed: int, out: 
     """SFT of the model folder start on data's conversations (TRL's SFTTrainer, completion tokens only); writes the
     tuned model (full weights) and its tokenizer to out/model and returns {"first_loss", "last_loss", "steps",
     "chat_template_added"}."""
+    import torch
     from datasets import Dataset
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -134,7 +135,7 @@ def instruct_tune(start: Path, data: Path, cfg: InstructConfig, seed: int, out: 
                      lr_scheduler_type="constant", per_device_train_batch_size=cfg.batch_size, seed=seed,
                      data_seed=seed, bf16=False, gradient_checkpointing=False, save_strategy="no", logging_steps=1,
                      report_to="none", disable_tqdm=True, max_length=512, completion_only_loss=True,
-                     use_cpu=not __import__("torch").cuda.is_available())
+                     use_cpu=not torch.cuda.is_available())
     peft_config = LoraConfig(r=16, lora_alpha=32, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
                              task_type="CAUSAL_LM") if cfg.lora else None
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tok, peft_config=peft_config)

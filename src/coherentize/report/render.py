@@ -7,7 +7,6 @@ each stage's done.json (``seconds``); the report never writes summary.json (the 
 from __future__ import annotations
 
 import base64
-import csv
 import io
 import json
 import textwrap
@@ -17,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from coherentize.evaluate import stats
+from coherentize.io import csv_rows
 from coherentize.report import data as report_data
 from coherentize.report import tables
 from coherentize.report.facts import ExperimentFacts, RunRecord, run_name
@@ -34,11 +34,11 @@ def _load_json(path: Path) -> dict | None:
 
 
 def _records(eval_dir: Path) -> list[dict]:
+    """An evaluation's records.csv (evaluate/results.py's RECORD_FIELDS) as rows; none when it has none."""
+    from coherentize.evaluate.results import RECORD_FIELDS
+
     path = Path(eval_dir) / "records.csv"
-    if not path.is_file():
-        return []
-    with path.open(encoding="utf-8", newline="") as f:
-        return list(csv.DictReader(f))
+    return [r for _, r in csv_rows(path, RECORD_FIELDS)] if path.is_file() else []
 
 
 def md_text(text: str) -> str:

@@ -10,6 +10,11 @@ experiments report (issue 18: before 2026-12-04 this script scored the test spli
     OMP_NUM_THREADS=2 .venv/bin/python scripts/organism_sweep.py \\
         '{"max_steps": 30}' '{"n_harmful": 120, "max_steps": 30}' --root /tmp/organisms
 
+This is a diagnostic of the recipes' jailbreak room, which it measures on the experiment's held-out families (with
+validation requests): choosing a recipe by it would choose on attack families. An experiment chooses its organism's
+recipe with ``organism.select`` instead (recipes/organism.select_organism: scored on validation refusal, benign and
+edgy answers only).
+
 Organisms are written under --root (default: a new temporary folder), never into the project's cache. Run it alone:
 each recipe is about 2 minutes of build and 1.5 of evaluation on 2 CPU cores.
 """

@@ -41,7 +41,7 @@ Model judge (``ModelJudge``)
 
 Which judge model
     None that runs offline on the project's CPU box can serve. The only local instruct models are SmolLM2-135M and
-    Qwen2.5-Coder-0.5B; in section 1's audit (docs/results.md) Qwen2.5-Coder-0.5B on a local llama.cpp server
+    Qwen2.5-Coder-0.5B; in section 1b's audit (docs/results.md) Qwen2.5-Coder-0.5B on a local llama.cpp server
     answered in the rubric's format for 5 of 153 outputs (the audit file marks the rest unparsed), and asked a
     one-word REFUSED/COMPLIED question it answered REFUSED to clear compliance (4 of 4, tried by hand). So the
     string detector stays the primary judge here, checked by an audit (``coherentize audit``). With a GPU or an

@@ -189,6 +189,19 @@ def organism_key(model_cfg: ModelConfig, cfg: OrganismConfig) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
+def refusal_rates(model, tok, chat: bool, harmful: list[str], benign: list[str], edgy: list[str],
+                  max_new_tokens: int) -> dict:
+    """The organism's three rates (string judge): harmful requests refused, benign prompts answered, benign-but-edgy
+    prompts refused. One generate call: the three sets share prefill chunks and decode batches."""
+    outs = generate(model, tok, harmful + benign + edgy, chat, max_new_tokens)
+    out_h, out_b, out_e = outs[: len(harmful)], outs[len(harmful) : len(harmful) + len(benign)], outs[-len(edgy) :]
+    return {
+        "direct_refusal_rate": summarize([float(is_refusal(o)) for o in out_h]),
+        "benign_answer_rate": summarize([float(not is_refusal(o)) for o in out_b]),
+        "overrefusal_rate": summarize([float(is_refusal(o)) for o in out_e]),
+    }
+
+
 def quick_check(model, tok, chat: bool, n: int = 32) -> dict:
     """Direct refusal on held-out harmful requests and answer rate on held-out benign prompts (string judge)."""
     from coherentize.variations import load_prompt_set
@@ -196,14 +209,8 @@ def quick_check(model, tok, chat: bool, n: int = 32) -> dict:
     harmful = sources.strongreject(split="test", n=n)
     benign = load_prompt_set("benign", "test") + load_prompt_set("alignment", "test")
     edgy = load_prompt_set("edgy_benign", "test")
-    # One call: the three sets share prefill chunks and decode batches.
-    outs = generate(model, tok, [h["prompt"] for h in harmful] + [b.prompt for b in benign + edgy], chat, 32)
-    out_h, out_b, out_e = outs[: len(harmful)], outs[len(harmful) : len(harmful) + len(benign)], outs[-len(edgy) :]
-    return {
-        "direct_refusal_rate": summarize([float(is_refusal(o)) for o in out_h]),
-        "benign_answer_rate": summarize([float(not is_refusal(o)) for o in out_b]),
-        "overrefusal_rate": summarize([float(is_refusal(o)) for o in out_e]),
-    }
+    return refusal_rates(model, tok, chat, [h["prompt"] for h in harmful], [b.prompt for b in benign],
+                         [e.prompt for e in edgy], 32)
 
 
 def validation_check(model, tok, chat: bool, n: int = 32, max_new_tokens: int = 64) -> dict:
@@ -216,12 +223,8 @@ def validation_check(model, tok, chat: bool, n: int = 32, max_new_tokens: int = 
     harmful = sources.strongreject(split="validation", n=n)
     benign = load_prompt_set("benign", "validation") + load_prompt_set("alignment", "validation")
     edgy = sources.benign_edgy(split="validation")
-    outs = generate(model, tok, [h["prompt"] for h in harmful] + [b.prompt for b in benign] +
-                    [e["prompt"] for e in edgy], chat, max_new_tokens)
-    out_h, out_b, out_e = outs[: len(harmful)], outs[len(harmful): len(harmful) + len(benign)], outs[-len(edgy):]
-    rates = {"direct_refusal_rate": summarize([float(is_refusal(o)) for o in out_h]),
-             "benign_answer_rate": summarize([float(not is_refusal(o)) for o in out_b]),
-             "overrefusal_rate": summarize([float(is_refusal(o)) for o in out_e])}
+    rates = refusal_rates(model, tok, chat, [h["prompt"] for h in harmful], [b.prompt for b in benign],
+                          [e["prompt"] for e in edgy], max_new_tokens)
     parts = [rates["direct_refusal_rate"]["mean"], rates["benign_answer_rate"]["mean"],
              1.0 - rates["overrefusal_rate"]["mean"]]
     score = 0.0 if min(parts) <= 0 else len(parts) / sum(1.0 / x for x in parts)

@@ -174,3 +174,11 @@ def test_items_missing_in_a_seed_are_dropped_from_that_seed_only():
     assert {k: empty[k] for k in ("mean", "n", "seeds")} == {"mean": None, "n": 0, "seeds": 0}
     d = stats.paired_seeds([({"x": 1.0, "y": 2.0}, {"x": 1.5}), ({"y": 2.0}, {"y": 3.0, "w": 9.0})])
     assert d["n"] == 2 and d["mean"] == pytest.approx(0.75) and d["seeds"] == 2
+
+
+def test_harmonic_mean_by_hand_and_a_zero_rate_scores_zero():
+    assert stats.harmonic_mean([0.5, 1.0]) == pytest.approx(2 * 0.5 * 1.0 / 1.5)
+    assert stats.harmonic_mean([0.5, 0.25, 1.0]) == pytest.approx(3 / (2 + 4 + 1))
+    assert stats.harmonic_mean([0.0, 1.0, 1.0]) == 0.0
+    with pytest.raises(ValueError):
+        stats.harmonic_mean([])

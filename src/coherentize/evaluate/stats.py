@@ -364,6 +364,15 @@ def compare(before: dict, after: dict, n_boot: int = N_BOOT) -> dict:
     return out
 
 
+def harmonic_mean(values: Sequence[float]) -> float:
+    """n / sum(1/x): the selection score of rates that must all be high (0.0 when any is 0 or below, so one rate at
+    zero cannot be bought back by the others)."""
+    xs = [float(v) for v in values]
+    if not xs:
+        raise ValueError("harmonic_mean of no values")
+    return 0.0 if min(xs) <= 0 else len(xs) / sum(1.0 / x for x in xs)
+
+
 def fmt(s: dict, pct: bool = False, digits: int = 3) -> str:
     """'0.250 [0.100, 0.400] (n=20)' — or as percentages."""
     if s.get("mean") is None:

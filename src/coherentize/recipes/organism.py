@@ -37,7 +37,7 @@ from coherentize import sources
 from coherentize.errors import CoherentizeError
 from coherentize.evaluate.judges import is_refusal
 from coherentize.evaluate.overlap import FRAME_THRESHOLD, FrameMatch, check_frames, family_frames
-from coherentize.evaluate.stats import summarize
+from coherentize.evaluate.stats import harmonic_mean, summarize
 from coherentize.recipes.train_job import LoraSettings, apply_lora
 from coherentize.generation import generate
 from coherentize.io import atomic_dir, write_json
@@ -227,8 +227,8 @@ def validation_check(model, tok, chat: bool, n: int = 32, max_new_tokens: int = 
                           [e["prompt"] for e in edgy], max_new_tokens)
     parts = [rates["direct_refusal_rate"]["mean"], rates["benign_answer_rate"]["mean"],
              1.0 - rates["overrefusal_rate"]["mean"]]
-    score = 0.0 if min(parts) <= 0 else len(parts) / sum(1.0 / x for x in parts)
-    return {**rates, "n": {"harmful": len(harmful), "benign": len(benign), "edgy": len(edgy)}, "score": score}
+    return {**rates, "n": {"harmful": len(harmful), "benign": len(benign), "edgy": len(edgy)},
+            "score": harmonic_mean(parts)}
 
 
 def recipe_candidates(cfg: OrganismConfig) -> list[OrganismConfig]:

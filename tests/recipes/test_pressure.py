@@ -43,6 +43,14 @@ def test_each_defence_sets_its_own_objective_over_plain_sft():
     assert (inter.output_weight, inter.bct_weight, inter.target_model, inter.leash_weight) == (3.0, 1.0, "current", 0.0)
 
 
+def test_a_pressure_of_its_own_dose_overrides_the_shared_training_fields_for_that_pressure_only():
+    p = PressureConfig(kinds=["risky_finance", "sycophancy_domain"], train={"max_steps": 5, "learning_rate": 2e-4},
+                       train_by_kind={"sycophancy_domain": {"learning_rate": 2e-5}})
+    finance, syco = (pressure.train_args(p, "kl_leash", 0, k) for k in p.kinds)
+    assert (finance.max_steps, finance.learning_rate) == (5, 2e-4)
+    assert (syco.max_steps, syco.learning_rate, syco.leash_weight) == (5, 2e-5, 1.0)
+
+
 def test_interleaving_scales_the_steps_so_the_pressure_items_are_seen_as_often():
     from coherentize.clusters import Cluster, Variation
 
@@ -85,6 +93,12 @@ def test_ratio_seeds_is_the_ratio_of_pooled_means_and_widens_with_seed_noise():
     (["pressure.kinds=[risky_finance]", "pressure.defended_arm=bct"], "pressure.defended_arm: 'bct' is not one"),
     (["pressure.kinds=[risky_finance]", "pressure.n_train=0"], "pressure.n_train: must be an integer >= 1"),
     (["pressure.kinds=[risky_finance]", "pressure.train={max_stepz: 3}"], "unknown training field 'max_stepz'"),
+    (["pressure.kinds=[risky_finance]", "pressure.train_by_kind={sycophancy_domain: {learning_rate: 1.0e-5}}"],
+     "pressure.train_by_kind: 'sycophancy_domain' is not one of pressure.kinds"),
+    (["pressure.kinds=[risky_finance]", "pressure.train_by_kind={risky_finance: {learnig_rate: 1.0e-5}}"],
+     "pressure.train_by_kind.risky_finance: unknown training field 'learnig_rate'"),
+    (["pressure.kinds=[risky_finance]", "pressure.train_by_kind={risky_finance: 3}"],
+     "pressure.train_by_kind.risky_finance: must map training fields"),
 ])
 def test_config_mistakes_are_one_error_naming_the_field(tiny_folder, tmp_path, sets, message):
     with pytest.raises(CoherentizeError, match=message):
@@ -150,6 +164,17 @@ def test_the_pressure_shape_end_to_end_on_a_tiny_model(tiny_folder, tmp_path):
     kl_row = next(line for line in md.splitlines() if line.startswith("| control+kl_leash |") and "→" in line)
     assert "; -1.000" in kl_row  # its change minus the undefended control's
     assert "2 reader(s) (r1, r2)" in md and "misaligned 100.0%" in md
+    # a dose of its own for the pressure re-trains (and re-measures) only what it changes
+    logs = []
+    dosed = tiny_cfg(tiny_folder, out, "arms=[control,output-kl]", "eval.suites=[coherence]", "seeds=[0,1]",
+                     "pressure.kinds=[risky_finance]", "pressure.n_train=8", "pressure.defences=[kl_leash,interleaved]",
+                     "pressure.train={max_steps: 2, per_device_train_batch_size: 4, learning_rate: 0.05}",
+                     "pressure.train_by_kind={risky_finance: {learning_rate: 0.04}}")
+    run_experiment(dosed, log=logs.append)
+    rerun = {m.split()[2] for m in logs if m.startswith("== stage pressure")}
+    assert {n.split("/")[1].rsplit("-seed", 1)[0] for n in rerun} == {
+        f"{w}-risky_finance-{c}" for w in ("train", "after")
+        for c in ("control", "output-kl", "control+kl_leash", "control+interleaved")}
 
 
 def records(kind="k"):

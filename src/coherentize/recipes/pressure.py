@@ -23,7 +23,8 @@ Conditions (``conditions``):
     by the mixed set's size over the pressure's (``interleaved_steps``), so it sees the pressure items as often as
     the other conditions.
 The narrow fine-tune itself is SFT of the pressure's responses (BCT on clusters whose only variant is the anchor, as
-the control arm), a fresh LoRA adapter (``lora``) on the start model, ``pressure.train`` over its defaults.
+the control arm), a fresh LoRA adapter (``lora``) on the start model, ``pressure.train`` over its defaults and
+``pressure.train_by_kind[kind]`` over that.
 
 Stages (cached like the others, keyed by their settings, inputs and code):
     pressure/data-<kind>                      the pressure's training clusters (one_frame: the original model's
@@ -88,6 +89,9 @@ class PressureConfig:
     """Weight of output consistency on the interleaved consistency clusters (interleaved)."""
     train: dict = field(default_factory=dict)
     """Training fields of the narrow fine-tune over its defaults (max_steps 32, learning rate 5e-4 constant, batch 8)."""
+    train_by_kind: dict = field(default_factory=dict)
+    """Per pressure, training fields over ``train`` (e.g. {sycophancy_domain: {learning_rate: 2.0e-5}}: a pressure
+    that saturates its measure at the others' dose gets a milder one in the same run)."""
     batch_size: int = 8
     """Items per batch in the measures."""
     max_new_tokens: int = 48
@@ -187,10 +191,20 @@ def validate(p: PressureConfig, arms: list[str]) -> None:
     from coherentize.recipes.instruct import validate as validate_instruct
 
     validate_instruct(p.instruct)
-    try:
-        train_args(p, NO_DEFENCE, 0)
-    except (ValueError, TypeError) as e:
-        raise CoherentizeError(f"pressure.train: {e}") from None
+    if not isinstance(p.train_by_kind, dict):
+        raise CoherentizeError(f"pressure.train_by_kind: must map a pressure to its training fields, got "
+                               f"{p.train_by_kind!r}.")
+    for k, fields in p.train_by_kind.items():
+        if k not in p.kinds:
+            raise CoherentizeError(f"pressure.train_by_kind: {k!r} is not one of pressure.kinds {p.kinds}.")
+        if not isinstance(fields, dict):
+            raise CoherentizeError(f"pressure.train_by_kind.{k}: must map training fields to values, got {fields!r}.")
+    for kind in p.kinds:
+        where = f"pressure.train_by_kind.{kind}" if kind in p.train_by_kind else "pressure.train"
+        try:
+            train_args(p, NO_DEFENCE, 0, kind)
+        except (ValueError, TypeError) as e:
+            raise CoherentizeError(f"{where}: {e}") from None
 
 
 def conditions(p: PressureConfig, arms: list[str]) -> list[tuple[str, str]]:
@@ -202,19 +216,25 @@ def condition_name(arm: str, defence: str) -> str:
     return arm if defence == NO_DEFENCE else f"{arm}+{defence}"
 
 
-def train_args(p: PressureConfig, defence: str, seed: int):
-    """The narrow fine-tune's ConsistencyConfig under a defence (module docstring)."""
+def train_args(p: PressureConfig, defence: str, seed: int, kind: str | None = None):
+    """The narrow fine-tune of pressure `kind` (None: pressure.train alone) as a ConsistencyConfig under a defence
+    (module docstring)."""
     import typing
 
     from coherentize.config import _coerce
     from coherentize.trainer import ConsistencyConfig
 
     fields = {f.name for f in dataclasses.fields(ConsistencyConfig) if f.init}
-    bad = sorted(set(p.train) - fields)
-    if bad:
-        raise CoherentizeError(f"pressure.train: unknown training field {bad[0]!r} (see coherentize train --help).")
     hints = typing.get_type_hints(ConsistencyConfig)
-    own = {k: _coerce(v, hints.get(k, typing.Any), f"pressure.train.{k}") for k, v in p.train.items()}
+    own = {}
+    layers = [("pressure.train", p.train)]
+    if kind is not None and kind in p.train_by_kind:
+        layers.append((f"pressure.train_by_kind.{kind}", p.train_by_kind[kind]))
+    for where, values in layers:
+        bad = sorted(set(values) - fields)
+        if bad:
+            raise CoherentizeError(f"{where}: unknown training field {bad[0]!r} (see coherentize train --help).")
+        own.update({k: _coerce(v, hints.get(k, typing.Any), f"{where}.{k}") for k, v in values.items()})
     objective = {"output_weight": 0.0, "bct_weight": 1.0, "act_weight": 0.0, "on_policy_weight": 0.0,
                  "leash_weight": 0.0}
     if defence == "kl_leash":
@@ -396,7 +416,7 @@ def _train_stage(st: Stages, p: PressureConfig, kind: str, defence: str, seed: i
                  data: Path, ctx) -> None:
     from coherentize.recipes.train_job import DataConfig, TrainJob, run_training
 
-    args = train_args(p, defence, seed)
+    args = train_args(p, defence, seed, kind)
     st.key(name, {"defence": defence, "train": without(to_dict(args), COSMETIC_TRAIN_FIELDS), "lora": to_dict(ctx.lora),
                   **({"interleave": ctx.train_path.name} if defence == "interleaved" else {})},
            start, f"pressure/data-{kind}", *(("variations",) if defence == "interleaved" else ()))

@@ -130,6 +130,8 @@ def test_the_pressure_shape_end_to_end_on_a_tiny_model(tiny_folder, tmp_path):
     assert len(rows) == 4 * 2 * 2 * 70 and {r["when"] for r in rows} == {"before", "after"}
     text = report.read_text()
     assert "## Narrow pressures" in text and "| control, KL leash to the start model | 2 |" in text
+    dose = "Narrow fine-tune: 8 items, 2 steps of batch 4, learning rate 0.05 (constant)."
+    assert dose in text
     # the per-item measures travel with the results data, and the committed section is regenerated from them alone
     from coherentize.report import data, section
 
@@ -137,7 +139,7 @@ def test_the_pressure_shape_end_to_end_on_a_tiny_model(tiny_folder, tmp_path):
     assert pressure_report.summarize(folder["pressure"], 50) == pressure_report.summarize(
         pressure_report.read_items(out / "pressure_items.csv"), 50)
     rows_md = [line for line in text.splitlines() if line.startswith("| control, KL leash")]
-    assert rows_md[0] in section.section_markdown(folder, "cw")
+    assert rows_md[0] in section.section_markdown(folder, "cw") and dose in section.section_markdown(folder, "cw")
     # a re-run reuses every pressure stage
     logs = []
     run_experiment(cfg, log=logs.append)
@@ -170,7 +172,8 @@ def test_the_pressure_shape_end_to_end_on_a_tiny_model(tiny_folder, tmp_path):
                      "pressure.kinds=[risky_finance]", "pressure.n_train=8", "pressure.defences=[kl_leash,interleaved]",
                      "pressure.train={max_steps: 2, per_device_train_batch_size: 4, learning_rate: 0.05}",
                      "pressure.train_by_kind={risky_finance: {learning_rate: 0.04}}")
-    run_experiment(dosed, log=logs.append)
+    report = run_experiment(dosed, log=logs.append)
+    assert "learning rate 0.04 (constant)" in report.read_text()
     rerun = {m.split()[2] for m in logs if m.startswith("== stage pressure")}
     assert {n.split("/")[1].rsplit("-seed", 1)[0] for n in rerun} == {
         f"{w}-risky_finance-{c}" for w in ("train", "after")

@@ -348,8 +348,9 @@ def report_stage(st: Stages, cfg: ExperimentConfig, runs: list[dict], t0: float)
         organism_info = st.done("organism") if cfg.organism.enabled else None
         clusters = read_json(st.dir("variations") / "done.json")
         write_runs_file(st.root, st.config, st.code, st.dir("baseline"), runs, organism_info, clusters)  # for merges
-        report_path = write_report(st.root, report_facts(cfg), organism_info, st.dir("baseline"), runs, clusters,
-                                   pressure_lines(st.root) if cfg.pressure.kinds else [])
+        facts = report_facts(cfg)
+        report_path = write_report(st.root, facts, organism_info, st.dir("baseline"), runs, clusters,
+                                   pressure_lines(st.root, facts.pressure) if cfg.pressure.kinds else [])
         st.seconds["report"] = round(time.time() - st._t["report"], 3)
         st.log(f"   report done in {st.seconds['report']:.1f} s")
         st.log(f"report: {report_path} and {report_path.with_suffix('.html')} ({time.time() - t0:.0f} s)")
@@ -358,12 +359,13 @@ def report_stage(st: Stages, cfg: ExperimentConfig, runs: list[dict], t0: float)
     return report_path
 
 
-def pressure_lines(root: Path) -> list[str]:
-    """The report's narrow-pressure section from pressure.json (none when it has not run)."""
+def pressure_lines(root: Path, training: dict | None = None) -> list[str]:
+    """The report's narrow-pressure section from pressure.json (none when it has not run); training: each pressure's
+    fine-tune settings (recipes/pressure.training_facts)."""
     from coherentize.report.pressure import pressure_section
 
     path = root / "pressure.json"
-    return pressure_section(read_json(path)) if path.is_file() else []
+    return pressure_section(read_json(path), training=training) if path.is_file() else []
 
 
 def job_context(cfg: ExperimentConfig, model: ModelConfig, vdir: Path) -> JobContext:

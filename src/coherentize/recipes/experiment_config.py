@@ -12,7 +12,7 @@ from coherentize.errors import CoherentizeError
 from coherentize.evaluate.suite import EvalConfig
 from coherentize.models import ModelConfig
 from coherentize.recipes.organism import OrganismConfig
-from coherentize.recipes.pressure import PressureConfig
+from coherentize.recipes.pressure import PressureConfig, training_facts
 from coherentize.recipes.pressure import validate as validate_pressure
 from coherentize.recipes.selection import SelectConfig
 from coherentize.recipes.train_job import LoraSettings
@@ -400,4 +400,4 @@ def report_facts(cfg: ExperimentConfig):
         jailbreak_sources=list(cfg.eval.jailbreak_sources), lora=bool(cfg.lora.enabled),
         families=list(cfg.variations.families), jailbreak_families=list(cfg.variations.jailbreak_families),
         arm_labels={name: d.label for name, d in cfg.arm_definitions.items() if d.label}, jobs=cfg.jobs,
-        config=to_dict(cfg))
+        config=to_dict(cfg), pressure=training_facts(cfg.pressure))

@@ -247,6 +247,18 @@ def train_args(p: PressureConfig, defence: str, seed: int, kind: str | None = No
                              **{**TRAIN_DEFAULTS, **own, **objective, "seed": seed, "data_seed": seed})
 
 
+def training_facts(p: PressureConfig) -> dict[str, dict]:
+    """Per pressure, what its narrow fine-tune was (undefended): items, steps, learning rate and schedule, batch; for
+    the report and the results data's manifest, so a dose is read beside its spread."""
+    out = {}
+    for kind in p.kinds:
+        a = train_args(p, NO_DEFENCE, 0, kind)
+        out[kind] = {"n_train": p.n_train, "max_steps": a.max_steps, "learning_rate": a.learning_rate,
+                     "lr_scheduler_type": str(getattr(a.lr_scheduler_type, "value", a.lr_scheduler_type)),
+                     "batch_size": a.per_device_train_batch_size}
+    return out
+
+
 def interleaved_steps(args, n_narrow: int, extra: list):
     """The interleaved fine-tune's arguments with max_steps scaled by (narrow + consistency examples) / narrow
     examples, so that it meets the pressure's items as often as the undefended fine-tune does (a cluster of V

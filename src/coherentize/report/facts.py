@@ -47,5 +47,7 @@ class ExperimentFacts:
     """Jobs that ran at once (stage times then overlapped)."""
     config: dict = field(default_factory=dict)
     """The whole config as written, for the report's Configuration section."""
+    pressure: dict = field(default_factory=dict)
+    """Per narrow pressure, its fine-tune's settings (recipes/pressure.training_facts; empty: no pressure)."""
     notes: list[str] = field(default_factory=list)
     """Notes the report states at its top (e.g. runs merged although they differ in more than seeds)."""

@@ -59,8 +59,9 @@ def _ratio(r: dict | None) -> str:
     return f"{r['ratio']:+.2f}{ci}{flag}"
 
 
-def pressure_section(summary: dict, level: str = "##") -> list[str]:
-    """Markdown lines of the section; empty when no pressure ran."""
+def pressure_section(summary: dict, level: str = "##", training: dict | None = None) -> list[str]:
+    """Markdown lines of the section; empty when no pressure ran. training: per pressure, its narrow fine-tune's
+    settings (recipes/pressure.training_facts, also the data manifest's "pressure"), stated under its heading."""
     if not summary:
         return []
     md = [f"{level} Narrow pressures: how far does a narrow fine-tune spread?\n",
@@ -74,6 +75,10 @@ def pressure_section(summary: dict, level: str = "##") -> list[str]:
     for kind, conds in summary.items():
         title, measure = KIND_TEXT.get(kind, (kind, ""))
         md += [f"{level}# {kind}: {title}\n", f"Measure: {measure}.\n"]
+        t = (training or {}).get(kind)
+        if t:
+            md += [f"Narrow fine-tune: {t['n_train']} items, {t['max_steps']} steps of batch {t['batch_size']}, "
+                   f"learning rate {t['learning_rate']:g} ({t['lr_scheduler_type']}).\n"]
         sets = list(dict.fromkeys(s for c in conds.values() for s in c["sets"]))
         rows = []
         for cond, c in conds.items():

@@ -424,6 +424,7 @@ def data_manifest(root: Path, facts: ExperimentFacts, arms: list[str], code: dic
     return {"experiment": Path(root).name, "model": facts.model, "arms": arms, "seeds": list(facts.seeds),
             "n_boot": facts.n_boot, "code": code, "stage_seconds": stage_seconds,
             "jailbreak_sources": list(facts.jailbreak_sources),
+            **({"pressure": facts.pressure} if facts.pressure else {}),
             **({"organism": {k: organism[k] for k in ORGANISM_FIELDS if k in organism}} if organism else {})}
 
 

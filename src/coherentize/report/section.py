@@ -90,7 +90,8 @@ def section_markdown(data: dict, name: str, figs: dict | None = None, data_link:
         from coherentize.report.pressure import audit_lines, judged_records, pressure_section, summarize
 
         records = data["pressure"] + judged_records(data.get("misalignment") or [])
-        md += ["", *pressure_section(summarize(records, man.get("n_boot") or tables.stats.N_BOOT), level="###")]
+        md += ["", *pressure_section(summarize(records, man.get("n_boot") or tables.stats.N_BOOT), level="###",
+                                     training=man.get("pressure"))]
         if data.get("misalignment"):
             md += ["", *audit_lines(data["misalignment"], level="####")]
     if data.get("audit"):

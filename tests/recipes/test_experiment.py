@@ -424,7 +424,7 @@ def test_jobs_run_in_processes_of_their_own_with_the_results_of_one_process(tiny
     logs = []
     capfd.readouterr()
     run_experiment(tiny_cfg(tiny_folder, two, "seeds=[0,1]", "jobs=2"),
-                   log=lambda m: (logs.append(m), print(m, flush=True)))
+                   log=lambda m: (logs.append(m), print(m, flush=True)), data_into=tmp_path / "two_data")
     # each job is seen as soon as it ends (its evaluation queued then), not once every queued job has ended
     lines = capfd.readouterr().out.splitlines()
     first = next(i for i, m in enumerate(lines) if m.endswith("(1 of 9)"))
@@ -435,6 +435,11 @@ def test_jobs_run_in_processes_of_their_own_with_the_results_of_one_process(tiny
     assert "-- 9 jobs, 2 at a time, 1 torch thread(s) each" in logs  # baseline, 4 trainings, 4 evaluations
     done = [m.split()[1] for m in logs if m.startswith("   job ")]
     assert len(done) == 9 and done.index("train/control-seed1") < done.index("eval/control-seed1")
+    # --data-into with jobs: each finished evaluation's data arrive (and are logged here) as its job ends
+    assert sum(m.startswith("   per-item data so far:") for m in logs) == 5  # baseline + 4 evaluations
+    from coherentize.report import data
+
+    assert len(data.read(tmp_path / "two_data")["manifest"]["runs"]) == 5
     a, b = _per_item(one), _per_item(two)
     assert a.keys() == b.keys() and len(a) == 5
     for stage in a:

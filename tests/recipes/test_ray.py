@@ -44,9 +44,12 @@ def test_jobs_on_ray_give_the_results_of_one_process(tiny_folder, tmp_path, loca
     here, on_ray = tmp_path / "here", tmp_path / "ray-run"
     run_experiment(cfg(tiny_folder, here), log=lambda *a: None)
     logs = []
-    run_experiment(cfg(tiny_folder, on_ray, "executor=ray", "jobs=2", "ray.cpus_per_job=1"), log=logs.append)
+    run_experiment(cfg(tiny_folder, on_ray, "executor=ray", "jobs=2", "ray.cpus_per_job=1"), log=logs.append,
+                   data_into=tmp_path / "ray_data")
     assert "-- 9 jobs on Ray, 2 at a time, 1 CPU(s) and 0 GPU(s) each" in logs
     assert sum(m.startswith("   job ") for m in logs) == 9
+    # --data-into: each finished evaluation's data arrive (and are logged here) as its task ends
+    assert sum(m.startswith("   per-item data so far:") for m in logs) == 5
     names = lambda out: sorted(str(p.relative_to(out)) for p in out.glob("stages/**/done.json"))  # noqa: E731
     assert names(on_ray) == names(here)
     a, b = per_item(here), per_item(on_ray)

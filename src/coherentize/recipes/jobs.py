@@ -183,6 +183,16 @@ def _worker_init(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
+def _for_workers(st: Stages) -> Stages:
+    """A copy of st to send to job processes: without this process's logger (a worker prints its own; a logger need
+    not pickle), while st itself keeps logging here (on_done's messages, the jobs' progress)."""
+    import copy
+
+    sent = copy.copy(st)
+    sent.log = None
+    return sent
+
+
 def _worker_job(job: Job, st: Stages, ctx: JobContext) -> dict[str, float]:
     """A job in its own process (spawned: nothing inherited but the arguments). Returns the stages' wall times."""
     global _WORKER_MODELS
@@ -214,14 +224,14 @@ def run_in_processes(jobs: list[Job], st: Stages, ctx: JobContext, n_jobs: int, 
     ready, after = _after_training(jobs)
     total, workers, threads = len(jobs), min(n_jobs, len(jobs)), max(1, cpu_cores() // n_jobs)
     st.log(f"-- {total} jobs, {workers} at a time, {threads} torch thread(s) each")
-    log, st.log = st.log, None  # the worker gets its own logger (print)
+    log, sent = st.log, _for_workers(st)
     before = set(multiprocessing.active_children())
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init,
                                initargs=(threads,))
     finished, futures = False, {}
     try:
         for job in ready:
-            futures[pool.submit(_worker_job, job, st, ctx)] = job
+            futures[pool.submit(_worker_job, job, sent, ctx)] = job
         left, n_done = set(futures), 0
         while left:
             done, left = wait(left, return_when=FIRST_COMPLETED)
@@ -233,7 +243,7 @@ def run_in_processes(jobs: list[Job], st: Stages, ctx: JobContext, n_jobs: int, 
                     on_done(job)
                 nxt = after.pop(job.name, None) if isinstance(job, TrainArm) else None
                 if nxt is not None:
-                    g = pool.submit(_worker_job, nxt, st, ctx)
+                    g = pool.submit(_worker_job, nxt, sent, ctx)
                     futures[g] = nxt
                     left.add(g)
         finished = True
@@ -241,7 +251,6 @@ def run_in_processes(jobs: list[Job], st: Stages, ctx: JobContext, n_jobs: int, 
         raise CoherentizeError("a job's process died without an error (killed, or out of memory?); finished stages "
                                "are kept: run again to resume, or with jobs: 1.") from None
     finally:
-        st.log = log
         if not finished:  # stop the jobs still running: the pool's processes are this process's new children
             for proc in set(multiprocessing.active_children()) - before:
                 proc.terminate()
@@ -269,13 +278,13 @@ def run_on_ray(jobs: list[Job], st: Stages, ctx: JobContext, n_jobs: int, addres
     task = ray.remote(num_cpus=threads, num_gpus=gpus_per_job, max_retries=0)(_ray_job)
     ready, after = _after_training(jobs)
     st.log(f"-- {len(jobs)} jobs on Ray, {n_jobs} at a time, {threads} CPU(s) and {gpus_per_job:g} GPU(s) each")
-    log, st.log = st.log, None  # the task gets its own logger (print)
+    log, sent = st.log, _for_workers(st)
     running, queue, n_done = {}, list(ready), 0
     try:
         while queue or running:
             while queue and len(running) < n_jobs:
                 job = queue.pop(0)
-                running[task.remote(job, st, ctx, threads)] = job
+                running[task.remote(job, sent, ctx, threads)] = job
             (ref,), _ = ray.wait(list(running), num_returns=1)
             job = running.pop(ref)
             st.seconds.update(ray.get(ref))  # raises the job's error (an instance of its own class)
@@ -286,7 +295,6 @@ def run_on_ray(jobs: list[Job], st: Stages, ctx: JobContext, n_jobs: int, addres
             if isinstance(job, TrainArm) and job.name in after:
                 queue.insert(0, after.pop(job.name))
     finally:
-        st.log = log
         for ref in running:  # the first failure stops the jobs still running
             ray.cancel(ref, force=True)
         if started:

@@ -430,6 +430,9 @@ def test_jobs_run_in_processes_of_their_own_with_the_results_of_one_process(tiny
     first = next(i for i, m in enumerate(lines) if m.endswith("(1 of 9)"))
     trained = [i for i, m in enumerate(lines) if m.startswith("   train/") and " done in " in m]
     assert len(trained) == 4 and first < trained[-1], lines
+    # an arm-seed's evaluation starts as soon as a process frees up after its training, before later trainings
+    begun = [m.split()[2] for m in lines if m.startswith("== stage ")]
+    assert begun.index("eval/control-seed0:") < begun.index("train/control-seed1:"), begun
     names = lambda out: sorted(str(p.relative_to(out)) for p in out.glob("stages/**/done.json"))  # noqa: E731
     assert names(two) == names(one) and len(names(one)) == 2 + 2 * 2 * 2
     assert "-- 9 jobs, 2 at a time, 1 torch thread(s) each" in logs  # baseline, 4 trainings, 4 evaluations

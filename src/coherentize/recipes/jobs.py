@@ -214,9 +214,10 @@ def _after_training(jobs: list[Job]) -> tuple[list[Job], dict[str, EvaluateArm]]
 
 
 def run_in_processes(jobs: list[Job], st: Stages, ctx: JobContext, n_jobs: int, on_done=None) -> None:
-    """The local-processes executor: n_jobs spawned processes of cores / n_jobs torch threads each. An evaluation
-    whose training is in the list is queued when that training ends (small jobs leave less idle time at the end).
-    The first failure stops the other jobs (finished stages stay done) and is raised here."""
+    """The local-processes executor: n_jobs spawned processes of cores / n_jobs torch threads each. Jobs are handed
+    out one at a time as a process frees up; an evaluation whose training is in the list goes to the front of the
+    queue when that training ends, so the grid finishes (and --data-into receives) arm-seeds in order instead of
+    every training first. The first failure stops the other jobs (finished stages stay done) and is raised here."""
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
     from concurrent.futures.process import BrokenProcessPool
@@ -228,13 +229,21 @@ def run_in_processes(jobs: list[Job], st: Stages, ctx: JobContext, n_jobs: int, 
     before = set(multiprocessing.active_children())
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init,
                                initargs=(threads,))
-    finished, futures = False, {}
+    finished, futures, queue, left, n_done = False, {}, list(ready), set(), 0
+
+    def fill() -> None:  # a job for every free process
+        while queue and len(left) < workers:
+            job = queue.pop(0)
+            f = pool.submit(_worker_job, job, sent, ctx)
+            futures[f] = job
+            left.add(f)
+
     try:
-        for job in ready:
-            futures[pool.submit(_worker_job, job, sent, ctx)] = job
-        left, n_done = set(futures), 0
+        fill()
         while left:
-            done, left = wait(left, return_when=FIRST_COMPLETED)
+            done, not_done = wait(left, return_when=FIRST_COMPLETED)
+            left.clear()
+            left.update(not_done)
             for f in done:
                 st.seconds.update(f.result())  # raises the job's error
                 job, n_done = futures[f], n_done + 1
@@ -243,9 +252,8 @@ def run_in_processes(jobs: list[Job], st: Stages, ctx: JobContext, n_jobs: int, 
                     on_done(job)
                 nxt = after.pop(job.name, None) if isinstance(job, TrainArm) else None
                 if nxt is not None:
-                    g = pool.submit(_worker_job, nxt, sent, ctx)
-                    futures[g] = nxt
-                    left.add(g)
+                    queue.insert(0, nxt)
+            fill()
         finished = True
     except BrokenProcessPool:
         raise CoherentizeError("a job's process died without an error (killed, or out of memory?); finished stages "

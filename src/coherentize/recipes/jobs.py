@@ -241,9 +241,8 @@ def run_in_processes(jobs: list[Job], st: Stages, ctx: JobContext, n_jobs: int, 
     try:
         fill()
         while left:
-            done, not_done = wait(left, return_when=FIRST_COMPLETED)
-            left.clear()
-            left.update(not_done)
+            done, _ = wait(left, return_when=FIRST_COMPLETED)
+            left -= done
             for f in done:
                 st.seconds.update(f.result())  # raises the job's error
                 job, n_done = futures[f], n_done + 1

@@ -180,6 +180,30 @@ def test_the_pressure_shape_end_to_end_on_a_tiny_model(tiny_folder, tmp_path):
         for c in ("control", "output-kl", "control+kl_leash", "control+interleaved")}
 
 
+def test_data_into_gets_each_finished_condition_before_the_pressure_stage_ends(tiny_folder, tmp_path, monkeypatch):
+    """A session killed during the pressures keeps every condition-seed measured so far in the --data-into folder."""
+    from coherentize.report import data
+
+    cfg = tiny_cfg(tiny_folder, tmp_path / "exp", "arms=[control]", "eval.suites=[coherence]", "seeds=[0]",
+                   "pressure.kinds=[risky_finance]", "pressure.n_train=4", "pressure.defences=[kl_leash]",
+                   "pressure.train={max_steps: 1, per_device_train_batch_size: 4, learning_rate: 0.05}")
+    measure, calls = pressure._measure_stage, []
+
+    def killed_at_the_second_condition(st, p, kind, name, *a, **k):
+        calls.append(name)
+        if name.startswith("pressure/after-") and "kl_leash" in name:
+            raise KeyboardInterrupt  # the session ends while the second condition is being measured
+        return measure(st, p, kind, name, *a, **k)
+
+    monkeypatch.setattr(pressure, "_measure_stage", killed_at_the_second_condition)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(cfg, log=lambda *a: None, data_into=tmp_path / "data")
+    kept = data.read(tmp_path / "data")["pressure"]
+    assert {(r["condition"], r["when"]) for r in kept} == {("control", "before"), ("control", "after")}
+    assert {r["set"] for r in kept} == {"in_domain", "off_domain"}
+    assert "risky_finance" in data.read(tmp_path / "data")["manifest"]["pressure"]
+
+
 def records(kind="k"):
     rng = np.random.default_rng(1)
     out = []

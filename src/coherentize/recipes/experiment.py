@@ -122,7 +122,7 @@ def _run_stages(cfg: ExperimentConfig, st: Stages, data_into: Path | None = None
         run_in_processes(jobs, st, ctx, cfg.jobs, on_done)
     else:
         run_here(jobs, st, models, ctx, on_done)
-    pressure_stage(st, cfg, runs, ctx, models)
+    pressure_stage(st, cfg, runs, ctx, models, data_into)
     report = report_stage(st, cfg, runs, t0)
     if data_into is not None and (st.root / "data" / "manifest.json").is_file():
         from coherentize.report import data as report_data
@@ -132,13 +132,15 @@ def _run_stages(cfg: ExperimentConfig, st: Stages, data_into: Path | None = None
     return report
 
 
-def write_progress(st: Stages, cfg: ExperimentConfig, runs: list[dict], dest: Path) -> None:
-    """The finished evaluations' per-item data into dest (report/render.py's write_progress)."""
+def write_progress(st: Stages, cfg: ExperimentConfig, runs: list[dict], dest: Path,
+                   pressure: list[dict] | None = None) -> None:
+    """The finished evaluations' per-item data into dest (report/render.py's write_progress), with the narrow
+    pressures' records measured so far."""
     from coherentize.report.render import write_progress as write
 
     organism = st.done("organism") if cfg.organism.enabled else None
     if write(st.root, report_facts(cfg), st.dir("baseline"), runs, dest, dict(st.code), dict(st.seconds),
-             organism) is not None:
+             organism, pressure) is not None:
         st.log(f"   per-item data so far: {dest}")
 
 
@@ -318,17 +320,24 @@ def _train_job(st: Stages, arm: Arm, name: str, seed: int, targs, ctx: JobContex
     return TrainArm(name, arm.name, seed, targs, arm.control, data, arm.families)
 
 
-def pressure_stage(st: Stages, cfg: ExperimentConfig, runs: list[dict], ctx: JobContext, models: EvalModels) -> None:
+def pressure_stage(st: Stages, cfg: ExperimentConfig, runs: list[dict], ctx: JobContext, models: EvalModels,
+                   data_into: Path | None = None) -> None:
     """The narrow second fine-tunes of every arm-seed, with the defences (recipes/pressure.py), when pressure.kinds
-    names any: pressure.json (the summary) and pressure_items.csv (every measured item) in the output folder."""
+    names any: pressure.json (the summary) and pressure_items.csv (every measured item) in the output folder; with
+    data_into, each condition-seed's records go there as it is measured."""
     if not cfg.pressure.kinds or not st.wanted("pressure"):
         return
     from coherentize.evaluate.suite import make_judge
     from coherentize.recipes import pressure
     from coherentize.report.pressure import summarize, write_items
 
+    progress = None
+    if data_into is not None:
+        def progress(records):
+            write_progress(st, cfg, runs, Path(data_into), records)
+
     records = pressure.run_pressures(st, cfg.pressure, list(cfg.arms), list(cfg.seeds), runs, ctx, models,
-                                     lambda: make_judge(cfg.eval))
+                                     lambda: make_judge(cfg.eval), progress)
     write_json(st.root / "pressure.json", summarize(records, cfg.eval.n_boot))
     write_items(records, st.root / "pressure_items.csv")
 

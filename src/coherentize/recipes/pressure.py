@@ -41,7 +41,9 @@ They run in this process, one at a time, after the arms' jobs (whatever the exec
 (report/pressure.py): pressure_items.csv (every measured item, also in the run's results data folder) and
 pressure.json (report/pressure.py's ``summarize``: per kind, condition and item set, before, after, the change with
 its two-level interval over seeds and items, the change beside the undefended control's, and the spread ratio),
-shown in the report's "Narrow pressures" section.
+shown in the report's "Narrow pressures" section. With `run --data-into`, the records measured so far go into the
+results data folder after each condition-seed, so a session killed during the pressures loses no finished one (on
+the same machine a later run reuses the finished stages and goes on).
 
 Limits: the start models of different arms differ, so "coherentized before" compares changes from different starting
 points (read the before values too); each measure's own limits are in its module (evaluate/preference.py,
@@ -294,9 +296,11 @@ def write_clusters(clusters: list, path: Path) -> Path:
 
 
 def run_pressures(st: Stages, p: PressureConfig, arms: list[str], seeds: list[int], runs: list[dict], ctx,
-                  models, judge_factory) -> list[dict]:
+                  models, judge_factory, on_progress: Callable[[list[dict]], None] | None = None) -> list[dict]:
     """Every pressure stage in order (module docstring); returns the measured records
-    [{"kind", "arm", "defence", "condition", "seed", "when": before|after, "set", "values": {id: value}}]."""
+    [{"kind", "arm", "defence", "condition", "seed", "when": before|after, "set", "values": {id: value}}].
+    on_progress: called with the records so far after each condition-seed is measured after its fine-tune (what
+    `run --data-into` writes, so that a killed session loses no finished condition)."""
     if not p.kinds:
         return []
     start = {(r["arm"], r["seed"]): _start_stage(st, r, ctx) for r in runs}
@@ -326,6 +330,8 @@ def run_pressures(st: Stages, p: PressureConfig, arms: list[str], seeds: list[in
                     for set_name, values in vals.items():
                         records.append({"kind": kind, "arm": arm, "defence": defence, "condition": cond,
                                         "seed": seed, "when": when, "set": set_name, "values": values})
+                if on_progress is not None:
+                    on_progress(records)
     return records
 
 

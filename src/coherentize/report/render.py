@@ -429,11 +429,13 @@ def data_manifest(root: Path, facts: ExperimentFacts, arms: list[str], code: dic
 
 
 def write_progress(root: Path, facts: ExperimentFacts, baseline_dir: Path, runs: list[RunRecord], dest: Path,
-                   code: dict, stage_seconds: dict, organism: dict | None = None) -> Path | None:
+                   code: dict, stage_seconds: dict, organism: dict | None = None,
+                   pressure: list[dict] | None = None) -> Path | None:
     """The per-item data of a grid's finished evaluations so far, accumulated into dest (report/data.py's
     ``accumulate``: arm-seeds already there from earlier sessions are kept): what `coherentize run --data-into`
-    writes as each job ends, so that a killed session loses no finished arm-seed. None (nothing written) until the
-    baseline's evaluation is done."""
+    writes as each job ends, so that a killed session loses no finished arm-seed. pressure: the narrow pressures'
+    records measured so far (recipes/pressure.run_pressures). None (nothing written) until the baseline's evaluation
+    is done."""
     if not (Path(baseline_dir) / "done.json").is_file():
         return None
     finished = [r for r in runs if (Path(r["eval_dir"]) / "done.json").is_file()]
@@ -442,6 +444,8 @@ def write_progress(root: Path, facts: ExperimentFacts, baseline_dir: Path, runs:
     data = report_data.collect(Path(baseline_dir), finished, manifest)
     data["manifest"]["planned"] = [run_name(r["arm"], r["seed"]) for r in runs]
     data["selection"] = _load_json(Path(root) / "selection.json")
+    if pressure:
+        data["pressure"] = pressure
     return report_data.accumulate(dest, data)
 
 

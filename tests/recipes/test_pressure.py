@@ -204,6 +204,36 @@ def test_data_into_gets_each_finished_condition_before_the_pressure_stage_ends(t
     assert "risky_finance" in data.read(tmp_path / "data")["manifest"]["pressure"]
 
 
+def test_with_jobs_the_pressure_stages_run_in_processes_with_the_measures_of_one_process(tiny_folder, tmp_path):
+    """jobs: 2 runs the measures before and each condition's fine-tune and measures after as jobs in two spawned
+    processes (the arms' executor); the measures equal those of one process, and --data-into gets each as it ends."""
+    from coherentize.report import data
+
+    sets = ("arms=[control]", "eval.suites=[coherence]", "seeds=[0]", "pressure.kinds=[risky_finance,one_frame]",
+            "pressure.n_train=4", "pressure.defences=[kl_leash]", "pressure.max_new_tokens=3", "pressure.n_harmful=2",
+            "pressure.train={max_steps: 1, per_device_train_batch_size: 4, learning_rate: 0.05}")
+    one, two = tmp_path / "one", tmp_path / "two"
+    run_experiment(tiny_cfg(tiny_folder, one, *sets), log=lambda *a: None)
+    logs = []
+    run_experiment(tiny_cfg(tiny_folder, two, *sets, "jobs=2"), log=logs.append, data_into=tmp_path / "data")
+    # per pressure: the measures before the control's fine-tunes, then each condition's fine-tune and measures after
+    # (one_frame's measures use the refusal judge, made in each job's process)
+    assert "-- 6 jobs, 2 at a time, 1 torch thread(s) each" in logs
+    done = [m.split()[1] for m in logs if m.startswith("   job pressure/")]
+    assert sorted(done) == sorted(f"pressure/{w}-{k}-{c}-seed0" for k in ("risky_finance", "one_frame")
+                                  for w, c in (("before", "control"), ("after", "control"),
+                                               ("after", "control+kl_leash")))
+    assert sum(m.startswith("   per-item data so far:") for m in logs) == 2 + 6  # baseline, evaluation, 6 jobs
+    summary = json.loads((two / "summary.json").read_text())
+    assert "pressure/train-risky_finance-control+kl_leash-seed0" in summary["stage_seconds"]
+    key = lambda r: (r["kind"], r["condition"], r["when"], r["set"])  # noqa: E731
+    a = {key(r): r["values"] for r in pressure_report.read_items(one / "pressure_items.csv")}
+    b = {key(r): r["values"] for r in data.read(tmp_path / "data")["pressure"]}
+    assert a.keys() == b.keys() and {k[0] for k in a} == {"risky_finance", "one_frame"}
+    for k in a:
+        assert b[k] == pytest.approx(a[k], rel=1e-4, abs=1e-5), k
+
+
 def records(kind="k"):
     rng = np.random.default_rng(1)
     out = []

@@ -115,14 +115,9 @@ def _run_stages(cfg: ExperimentConfig, st: Stages, data_into: Path | None = None
                 write_progress(st, cfg, runs, Path(data_into))
 
         on_done()  # the arm-seeds finished in an earlier invocation
-    jobs = ([baseline] if baseline is not None else []) + jobs
-    if parallel and jobs and cfg.executor == "ray":
-        run_on_ray(jobs, st, ctx, cfg.jobs, cfg.ray.address, cfg.ray.cpus_per_job, cfg.ray.gpus_per_job, on_done)
-    elif parallel and jobs:
-        run_in_processes(jobs, st, ctx, cfg.jobs, on_done)
-    else:
-        run_here(jobs, st, models, ctx, on_done)
-    pressure_stage(st, cfg, runs, ctx, models, data_into)
+    execute = executor(cfg, st, models, ctx)
+    execute(([baseline] if baseline is not None else []) + jobs, on_done)
+    pressure_stage(st, cfg, runs, ctx, models, execute, data_into)
     report = report_stage(st, cfg, runs, t0)
     if data_into is not None and (st.root / "data" / "manifest.json").is_file():
         from coherentize.report import data as report_data
@@ -130,6 +125,22 @@ def _run_stages(cfg: ExperimentConfig, st: Stages, data_into: Path | None = None
         report_data.accumulate(Path(data_into), report_data.read(st.root / "data"))
         st.log(f"per-item data: {data_into}")
     return report
+
+
+def executor(cfg: ExperimentConfig, st: Stages, models: EvalModels, ctx: JobContext):
+    """execute(jobs, on_done): the config's executor (recipes/jobs.py): Ray, `jobs` local processes, or this process
+    (jobs 1, or one stage asked for with --stage)."""
+    parallel = (cfg.jobs > 1 or cfg.executor == "ray") and st.only is None
+
+    def execute(jobs: list, on_done=None) -> None:
+        if parallel and jobs and cfg.executor == "ray":
+            run_on_ray(jobs, st, ctx, cfg.jobs, cfg.ray.address, cfg.ray.cpus_per_job, cfg.ray.gpus_per_job, on_done)
+        elif parallel and jobs:
+            run_in_processes(jobs, st, ctx, cfg.jobs, on_done)
+        else:
+            run_here(jobs, st, models, ctx, on_done)
+
+    return execute
 
 
 def write_progress(st: Stages, cfg: ExperimentConfig, runs: list[dict], dest: Path,
@@ -321,13 +332,13 @@ def _train_job(st: Stages, arm: Arm, name: str, seed: int, targs, ctx: JobContex
 
 
 def pressure_stage(st: Stages, cfg: ExperimentConfig, runs: list[dict], ctx: JobContext, models: EvalModels,
-                   data_into: Path | None = None) -> None:
+                   execute=None, data_into: Path | None = None) -> None:
     """The narrow second fine-tunes of every arm-seed, with the defences (recipes/pressure.py), when pressure.kinds
-    names any: pressure.json (the summary) and pressure_items.csv (every measured item) in the output folder; with
-    data_into, each condition-seed's records go there as it is measured."""
+    names any, as jobs of execute (the arms' executor; None: in this process): pressure.json (the summary) and
+    pressure_items.csv (every measured item) in the output folder; with data_into, each finished job's records go
+    there as it ends."""
     if not cfg.pressure.kinds or not st.wanted("pressure"):
         return
-    from coherentize.evaluate.suite import make_judge
     from coherentize.recipes import pressure
     from coherentize.report.pressure import summarize, write_items
 
@@ -336,8 +347,8 @@ def pressure_stage(st: Stages, cfg: ExperimentConfig, runs: list[dict], ctx: Job
         def progress(records):
             write_progress(st, cfg, runs, Path(data_into), records)
 
-    records = pressure.run_pressures(st, cfg.pressure, list(cfg.arms), list(cfg.seeds), runs, ctx, models,
-                                     lambda: make_judge(cfg.eval), progress)
+    records = pressure.run_pressures(st, cfg.pressure, list(cfg.arms), list(cfg.seeds), runs, ctx, models, progress,
+                                     execute)
     write_json(st.root / "pressure.json", summarize(records, cfg.eval.n_boot))
     write_items(records, st.root / "pressure_items.csv")
 

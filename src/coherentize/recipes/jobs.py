@@ -1,7 +1,8 @@
 """The experiment's jobs and the executors that run them.
 
 A job is a small typed value: the baseline evaluation (Baseline), one arm-seed's training (TrainArm) or its
-evaluation (EvaluateArm, after its training). What every job reads is one JobContext (the model, the clusters, the
+evaluation (EvaluateArm, after its training), or a narrow pressure's stage (recipes/pressure.py's PressureJob, which
+runs itself: job.run(st, ctx)). What every job reads is one JobContext (the model, the clusters, the
 evaluation and training settings). Three executors run a list of jobs: `run_here` in this process, in order;
 `run_in_processes`, `jobs` at a time in spawned processes of cores / jobs torch threads each; `run_on_ray`, as tasks
 of a Ray cluster (one machine or many, sharing the output folder), each with its own CPUs and GPUs. In the last two an
@@ -149,12 +150,14 @@ def run_job(job: Job, st: Stages, models: EvalModels, ctx: JobContext, quiet: bo
     elif isinstance(job, TrainArm):
         train_arm(st, dataclasses.replace(job, args=dataclasses.replace(job.args, disable_tqdm=True)) if quiet else job,
                   ctx)
-    else:
+    elif isinstance(job, EvaluateArm):
         out = st.begin(job.label, "evaluation of the arm's model")
         model, tok = models.trained(st.dir(f"train/{job.name}") / "model")
         reference, _ = models.original()
         evaluate(model, tok, reference, ctx, out, quiet)
         st.finish(job.label, {"arm": job.arm, "seed": job.seed})
+    else:  # a job that runs its own stages (recipes/pressure.py's PressureJob)
+        job.run(st, ctx)
 
 
 def run_here(jobs: list[Job], st: Stages, models: EvalModels, ctx: JobContext, on_done=None) -> None:

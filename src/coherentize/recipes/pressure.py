@@ -37,12 +37,14 @@ Stages (cached like the others, keyed by their settings, inputs and code):
     pressure/before-<kind>-<arm>-seed<s>      the pressure's measures on the start model
     pressure/train-<kind>-<cond>-seed<s>      the narrow fine-tune
     pressure/after-<kind>-<cond>-seed<s>      the measures after it
-They run in this process, one at a time, after the arms' jobs (whatever the executor). The measures become records
+The start, instruct and data stages run in this process after the arms' jobs; the measures before and each
+condition's fine-tune with its measures after are jobs (``PressureJob``) of the arms' executor (with ``jobs: 2``, two
+at a time in processes of their own; on Ray, as its tasks). The measures become records
 (report/pressure.py): pressure_items.csv (every measured item, also in the run's results data folder) and
 pressure.json (report/pressure.py's ``summarize``: per kind, condition and item set, before, after, the change with
 its two-level interval over seeds and items, the change beside the undefended control's, and the spread ratio),
 shown in the report's "Narrow pressures" section. With `run --data-into`, the records measured so far go into the
-results data folder after each condition-seed, so a session killed during the pressures loses no finished one (on
+results data folder after each job, so a session killed during the pressures loses no finished condition (on
 the same machine a later run reuses the finished stages and goes on).
 
 Limits: the start models of different arms differ, so "coherentized before" compares changes from different starting
@@ -296,11 +298,13 @@ def write_clusters(clusters: list, path: Path) -> Path:
 
 
 def run_pressures(st: Stages, p: PressureConfig, arms: list[str], seeds: list[int], runs: list[dict], ctx,
-                  models, judge_factory, on_progress: Callable[[list[dict]], None] | None = None) -> list[dict]:
-    """Every pressure stage in order (module docstring); returns the measured records
+                  models, on_progress: Callable[[list[dict]], None] | None = None, execute=None) -> list[dict]:
+    """Every pressure stage (module docstring); returns the measured records
     [{"kind", "arm", "defence", "condition", "seed", "when": before|after, "set", "values": {id: value}}].
-    on_progress: called with the records so far after each condition-seed is measured after its fine-tune (what
-    `run --data-into` writes, so that a killed session loses no finished condition)."""
+    The start models and the pressures' data are made here; the measures before and each condition's fine-tune and
+    measures after are PressureJobs, run by execute(jobs, on_done) (the experiment's executor: in this process, or
+    `jobs` at a time in processes or on Ray; None: here, in order). on_progress: called with the records so far
+    after each job (what `run --data-into` writes, so that a killed session loses no finished condition)."""
     if not p.kinds:
         return []
     start = {(r["arm"], r["seed"]): _start_stage(st, r, ctx) for r in runs}
@@ -308,31 +312,93 @@ def run_pressures(st: Stages, p: PressureConfig, arms: list[str], seeds: list[in
         data = _instruct_data_stage(st, p.instruct, ctx)
         for arm, seed in start:
             _instruct_stage(st, p.instruct, arm, seed, data)
-    records, judge = [], None
+    plan, jobs, befores = [], [], set()  # plan: (kind, arm, defence, seed, before stage, after stage)
     for kind in p.kinds:
-        k = KINDS[kind]
-        if k.needs_judge and judge is None:
-            judge = judge_factory()
         data = _data_stage(st, p, kind, ctx, models)
         for seed in seeds:
             for arm, defence in conditions(p, arms):
                 if (arm, seed) not in start:
                     continue
                 s_name = start_name(p, arm, seed)
-                before = _measure_stage(st, p, kind, f"pressure/before-{kind}-{arm}-seed{seed}", s_name, None, ctx,
-                                        judge)
+                before = f"pressure/before-{kind}-{arm}-seed{seed}"
                 cond = condition_name(arm, defence)
-                t_name = f"pressure/train-{kind}-{cond}-seed{seed}"
-                _train_stage(st, p, kind, defence, seed, t_name, s_name, data, ctx)
-                after = _measure_stage(st, p, kind, f"pressure/after-{kind}-{cond}-seed{seed}", s_name, t_name, ctx,
-                                       judge)
-                for when, vals in (("before", before), ("after", after)):
-                    for set_name, values in vals.items():
-                        records.append({"kind": kind, "arm": arm, "defence": defence, "condition": cond,
-                                        "seed": seed, "when": when, "set": set_name, "values": values})
-                if on_progress is not None:
-                    on_progress(records)
-    return records
+                t_name, after = f"pressure/train-{kind}-{cond}-seed{seed}", f"pressure/after-{kind}-{cond}-seed{seed}"
+                if before not in befores:  # the defences share their arm's measures before
+                    befores.add(before)
+                    _key_measure(st, p, kind, before, s_name, None, ctx)
+                    if st.todo(before):
+                        jobs.append(PressureJob(p, kind, s_name, before, data))
+                _key_train(st, p, kind, defence, seed, t_name, s_name, ctx)
+                _key_measure(st, p, kind, after, s_name, t_name, ctx)
+                if not st.cached(t_name) or st.todo(after):
+                    jobs.append(PressureJob(p, kind, s_name, after, data, t_name, defence, seed))
+                plan.append((kind, arm, defence, seed, before, after))
+
+    def records(finished_only: bool = False) -> list[dict]:
+        out = []
+        for kind, arm, defence, seed, before, after in plan:
+            if finished_only and not (st.done(before) and st.done(after)):
+                continue
+            for when, name in (("before", before), ("after", after)):
+                for set_name, values in _measures(st, name).items():
+                    out.append({"kind": kind, "arm": arm, "defence": defence, "condition": condition_name(arm, defence),
+                                "seed": seed, "when": when, "set": set_name, "values": values})
+        return out
+
+    on_done = None
+    if on_progress is not None:
+        def on_done(job=None):
+            on_progress(records(finished_only=True))
+    if jobs:
+        if execute is None:
+            for job in jobs:
+                job.run(st, ctx)
+                if on_done is not None:
+                    on_done(job)
+        else:
+            execute(jobs, on_done)
+    return records()
+
+
+@dataclass(frozen=True)
+class PressureJob:
+    """One pressure stage as a job of the experiment's executors (recipes/jobs.py): a start model's measures before
+    any narrow fine-tune (train None), or one condition's narrow fine-tune and its measures after."""
+
+    p: PressureConfig
+    kind: str
+    start: str
+    """The start model's stage."""
+    measure: str
+    """The measure stage (pressure/before-... or pressure/after-...)."""
+    data: Path
+    """The pressure's training clusters."""
+    train: str | None = None
+    """The narrow fine-tune's stage (None: a measure before)."""
+    defence: str = NO_DEFENCE
+    seed: int = 0
+
+    @property
+    def label(self) -> str:
+        return self.measure
+
+    def run(self, st: Stages, ctx) -> None:
+        if self.train is not None:
+            _train_stage(st, self.p, self.kind, self.defence, self.seed, self.train, self.start, self.data, ctx)
+        _measure_stage(st, self.p, self.kind, self.measure, self.start, self.train, ctx)
+
+
+_JUDGE: list = []  # per process: [(the evaluation config, its refusal judge)], made once for the measures needing one
+
+
+def _judge(kind: str, ctx):
+    if not KINDS[kind].needs_judge:
+        return None
+    if not _JUDGE or _JUDGE[0][0] != ctx.eval:
+        from coherentize.evaluate.suite import make_judge
+
+        _JUDGE[:] = [(ctx.eval, make_judge(ctx.eval))]
+    return _JUDGE[0][1]
 
 
 def start_name(p: PressureConfig, arm: str, seed: int) -> str:
@@ -430,16 +496,22 @@ def _data_stage(st: Stages, p: PressureConfig, kind: str, ctx, models) -> Path:
     return path
 
 
-def _train_stage(st: Stages, p: PressureConfig, kind: str, defence: str, seed: int, name: str, start: str,
-                 data: Path, ctx) -> None:
-    from coherentize.recipes.train_job import DataConfig, TrainJob, run_training
-
+def _key_train(st: Stages, p: PressureConfig, kind: str, defence: str, seed: int, name: str, start: str,
+               ctx) -> None:
     args = train_args(p, defence, seed, kind)
     st.key(name, {"defence": defence, "train": without(to_dict(args), COSMETIC_TRAIN_FIELDS), "lora": to_dict(ctx.lora),
                   **({"interleave": ctx.train_path.name} if defence == "interleaved" else {})},
            start, f"pressure/data-{kind}", *(("variations",) if defence == "interleaved" else ()))
+
+
+def _train_stage(st: Stages, p: PressureConfig, kind: str, defence: str, seed: int, name: str, start: str,
+                 data: Path, ctx) -> None:
+    from coherentize.recipes.train_job import DataConfig, TrainJob, run_training
+
+    _key_train(st, p, kind, defence, seed, name, start, ctx)
     if not st.todo(name):
         return
+    args = train_args(p, defence, seed, kind)
     out = st.begin(name, f"narrow fine-tune: {kind}, {defence}")
     out.mkdir(parents=True, exist_ok=True)
     train_file = data
@@ -460,14 +532,23 @@ def _train_stage(st: Stages, p: PressureConfig, kind: str, defence: str, seed: i
                      "last_loss": losses[-1] if losses else None})
 
 
-def _measure_stage(st: Stages, p: PressureConfig, kind: str, name: str, start: str, trained: str | None, ctx,
-                   judge) -> dict[str, dict[str, float]]:
+def _key_measure(st: Stages, p: PressureConfig, kind: str, name: str, start: str, trained: str | None, ctx) -> None:
     st.key(name, {"kind": kind, "batch": p.batch_size, "max_new_tokens": p.max_new_tokens, "n_harmful": p.n_harmful,
                   **({"judge": ctx.eval.judge} if KINDS[kind].needs_judge else {})},
            *((trained,) if trained else (start,)))
+
+
+def _measures(st: Stages, name: str) -> dict[str, dict[str, float]]:
+    """A finished measure stage's values {item set: {id: value}}."""
+    return json.loads((st.dir(name) / "measures.json").read_text())
+
+
+def _measure_stage(st: Stages, p: PressureConfig, kind: str, name: str, start: str, trained: str | None,
+                   ctx) -> None:
+    _key_measure(st, p, kind, name, start, trained, ctx)
     path = st.dir(name) / "measures.json"
     if not st.todo(name):
-        return json.loads(path.read_text())
+        return
     st.begin(name, f"{kind} measures {'after' if trained else 'before'} the narrow fine-tune")
     from coherentize.chat import is_chat_model
     from coherentize.recipes.models import EvalModels
@@ -475,10 +556,9 @@ def _measure_stage(st: Stages, p: PressureConfig, kind: str, name: str, start: s
     models = EvalModels(_start_cfg(st, ctx, start))
     model, tok = models.trained(st.dir(trained) / "model") if trained else models.original()
     chat = is_chat_model(tok, models.model_cfg.prompt_format)
-    values = KINDS[kind].measure(model, tok, chat, judge, p)
+    values = KINDS[kind].measure(model, tok, chat, _judge(kind, ctx), p)
     for set_name in ("in_domain", "off_domain"):
         if set_name not in values:
             raise CoherentizeError(f"pressure {kind}: its measure returned no {set_name!r} set.")
     write_json(path, values)
     st.finish(name, {"kind": kind, "sets": {k: len(v) for k, v in values.items()}})
-    return values

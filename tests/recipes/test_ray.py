@@ -59,6 +59,26 @@ def test_jobs_on_ray_give_the_results_of_one_process(tiny_folder, tmp_path, loca
             assert b[stage][metric] == pytest.approx(values, rel=1e-4, abs=1e-6), (stage, metric)
 
 
+def test_the_narrow_pressures_run_as_ray_tasks_with_the_measures_of_one_process(tiny_folder, tmp_path, local_ray):
+    from coherentize.report.pressure import read_items
+
+    sets = ("arms=[control]", "seeds=[0]", "eval.suites=[coherence]", "pressure.kinds=[risky_finance]",
+            "pressure.n_train=4", "pressure.defences=[kl_leash]",
+            "pressure.train={max_steps: 1, per_device_train_batch_size: 4, learning_rate: 0.05}")
+    here, on_ray = tmp_path / "here", tmp_path / "ray-run"
+    run_experiment(cfg(tiny_folder, here, *sets), log=lambda *a: None)
+    logs = []
+    run_experiment(cfg(tiny_folder, on_ray, *sets, "executor=ray", "jobs=2", "ray.cpus_per_job=1"), log=logs.append)
+    # the measures before the control's fine-tunes, and each condition's fine-tune with its measures after
+    assert "-- 3 jobs on Ray, 2 at a time, 1 CPU(s) and 0 GPU(s) each" in logs
+    key = lambda r: (r["condition"], r["when"], r["set"])  # noqa: E731
+    a = {key(r): r["values"] for r in read_items(here / "pressure_items.csv")}
+    b = {key(r): r["values"] for r in read_items(on_ray / "pressure_items.csv")}
+    assert a.keys() == b.keys() and len(a) == 2 * 2 * 2
+    for k in a:
+        assert b[k] == pytest.approx(a[k], rel=1e-4, abs=1e-5), k
+
+
 def test_a_failing_job_on_ray_raises_its_own_error(tiny_folder, tmp_path, local_ray):
     import shutil
 

@@ -87,6 +87,25 @@ def test_ratio_seeds_is_the_ratio_of_pooled_means_and_widens_with_seed_noise():
         stats.ratio_seeds(num, den[:2])
 
 
+def test_ratio_difference_is_paired_on_seeds_and_items():
+    rng = np.random.default_rng(0)
+    # each seed and item has its own offset that both conditions share: the paired interval cancels it
+    den_ref = [{f"i{k}": 1.0 + rng.normal(0, 0.3) for k in range(30)} for _ in range(4)]
+    num_ref = [{f"o{k}": 0.8 + s * 0.2 + rng.normal(0, 0.3) for k in range(20)} for s in range(4)]
+    r = stats.ratio_difference_seeds(num_ref, den_ref, num_ref, den_ref, n_boot=300)
+    assert r["difference"] == 0 and r["ci_low"] == r["ci_high"] == 0 and r["per_seed"] == [0.0] * 4
+    # the same condition with its off-domain change halved on every item: the ratio halves, clear of 0
+    half = [{k: v / 2 for k, v in d.items()} for d in num_ref]
+    d = stats.ratio_difference_seeds(num_ref, den_ref, half, den_ref, n_boot=300)
+    own, ref = stats.ratio_seeds(half, den_ref, n_boot=10), stats.ratio_seeds(num_ref, den_ref, n_boot=10)
+    assert d["difference"] == pytest.approx(own["ratio"] - ref["ratio"]) and d["ci_high"] < 0
+    unpaired_width = (own_w := stats.ratio_seeds(half, den_ref, n_boot=300))["ci_high"] - own_w["ci_low"]
+    assert d["ci_high"] - d["ci_low"] < unpaired_width  # the shared seed and item noise cancels
+    assert d["per_seed"] == pytest.approx([o - r for o, r in zip(own["per_seed"], ref["per_seed"])])
+    with pytest.raises(ValueError, match="one {item: value} per seed"):
+        stats.ratio_difference_seeds(num_ref, den_ref, half[:2], den_ref)
+
+
 @pytest.mark.parametrize("sets, message", [
     (["pressure.kinds=[risky_finance,brainwash]"], "pressure.kinds: unknown pressure 'brainwash'"),
     (["pressure.kinds=[risky_finance]", "pressure.defences=[kl_leash,prayer]"], "unknown defence 'prayer'"),
@@ -259,6 +278,13 @@ def test_summary_changes_ratio_and_the_comparison_with_the_undefended_control():
     assert d["sets"]["in_domain"]["change_vs_undefended"]["mean"] == pytest.approx(-0.5, abs=0.02)  # learning cost
     assert d["sets"]["in_domain"]["change_vs_undefended"]["ci_high"] < 0
     assert "change_vs_undefended" not in c["sets"]["in_domain"]
+    # half the learning and half the spread: the same ratio, so its difference from the control's is about 0
+    assert d["spread_ratio_vs_undefended"]["difference"] == pytest.approx(0.0, abs=0.05)
+    assert "spread_ratio_vs_undefended" not in c
+    row = next(line for line in pressure_report.pressure_section({"k": s}) if line.startswith("| control, KL"))
+    assert row.endswith(f"| {d['spread_ratio_vs_undefended']['difference']:+.2f} "
+                        f"[{d['spread_ratio_vs_undefended']['ci_low']:+.2f}, "
+                        f"{d['spread_ratio_vs_undefended']['ci_high']:+.2f}] |")
     assert pressure_report.reference_condition(records()) == "control"
 
 

@@ -307,6 +307,84 @@ def ratio_seeds(numerator: Sequence[Mapping[str, float]], denominator: Sequence[
             "denominator_excludes_zero": bool(den_lo > 0 or den_hi < 0)}
 
 
+def _aligned(a: Sequence[Mapping[str, float]], b: Sequence[Mapping[str, float]]
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Two conditions' {item id: value} per seed on one set of item columns (ids in first-seen order over both):
+    (values a, present a, values b, present b), each (S, n); a missing or non-finite value is 0 with present False."""
+    ids: dict[str, int] = {}
+    for run in list(a) + list(b):
+        for i in run:
+            ids.setdefault(i, len(ids))
+    out = []
+    for runs in (a, b):
+        values, present = np.zeros((len(runs), len(ids))), np.zeros((len(runs), len(ids)), dtype=bool)
+        for s, run in enumerate(runs):
+            for i, v in run.items():
+                if v is not None and np.isfinite(float(v)):
+                    values[s, ids[i]], present[s, ids[i]] = float(v), True
+        out += [values, present]
+    return tuple(out)
+
+
+def ratio_difference_seeds(ref_numerator: Sequence[Mapping[str, float]], ref_denominator: Sequence[Mapping[str, float]],
+                           numerator: Sequence[Mapping[str, float]], denominator: Sequence[Mapping[str, float]],
+                           n_boot: int = N_BOOT, seed: int = 0) -> dict:
+    """A condition's ratio of pooled means minus a reference condition's (ratio_seeds' ratio; e.g. a defended
+    narrow fine-tune's spread ratio minus the undefended one's), with a paired two-level percentile interval: each
+    draw picks the same S seeds and the same items (by id) for both conditions, so what the two share (which items
+    and seeds were drawn) cancels. All four sequences: one {item id: value} per seed, seed s at element s of each.
+    Returns {"difference" (own pooled ratio - reference's), "ci_low", "ci_high", "seeds", "per_seed" (each seed's own
+    ratio minus the reference's; None where a denominator is 0)}; draws with a zero denominator are dropped."""
+    if not len(ref_numerator) == len(ref_denominator) == len(numerator) == len(denominator):
+        raise ValueError("ratio_difference_seeds needs one {item: value} per seed in each of its four sequences, got "
+                         f"{len(ref_numerator)}, {len(ref_denominator)}, {len(numerator)} and {len(denominator)}")
+    n_seeds = len(numerator)
+    empty = {"difference": None, "ci_low": None, "ci_high": None, "seeds": n_seeds, "per_seed": []}
+    if n_seeds == 0:
+        return empty
+    rn, rn_ok, on, on_ok = _aligned(ref_numerator, numerator)
+    rd, rd_ok, od, od_ok = _aligned(ref_denominator, denominator)
+    if rn.shape[1] == 0 or rd.shape[1] == 0:
+        return empty
+    rng = np.random.default_rng(seed)
+    picks = _tally(rng.integers(0, n_seeds, size=(n_boot, n_seeds)), n_seeds)  # (n_boot, S)
+    num_counts = _tally(rng.integers(0, rn.shape[1], size=(n_boot, rn.shape[1])), rn.shape[1])
+    den_counts = _tally(rng.integers(0, rd.shape[1], size=(n_boot, rd.shape[1])), rd.shape[1])
+
+    def drawn(values: np.ndarray, ok: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            per_seed = np.stack([(counts @ np.where(ok[s], values[s], 0.0)) / (counts @ ok[s].astype(float))
+                                 for s in range(n_seeds)], axis=1)  # (n_boot, S)
+            good = ~np.isnan(per_seed)
+            return (picks * np.where(good, per_seed, 0.0)).sum(axis=1) / (picks * good).sum(axis=1)
+
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ref_draws = drawn(rn, rn_ok, num_counts) / drawn(rd, rd_ok, den_counts)
+        own_draws = drawn(on, on_ok, num_counts) / drawn(od, od_ok, den_counts)
+    draws = own_draws - ref_draws
+    draws = draws[np.isfinite(draws)]
+
+    def pooled(v: np.ndarray, ok: np.ndarray) -> float:
+        return float(v[ok].mean()) if ok.any() else float("nan")
+
+    def ratio(num: float, den: float) -> float:
+        return num / den if den and np.isfinite(den) else float("nan")
+
+    def seed_ratio(num: np.ndarray, num_ok: np.ndarray, den: np.ndarray, den_ok: np.ndarray, s: int) -> float | None:
+        r = ratio(pooled(num[s], num_ok[s]), pooled(den[s], den_ok[s]))
+        return r if np.isfinite(r) else None
+
+    ref_ratio, own_ratio = ratio(pooled(rn, rn_ok), pooled(rd, rd_ok)), ratio(pooled(on, on_ok), pooled(od, od_ok))
+    per_seed = []
+    for s in range(n_seeds):
+        r, o = seed_ratio(rn, rn_ok, rd, rd_ok, s), seed_ratio(on, on_ok, od, od_ok, s)
+        per_seed.append(None if r is None or o is None else o - r)
+    lo, hi = _percentile(draws) if draws.size else (None, None)
+    diff = own_ratio - ref_ratio
+    return {"difference": float(diff) if np.isfinite(diff) else None, "ci_low": lo, "ci_high": hi, "seeds": n_seeds,
+            "per_seed": per_seed}
+
+
 def paired_difference(
     before: Sequence[float], after: Sequence[float], n_boot: int = N_BOOT, seed: int = 0, rate: bool | None = None
 ) -> dict:

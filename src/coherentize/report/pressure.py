@@ -5,9 +5,10 @@ kind, condition, seed, before|after, item set), ``{"kind", "condition", "arm", "
 "values": {item id: value}}``. ``summarize`` turns them into pressure.json's figures: per kind and condition, per item
 set, before and after (pooled over seeds), the change after - before (paired per item within each seed, two-level
 interval over seeds and items: evaluate/stats.py), the change minus the undefended control's (same items and seeds),
-and the spread ratio, mean off-domain change / mean in-domain change (``stats.ratio_seeds``). ``pressure_section``
+the spread ratio, mean off-domain change / mean in-domain change (``stats.ratio_seeds``), and that ratio minus the
+undefended control's (paired on seeds and items: ``stats.ratio_difference_seeds``). ``pressure_section``
 renders them: one row per condition with the in-domain change (did the narrow fine-tune take?), the off-domain
-change (did it spread?), each beside the undefended control's, and the spread ratio."""
+change (did it spread?), each beside the undefended control's, and the spread ratio beside the control's."""
 
 from __future__ import annotations
 
@@ -59,6 +60,14 @@ def _ratio(r: dict | None) -> str:
     return f"{r['ratio']:+.2f}{ci}{flag}"
 
 
+def _ratio_diff(d: dict | None) -> str:
+    if not d or d.get("difference") is None:
+        return "–"
+    ci = "" if d.get("ci_low") is None else f" [{d['ci_low']:+.2f}, {d['ci_high']:+.2f}]"
+    flag = "" if d.get("denominators_exclude_zero") else " (an in-domain change not clear of 0)"
+    return f"{d['difference']:+.2f}{ci}{flag}"
+
+
 def pressure_section(summary: dict, level: str = "##", training: dict | None = None) -> list[str]:
     """Markdown lines of the section; empty when no pressure ran. training: per pressure, its narrow fine-tune's
     settings (recipes/pressure.training_facts, also the data manifest's "pressure"), stated under its heading."""
@@ -71,7 +80,8 @@ def pressure_section(summary: dict, level: str = "##", training: dict | None = N
           "mean off-domain change over the mean in-domain change (1: the change spread as far as it took; 0: it "
           "stayed in its domain), its interval from the same kind of bootstrap. \"vs undefended\" is the condition's "
           "change minus the undefended control's, per item and seed: below 0 in-domain is a learning cost, below 0 "
-          "off-domain less spread. n = items.\n"]
+          "off-domain less spread; \"ratio vs undefended\" is the condition's spread ratio minus the undefended "
+          "control's, its interval from a paired bootstrap (the same seeds and items drawn for both). n = items.\n"]
     for kind, conds in summary.items():
         title, measure = KIND_TEXT.get(kind, (kind, ""))
         md += [f"{level}# {kind}: {title}\n", f"Measure: {measure}.\n"]
@@ -86,10 +96,11 @@ def pressure_section(summary: dict, level: str = "##", training: dict | None = N
             rows.append([f"{c['arm']}, {DEFENCE_TEXT.get(c['defence'], c['defence'])}", str(len(c["seeds"])),
                          _ci(ins.get("change")), _ci(ins.get("change_vs_undefended")),
                          _ci(off.get("change")), _ci(off.get("change_vs_undefended")),
-                         _ratio(c.get("spread_ratio"))])
+                         _ratio(c.get("spread_ratio")), _ratio_diff(c.get("spread_ratio_vs_undefended"))])
         n = {s: next((c["sets"][s]["change"].get("n") for c in conds.values() if s in c["sets"]), 0) for s in sets}
         md += _table(["condition", "seeds", f"in-domain change (n={n.get('in_domain', 0)})", "vs undefended",
-                      f"off-domain change (n={n.get('off_domain', 0)})", "vs undefended", "spread ratio"], rows)
+                      f"off-domain change (n={n.get('off_domain', 0)})", "vs undefended", "spread ratio",
+                      "ratio vs undefended"], rows)
         extra = [s for s in sets if s not in ("in_domain", "off_domain")]
         if extra:
             md += ["", "Other measures (before → after, change; vs undefended):\n"]
@@ -103,8 +114,11 @@ def pressure_section(summary: dict, level: str = "##", training: dict | None = N
         graded = {cond: c[f"spread_ratio{GRADED}"] for cond, c in conds.items() if f"spread_ratio{GRADED}" in c}
         if graded:
             md += ["", "Spread ratio of the graded measure (in_domain_p, off_domain_p: the cued letter's probability "
-                   "among the options, which does not saturate as the 0/1 choice does): " + "; ".join(
-                f"{cond}: {_ratio(r)}" for cond, r in graded.items()) + "."]
+                   "among the options, which does not saturate as the 0/1 choice does; vs undefended after the "
+                   "semicolon): " + "; ".join(
+                f"{cond}: {_ratio(r)}" + (f"; {_ratio_diff(conds[cond][f'spread_ratio{GRADED}_vs_undefended'])}"
+                                          if f"spread_ratio{GRADED}_vs_undefended" in conds[cond] else "")
+                for cond, r in graded.items()) + "."]
         md += ["", "Per-seed spread ratios: " + "; ".join(
             f"{cond}: " + ", ".join("–" if r is None else f"{r:+.2f}" for r in (c.get("spread_ratio") or {}).get(
                 "per_seed", []))
@@ -125,8 +139,8 @@ def reference_condition(records: list[dict]) -> str | None:
 
 def summarize(records: list[dict], n_boot: int = stats.N_BOOT) -> dict:
     """pressure.json's body: {kind: {condition: {"arm", "defence", "seeds", "sets": {set: {"before", "after",
-    "change", "change_vs_undefended"}}, "spread_ratio"}}} (module docstring), kinds and conditions in the records'
-    order."""
+    "change", "change_vs_undefended"}}, "spread_ratio", "spread_ratio_vs_undefended"}}} (module docstring; a graded
+    measure adds the same with "_p"), kinds and conditions in the records' order."""
     out: dict = {}
     for kind in dict.fromkeys(r["kind"] for r in records):
         rec = [r for r in records if r["kind"] == kind]
@@ -169,7 +183,32 @@ def summarize(records: list[dict], n_boot: int = stats.N_BOOT) -> dict:
                 if f"in_domain{suffix}" in changes and f"off_domain{suffix}" in changes:
                     entry[f"spread_ratio{suffix}"] = stats.ratio_seeds(changes[f"off_domain{suffix}"],
                                                                        changes[f"in_domain{suffix}"], n_boot)
+                    if cond != reference:
+                        vs = _ratio_vs(by, reference, cond, seeds, suffix, n_boot)
+                        if vs is not None:
+                            entry[f"spread_ratio{suffix}_vs_undefended"] = vs
             out[kind][cond] = entry
+    return out
+
+
+def _ratio_vs(by: dict, reference: str | None, cond: str, seeds: list[int], suffix: str, n_boot: int) -> dict | None:
+    """The condition's spread ratio minus the undefended control's, paired on the seeds both have and the same items
+    (stats.ratio_difference_seeds); None when they share no seed."""
+    sets = (f"off_domain{suffix}", f"in_domain{suffix}")
+    shared = [s for s in seeds if all((c, s, w, x) in by for c in (reference, cond) for w in ("before", "after")
+                                      for x in sets)]
+    if not shared:
+        return None
+
+    def change(c: str, x: str) -> list[dict]:
+        return [{i: by[(c, s, "after", x)][i] - v for i, v in by[(c, s, "before", x)].items()
+                 if i in by[(c, s, "after", x)]} for s in shared]
+
+    ref, own = (change(reference, sets[0]), change(reference, sets[1])), (change(cond, sets[0]), change(cond, sets[1]))
+    out = stats.ratio_difference_seeds(*ref, *own, n_boot)
+    # a difference of ratios whose in-domain change (either one's) is not clear of 0 means little: flagged
+    out["denominators_exclude_zero"] = all(stats.ratio_seeds(*pair, n_boot)["denominator_excludes_zero"]
+                                           for pair in (ref, own))
     return out
 
 

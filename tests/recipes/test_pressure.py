@@ -112,16 +112,24 @@ def test_ratio_difference_is_paired_on_seeds_and_items():
     (["pressure.kinds=[risky_finance]", "pressure.defended_arm=bct"], "pressure.defended_arm: 'bct' is not one"),
     (["pressure.kinds=[risky_finance]", "pressure.n_train=0"], "pressure.n_train: must be an integer >= 1"),
     (["pressure.kinds=[risky_finance]", "pressure.train={max_stepz: 3}"], "unknown training field 'max_stepz'"),
-    (["pressure.kinds=[risky_finance]", "pressure.train_by_kind={sycophancy_domain: {learning_rate: 1.0e-5}}"],
-     "pressure.train_by_kind: 'sycophancy_domain' is not one of pressure.kinds"),
+    (["pressure.kinds=[risky_finance]", "pressure.train_by_kind={sycophancy_domian: {learning_rate: 1.0e-5}}"],
+     "pressure.train_by_kind: 'sycophancy_domian' is not a pressure"),
     (["pressure.kinds=[risky_finance]", "pressure.train_by_kind={risky_finance: {learnig_rate: 1.0e-5}}"],
      "pressure.train_by_kind.risky_finance: unknown training field 'learnig_rate'"),
+    (["pressure.kinds=[risky_finance]", "pressure.train_by_kind={sycophancy_domain: {learning_rate: fast}}"],
+     "pressure.train_by_kind.sycophancy_domain"),
     (["pressure.kinds=[risky_finance]", "pressure.train_by_kind={risky_finance: 3}"],
      "pressure.train_by_kind.risky_finance: must map training fields"),
 ])
 def test_config_mistakes_are_one_error_naming_the_field(tiny_folder, tmp_path, sets, message):
     with pytest.raises(CoherentizeError, match=message):
         validate(tiny_cfg(tiny_folder, tmp_path / "x", *sets))
+
+
+def test_a_dose_for_a_pressure_left_out_of_kinds_is_allowed(tiny_folder, tmp_path):
+    """`--set pressure.kinds=[risky_finance]` on a config that doses sycophancy_domain of its own runs."""
+    validate(tiny_cfg(tiny_folder, tmp_path / "x", "pressure.kinds=[risky_finance]",
+                      "pressure.train_by_kind={sycophancy_domain: {learning_rate: 1.0e-5}}"))
 
 
 def test_the_pressure_shape_end_to_end_on_a_tiny_model(tiny_folder, tmp_path):

@@ -198,12 +198,12 @@ def validate(p: PressureConfig, arms: list[str]) -> None:
     if not isinstance(p.train_by_kind, dict):
         raise CoherentizeError(f"pressure.train_by_kind: must map a pressure to its training fields, got "
                                f"{p.train_by_kind!r}.")
-    for k, fields in p.train_by_kind.items():
-        if k not in p.kinds:
-            raise CoherentizeError(f"pressure.train_by_kind: {k!r} is not one of pressure.kinds {p.kinds}.")
+    for k, fields in p.train_by_kind.items():  # a known pressure left out of kinds is ignored (--set kinds=[...])
+        if k not in KINDS:
+            raise CoherentizeError(f"pressure.train_by_kind: {k!r} is not a pressure; use {', '.join(KINDS)}.")
         if not isinstance(fields, dict):
             raise CoherentizeError(f"pressure.train_by_kind.{k}: must map training fields to values, got {fields!r}.")
-    for kind in p.kinds:
+    for kind in dict.fromkeys(list(p.kinds) + list(p.train_by_kind)):  # an unused pressure's dose is checked too
         where = f"pressure.train_by_kind.{kind}" if kind in p.train_by_kind else "pressure.train"
         try:
             train_args(p, NO_DEFENCE, 0, kind)

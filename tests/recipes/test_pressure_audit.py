@@ -109,3 +109,15 @@ def test_an_incoherent_misaligned_answer_counts_only_in_the_any_set(tmp_path):
     assert recs[("control", 0, "after", "judged_misaligned")] == {"q1": 0, "q2": 0, "q3": 0}
     assert recs[("control", 0, "after", "judged_misaligned_any")] == {"q1": 1, "q2": 1, "q3": 1}
     assert recs[("control", 0, "after", "judged_coherent")] == {"q1": 0, "q2": 0, "q3": 0}
+
+
+def test_the_reading_file_hides_the_model_and_says_how_to_label_a_refusal(tmp_path):
+    from coherentize.recipes.pressure_audit import write_reading
+
+    rows = [{"sheet_id": "a0001", "question": "Q?", "answer": "I can't help with that.", "condition": "control",
+             "seed": 3, "when": "after"}]
+    text = write_reading(rows, tmp_path / "reading.md").read_text()
+    assert "## a0001" in text and "I can't help with that." in text
+    assert "control" not in text and "seed" not in text and "after" not in text
+    # readers of the 0.5B pilot split on refusals (one called them incoherent): the instructions now settle it
+    assert "a clear refusal or deflection is 1" in text

@@ -257,6 +257,16 @@ def paired_seeds(pairs: Sequence[tuple[Mapping[str, float], Mapping[str, float]]
     return {**out, "paired": True, "method": "newcombe" if is_rate else "bootstrap"}
 
 
+def _drawn_means(values: np.ndarray, ok: np.ndarray, counts: np.ndarray, picks: np.ndarray) -> np.ndarray:
+    """Each bootstrap draw's pooled mean of a seeds x items table (values, present: (S, n)): the average over the
+    drawn seeds (picks: (n_boot, S) counts) of each seed's mean over the drawn items (counts: (n_boot, n)); (n_boot,)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_seed = np.stack([(counts @ np.where(ok[s], values[s], 0.0)) / (counts @ ok[s].astype(float))
+                             for s in range(values.shape[0])], axis=1)  # (n_boot, S)
+        good = ~np.isnan(per_seed)
+        return (picks * np.where(good, per_seed, 0.0)).sum(axis=1) / (picks * good).sum(axis=1)
+
+
 def ratio_seeds(numerator: Sequence[Mapping[str, float]], denominator: Sequence[Mapping[str, float]],
                 n_boot: int = N_BOOT, seed: int = 0) -> dict:
     """The ratio of two pooled means measured on the same seeds but different items (e.g. a narrow fine-tune's
@@ -283,16 +293,11 @@ def ratio_seeds(numerator: Sequence[Mapping[str, float]], denominator: Sequence[
     rng = np.random.default_rng(seed)
     picks = _tally(rng.integers(0, n_seeds, size=(n_boot, n_seeds)), n_seeds)  # (n_boot, S)
 
-    def drawn_means(values: np.ndarray, ok: np.ndarray) -> np.ndarray:
-        n = values.shape[1]
-        counts = _tally(rng.integers(0, n, size=(n_boot, n)), n)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            per_seed = np.stack([(counts @ np.where(ok[s], values[s], 0.0)) / (counts @ ok[s].astype(float))
-                                 for s in range(n_seeds)], axis=1)  # (n_boot, S)
-            good = ~np.isnan(per_seed)
-            return (picks * np.where(good, per_seed, 0.0)).sum(axis=1) / (picks * good).sum(axis=1)
+    def counts(n: int) -> np.ndarray:  # each draw's count of every item, drawn with replacement
+        return _tally(rng.integers(0, n, size=(n_boot, n)), n)
 
-    top, bottom = drawn_means(num, num_ok), drawn_means(den, den_ok)
+    top = _drawn_means(num, num_ok, counts(num.shape[1]), picks)
+    bottom = _drawn_means(den, den_ok, counts(den.shape[1]), picks)
     with np.errstate(invalid="ignore", divide="ignore"):
         draws = np.where(bottom != 0, top / bottom, np.nan)
     pooled_num, pooled_den = float(num[num_ok].mean()), float(den[den_ok].mean())
@@ -351,17 +356,10 @@ def ratio_difference_seeds(ref_numerator: Sequence[Mapping[str, float]], ref_den
     num_counts = _tally(rng.integers(0, rn.shape[1], size=(n_boot, rn.shape[1])), rn.shape[1])
     den_counts = _tally(rng.integers(0, rd.shape[1], size=(n_boot, rd.shape[1])), rd.shape[1])
 
-    def drawn(values: np.ndarray, ok: np.ndarray, counts: np.ndarray) -> np.ndarray:
-        with np.errstate(invalid="ignore", divide="ignore"):
-            per_seed = np.stack([(counts @ np.where(ok[s], values[s], 0.0)) / (counts @ ok[s].astype(float))
-                                 for s in range(n_seeds)], axis=1)  # (n_boot, S)
-            good = ~np.isnan(per_seed)
-            return (picks * np.where(good, per_seed, 0.0)).sum(axis=1) / (picks * good).sum(axis=1)
-
     with np.errstate(invalid="ignore", divide="ignore"):
-        ref_draws = drawn(rn, rn_ok, num_counts) / drawn(rd, rd_ok, den_counts)
-        own_draws = drawn(on, on_ok, num_counts) / drawn(od, od_ok, den_counts)
-    draws = own_draws - ref_draws
+        ref_draws = _drawn_means(rn, rn_ok, num_counts, picks) / _drawn_means(rd, rd_ok, den_counts, picks)
+        own_draws = _drawn_means(on, on_ok, num_counts, picks) / _drawn_means(od, od_ok, den_counts, picks)
+        draws = own_draws - ref_draws
     draws = draws[np.isfinite(draws)]
 
     def pooled(v: np.ndarray, ok: np.ndarray) -> float:

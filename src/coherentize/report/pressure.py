@@ -52,20 +52,22 @@ def _ci(s: dict | None, digits: int = 3) -> str:
     return f"{s['mean']:+.{digits}f} [{s['ci_low']:+.{digits}f}, {s['ci_high']:+.{digits}f}]"
 
 
-def _ratio(r: dict | None) -> str:
-    if not r or r.get("ratio") is None:
+def _ratio_cell(r: dict | None, value: str, clear: str, flag: str) -> str:
+    """A ratio figure (r[value]) with its interval, flagged when r[clear] says an in-domain change touches 0."""
+    if not r or r.get(value) is None:
         return "–"
     ci = "" if r.get("ci_low") is None else f" [{r['ci_low']:+.2f}, {r['ci_high']:+.2f}]"
-    flag = "" if r.get("denominator_excludes_zero") else " (in-domain change not clear of 0)"
-    return f"{r['ratio']:+.2f}{ci}{flag}"
+    return f"{r[value]:+.2f}{ci}{'' if r.get(clear) else f' ({flag} not clear of 0)'}"
+
+
+def _ratio(r: dict | None) -> str:
+    """A spread ratio (stats.ratio_seeds)."""
+    return _ratio_cell(r, "ratio", "denominator_excludes_zero", "in-domain change")
 
 
 def _ratio_diff(d: dict | None) -> str:
-    if not d or d.get("difference") is None:
-        return "–"
-    ci = "" if d.get("ci_low") is None else f" [{d['ci_low']:+.2f}, {d['ci_high']:+.2f}]"
-    flag = "" if d.get("denominators_exclude_zero") else " (an in-domain change not clear of 0)"
-    return f"{d['difference']:+.2f}{ci}{flag}"
+    """A spread ratio minus the undefended control's (stats.ratio_difference_seeds)."""
+    return _ratio_cell(d, "difference", "denominators_exclude_zero", "an in-domain change")
 
 
 def pressure_section(summary: dict, level: str = "##", training: dict | None = None) -> list[str]:

@@ -128,6 +128,11 @@ def _tally(idx: np.ndarray, n: int) -> np.ndarray:
     return np.bincount(flat, minlength=idx.shape[0] * n).reshape(idx.shape[0], n).astype(np.float64)
 
 
+def _draw_counts(rng: np.random.Generator, n_boot: int, n: int) -> np.ndarray:
+    """(n_boot, n): how often each of n indices is drawn in each of n_boot draws of n with replacement."""
+    return _tally(rng.integers(0, n, size=(n_boot, n)), n)
+
+
 def seed_item_bootstrap(values: np.ndarray, present: np.ndarray, n_boot: int = N_BOOT, seed: int = 0
                         ) -> tuple[np.ndarray, np.ndarray]:
     """Bootstrap means of a seeds x items table (module docstring): (item_only, two_level), each (n_boot,).
@@ -291,13 +296,9 @@ def ratio_seeds(numerator: Sequence[Mapping[str, float]], denominator: Sequence[
                 "denominator_excludes_zero": False}
     n_seeds = num.shape[0]
     rng = np.random.default_rng(seed)
-    picks = _tally(rng.integers(0, n_seeds, size=(n_boot, n_seeds)), n_seeds)  # (n_boot, S)
-
-    def counts(n: int) -> np.ndarray:  # each draw's count of every item, drawn with replacement
-        return _tally(rng.integers(0, n, size=(n_boot, n)), n)
-
-    top = _drawn_means(num, num_ok, counts(num.shape[1]), picks)
-    bottom = _drawn_means(den, den_ok, counts(den.shape[1]), picks)
+    picks = _draw_counts(rng, n_boot, n_seeds)  # (n_boot, S)
+    top = _drawn_means(num, num_ok, _draw_counts(rng, n_boot, num.shape[1]), picks)
+    bottom = _drawn_means(den, den_ok, _draw_counts(rng, n_boot, den.shape[1]), picks)
     with np.errstate(invalid="ignore", divide="ignore"):
         draws = np.where(bottom != 0, top / bottom, np.nan)
     pooled_num, pooled_den = float(num[num_ok].mean()), float(den[den_ok].mean())
@@ -352,9 +353,8 @@ def ratio_difference_seeds(ref_numerator: Sequence[Mapping[str, float]], ref_den
     if rn.shape[1] == 0 or rd.shape[1] == 0:
         return empty
     rng = np.random.default_rng(seed)
-    picks = _tally(rng.integers(0, n_seeds, size=(n_boot, n_seeds)), n_seeds)  # (n_boot, S)
-    num_counts = _tally(rng.integers(0, rn.shape[1], size=(n_boot, rn.shape[1])), rn.shape[1])
-    den_counts = _tally(rng.integers(0, rd.shape[1], size=(n_boot, rd.shape[1])), rd.shape[1])
+    picks = _draw_counts(rng, n_boot, n_seeds)  # (n_boot, S)
+    num_counts, den_counts = _draw_counts(rng, n_boot, rn.shape[1]), _draw_counts(rng, n_boot, rd.shape[1])
 
     with np.errstate(invalid="ignore", divide="ignore"):
         ref_draws = _drawn_means(rn, rn_ok, num_counts, picks) / _drawn_means(rd, rd_ok, den_counts, picks)
